@@ -1,0 +1,168 @@
+//! The napi surface: `ProxyServer` and its option and result objects. All the
+//! work happens in [`proxy`].
+#![deny(clippy::all)]
+
+pub mod proxy;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use napi::bindgen_prelude::*;
+use napi_derive::napi;
+use parking_lot::Mutex;
+
+/// Where a WebContents' loopback traffic goes: `https://cmux-<morphId>-<scope>-<port>.<domainSuffix>`.
+#[napi(object)]
+pub struct ProxyRoute {
+    /// `[a-z0-9-]+`
+    pub morph_id: String,
+    /// `[a-z0-9-]+`
+    pub scope: String,
+    /// A hostname, e.g. `cmux.app`.
+    pub domain_suffix: String,
+    /// e.g. `https://port-39379-morphvm-abc.http.cloud.morph.so`: loopback traffic goes there instead,
+    /// with `X-Cmux-Port-Internal` and `X-Cmux-Host-Override`.
+    pub cmux_proxy_origin: Option<String>,
+}
+
+#[napi(object)]
+pub struct ProxyContext {
+    pub id: String,
+    pub username: String,
+    pub password: String,
+    pub web_contents_id: u32,
+}
+
+#[napi(object)]
+pub struct ProxyCredentials {
+    pub username: String,
+    pub password: String,
+}
+
+#[napi(object)]
+pub struct StartOptions {
+    /// `"host:port" -> "ip:port"`, consulted before DNS (like curl --resolve).
+    pub resolve: Option<HashMap<String, String>>,
+    /// Extra PEM roots trusted for upstream TLS, on top of the public web roots.
+    pub upstream_ca_pem: Option<Vec<String>>,
+    /// Event log on stderr, prefix `[cmux-preview-proxy]`.
+    pub logging: Option<bool>,
+}
+
+#[napi(object)]
+pub struct ProxyStats {
+    pub contexts: u32,
+    pub active_connections: u32,
+    pub active_tunnels: u32,
+    pub total_requests: i64,
+}
+
+/// The local proxy in front of preview WebContents.
+#[napi]
+pub struct ProxyServer {
+    // `None` once stopped.
+    proxy: Mutex<Option<Arc<proxy::Proxy>>>,
+}
+
+fn stopped() -> Error {
+    Error::new(Status::GenericFailure, "ProxyServer is stopped")
+}
+
+fn clamp_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+#[napi]
+impl ProxyServer {
+    /// Binds `listenAddr` (`"127.0.0.1:0"` picks a free port) and starts serving.
+    #[napi]
+    pub async fn start(
+        listen_addr: String,
+        enable_http2: Option<bool>,
+        options: Option<StartOptions>,
+    ) -> Result<ProxyServer> {
+        let options = options.unwrap_or(StartOptions { resolve: None, upstream_ca_pem: None, logging: None });
+        let options = proxy::Options {
+            http2: enable_http2.unwrap_or(false),
+            resolve: options.resolve.unwrap_or_default(),
+            upstream_ca_pem: options.upstream_ca_pem.unwrap_or_default(),
+            logging: options.logging.unwrap_or(false),
+        };
+        let started = proxy::runtime().spawn(async move { proxy::Proxy::start(&listen_addr, options).await });
+        match started.await {
+            Ok(Ok(proxy)) => Ok(ProxyServer { proxy: Mutex::new(Some(Arc::new(proxy))) }),
+            Ok(Err(e)) => Err(Error::new(Status::GenericFailure, e.to_string())),
+            Err(e) => Err(Error::new(Status::GenericFailure, format!("proxy failed to start: {e}"))),
+        }
+    }
+
+    fn running(&self) -> Result<Arc<proxy::Proxy>> {
+        self.proxy.lock().clone().ok_or_else(stopped)
+    }
+
+    #[napi(catch_unwind)]
+    pub fn port(&self) -> Result<u32> {
+        Ok(u32::from(self.running()?.port()))
+    }
+
+    /// New credentials for a WebContents; replaces any earlier context of the same WebContents.
+    #[napi(catch_unwind)]
+    pub fn create_context(&self, web_contents_id: u32, route: Option<ProxyRoute>) -> Result<ProxyContext> {
+        let proxy = self.running()?;
+        let route = route
+            .map(|r| {
+                proxy::routing::Route::new(&r.morph_id, &r.scope, &r.domain_suffix, r.cmux_proxy_origin.as_deref())
+            })
+            .transpose()
+            .map_err(|e| Error::new(Status::InvalidArg, e.to_string()))?;
+        let context = proxy.create_context(web_contents_id, route);
+        Ok(ProxyContext {
+            id: context.id.clone(),
+            username: context.username.clone(),
+            password: context.password().to_owned(),
+            web_contents_id,
+        })
+    }
+
+    /// Revokes a context's credentials and closes its connections and tunnels.
+    #[napi(catch_unwind)]
+    pub fn release_context(&self, id: String) -> Result<bool> {
+        Ok(self.running()?.release_context(&id))
+    }
+
+    /// The credentials to answer the proxy's 407 with, for `app.on('login')`.
+    #[napi(catch_unwind)]
+    pub fn credentials_for_web_contents(&self, web_contents_id: u32) -> Result<Option<ProxyCredentials>> {
+        Ok(self
+            .running()?
+            .context_for_web_contents(web_contents_id)
+            .map(|c| ProxyCredentials { username: c.username.clone(), password: c.password().to_owned() }))
+    }
+
+    #[napi(catch_unwind)]
+    pub fn set_logging_enabled(&self, enabled: bool) -> Result<()> {
+        self.running()?.set_logging(enabled);
+        Ok(())
+    }
+
+    #[napi(catch_unwind)]
+    pub fn stats(&self) -> Result<ProxyStats> {
+        let stats = self.running()?.stats();
+        Ok(ProxyStats {
+            contexts: clamp_u32(stats.contexts),
+            active_connections: clamp_u32(stats.active_connections),
+            active_tunnels: clamp_u32(stats.active_tunnels),
+            total_requests: i64::try_from(stats.total_requests).unwrap_or(i64::MAX),
+        })
+    }
+
+    /// Stops accepting, closes every connection and tunnel; resolves once the port is free. Idempotent.
+    #[napi]
+    pub async fn stop(&self) -> Result<()> {
+        let Some(proxy) = self.proxy.lock().take() else { return Ok(()) };
+        proxy::runtime()
+            .spawn(async move { proxy.stop().await })
+            .await
+            .map_err(|e| Error::new(Status::GenericFailure, format!("stop failed: {e}")))
+    }
+}

@@ -1,0 +1,201 @@
+//! Contexts and their Basic-auth credentials: creation from the OS CSPRNG,
+//! `Proxy-Authorization` parsing, constant-time checks, revocation.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use base64::Engine;
+use parking_lot::RwLock;
+use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
+
+use super::routing::Route;
+
+/// One preview WebContents' identity at the proxy.
+pub struct Context {
+    pub id: String,
+    pub web_contents_id: u32,
+    pub username: String,
+    password: String,
+    pub route: Option<Route>,
+    /// Cancelled when the context is released or replaced: every connection and
+    /// tunnel that authenticated with it closes.
+    pub revoked: CancellationToken,
+}
+
+impl Context {
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+}
+
+impl std::fmt::Debug for Context {
+    // The password never reaches a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").field("id", &self.id).field("username", &self.username).finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Maps {
+    by_username: HashMap<String, Arc<Context>>,
+    by_id: HashMap<String, Arc<Context>>,
+    by_web_contents: HashMap<u32, Arc<Context>>,
+}
+
+/// The live contexts of one server.
+pub struct Contexts {
+    maps: RwLock<Maps>,
+    shutdown: CancellationToken,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum AuthError {
+    Missing,
+    Malformed,
+    Rejected,
+}
+
+impl Contexts {
+    pub fn new(shutdown: CancellationToken) -> Self {
+        Contexts { maps: RwLock::default(), shutdown }
+    }
+
+    /// Creates a context with fresh credentials; replaces (and revokes) any
+    /// earlier context of the same WebContents.
+    pub fn create(&self, web_contents_id: u32, route: Option<Route>) -> Arc<Context> {
+        let context = Arc::new(Context {
+            id: uuid::Uuid::new_v4().to_string(),
+            web_contents_id,
+            username: format!("wc-{web_contents_id}-{}", random_hex::<4>()),
+            password: random_hex::<16>(),
+            route,
+            revoked: self.shutdown.child_token(),
+        });
+        let mut maps = self.maps.write();
+        if let Some(old) = maps.by_web_contents.insert(web_contents_id, context.clone()) {
+            maps.by_username.remove(&old.username);
+            maps.by_id.remove(&old.id);
+            old.revoked.cancel();
+        }
+        maps.by_username.insert(context.username.clone(), context.clone());
+        maps.by_id.insert(context.id.clone(), context.clone());
+        context
+    }
+
+    pub fn release(&self, id: &str) -> bool {
+        let mut maps = self.maps.write();
+        let Some(context) = maps.by_id.remove(id) else { return false };
+        maps.by_username.remove(&context.username);
+        if maps.by_web_contents.get(&context.web_contents_id).is_some_and(|c| Arc::ptr_eq(c, &context)) {
+            maps.by_web_contents.remove(&context.web_contents_id);
+        }
+        drop(maps);
+        context.revoked.cancel();
+        true
+    }
+
+    pub fn for_web_contents(&self, web_contents_id: u32) -> Option<Arc<Context>> {
+        self.maps.read().by_web_contents.get(&web_contents_id).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.maps.read().by_id.len()
+    }
+
+    pub fn clear(&self) {
+        let maps = std::mem::take(&mut *self.maps.write());
+        for context in maps.by_id.values() {
+            context.revoked.cancel();
+        }
+    }
+
+    /// The live context named by a `Proxy-Authorization` header value.
+    pub fn authenticate(&self, header: Option<&[u8]>) -> Result<Arc<Context>, AuthError> {
+        let (username, password) = parse_basic(header.ok_or(AuthError::Missing)?)?;
+        let context = self.maps.read().by_username.get(&username).cloned();
+        // Compare against a dummy when the user is unknown so both paths cost the same.
+        let expected = context.as_ref().map_or(DUMMY_PASSWORD, |c| c.password.as_str());
+        let matches: bool = expected.as_bytes().ct_eq(password.as_bytes()).into();
+        match context {
+            Some(context) if matches => Ok(context),
+            _ => Err(AuthError::Rejected),
+        }
+    }
+}
+
+const DUMMY_PASSWORD: &str = "00000000000000000000000000000000";
+
+/// Splits `Basic base64(user:pass)` into its parts.
+pub fn parse_basic(value: &[u8]) -> Result<(String, String), AuthError> {
+    let value = std::str::from_utf8(value).map_err(|_| AuthError::Malformed)?.trim();
+    let (scheme, encoded) = value.split_once(' ').ok_or(AuthError::Malformed)?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(AuthError::Malformed);
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).map_err(|_| AuthError::Malformed)?;
+    let decoded = String::from_utf8(decoded).map_err(|_| AuthError::Malformed)?;
+    let (user, pass) = decoded.split_once(':').ok_or(AuthError::Malformed)?;
+    if user.is_empty() || pass.is_empty() {
+        return Err(AuthError::Malformed);
+    }
+    Ok((user.to_owned(), pass.to_owned()))
+}
+
+fn random_hex<const N: usize>() -> String {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes).expect("the OS random number generator is unavailable");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn basic(user: &str, pass: &str) -> Vec<u8> {
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))).into_bytes()
+    }
+
+    #[test]
+    fn parses_basic_credentials() {
+        assert_eq!(parse_basic(&basic("wc-1-ab", "p:w")), Ok(("wc-1-ab".into(), "p:w".into())));
+        assert_eq!(parse_basic(b"basic  d2M6cA== "), Ok(("wc".into(), "p".into())));
+        assert_eq!(parse_basic(b"Bearer abc"), Err(AuthError::Malformed));
+        assert_eq!(parse_basic(b"Basic !!!"), Err(AuthError::Malformed));
+        assert_eq!(parse_basic(b"Basic"), Err(AuthError::Malformed));
+        assert_eq!(parse_basic(&basic("nocolon", "").split_last().unwrap().1.to_vec()), Err(AuthError::Malformed));
+        assert_eq!(parse_basic(&basic("user", "")), Err(AuthError::Malformed));
+        assert_eq!(parse_basic(&basic("", "pass")), Err(AuthError::Malformed));
+        assert_eq!(parse_basic(b"Basic \xff\xfe"), Err(AuthError::Malformed));
+    }
+
+    #[test]
+    fn credentials_are_fresh_and_well_formed() {
+        let contexts = Contexts::new(CancellationToken::new());
+        let a = contexts.create(7, None);
+        let b = contexts.create(8, None);
+        assert!(a.username.starts_with("wc-7-") && a.username.len() == "wc-7-".len() + 8);
+        assert!(a.password.len() >= 24 && a.password.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a.password, b.password);
+        assert_eq!(uuid::Uuid::parse_str(&a.id).unwrap().get_version_num(), 4);
+    }
+
+    #[test]
+    fn authenticates_only_live_contexts() {
+        let contexts = Contexts::new(CancellationToken::new());
+        let a = contexts.create(1, None);
+        let header = basic(&a.username, &a.password);
+        assert_eq!(contexts.authenticate(Some(&header)).unwrap().id, a.id);
+        assert_eq!(contexts.authenticate(Some(&basic(&a.username, "wrong"))).unwrap_err(), AuthError::Rejected);
+        assert_eq!(contexts.authenticate(None).unwrap_err(), AuthError::Missing);
+        // A second context for the same WebContents replaces the first.
+        let a2 = contexts.create(1, None);
+        assert!(a.revoked.is_cancelled());
+        assert_eq!(contexts.authenticate(Some(&header)).unwrap_err(), AuthError::Rejected);
+        assert!(!contexts.release(&a.id));
+        assert!(contexts.release(&a2.id));
+        assert!(a2.revoked.is_cancelled());
+        assert_eq!(contexts.len(), 0);
+        assert!(contexts.for_web_contents(1).is_none());
+    }
+}

@@ -1,0 +1,170 @@
+//! Building the request an upstream sees and the response the client sees:
+//! absolute URI, `Host`, hop-by-hop stripping, `X-Cmux-*`. Written once, used
+//! by plain requests, upgrades and HTTP/2 streams alike.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, Uri, Version};
+
+use super::routing::{Upstream, HEADER_HOST_OVERRIDE, HEADER_PORT_INTERNAL};
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// Whether a request asks to switch protocols (a WebSocket handshake).
+pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let connection_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    connection_upgrade.then(|| headers.get(header::UPGRADE).cloned()).flatten()
+}
+
+/// Turns a client's request into the one `upstream` receives. `upgrade` keeps
+/// the protocol switch that hop-by-hop stripping would otherwise drop.
+pub fn upstream_request<B>(req: Request<B>, upstream: &Upstream, upgrade: Option<HeaderValue>) -> Request<B> {
+    let (mut parts, body) = req.into_parts();
+    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let path_and_query = if path_and_query.starts_with('/') { path_and_query } else { "/" };
+    parts.uri = Uri::try_from(format!("{}://{}{}", upstream.scheme.as_str(), upstream.host_header(), path_and_query))
+        .unwrap_or_else(|_| Uri::from_static("/"));
+    parts.version = Version::HTTP_11;
+    let headers = &mut parts.headers;
+    strip_hop_by_hop(headers);
+    headers.remove(HEADER_PORT_INTERNAL);
+    headers.remove(HEADER_HOST_OVERRIDE);
+    for (name, value) in &upstream.extra_headers {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(*name, value);
+        }
+    }
+    if let Ok(host) = HeaderValue::from_str(&upstream.host_header()) {
+        headers.insert(header::HOST, host);
+    }
+    if let Some(protocol) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol);
+    }
+    Request::from_parts(parts, body)
+}
+
+/// Cleans an upstream's response for the client; a `101` keeps its handshake headers.
+pub fn client_response<B>(mut response: Response<B>) -> Response<B> {
+    let upgrade = (response.status() == http::StatusCode::SWITCHING_PROTOCOLS)
+        .then(|| response.headers().get(header::UPGRADE).cloned())
+        .flatten();
+    strip_hop_by_hop(response.headers_mut());
+    if let Some(protocol) = upgrade {
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        response.headers_mut().insert(header::UPGRADE, protocol);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::routing::{upstream_for, HostPort, Route, Scheme};
+
+    fn request(uri: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut builder = Request::get(uri);
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        builder.body(()).unwrap()
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let req = request(
+            "http://example.com/a?b=1",
+            &[
+                ("connection", "keep-alive, x-secret"),
+                ("x-secret", "1"),
+                ("keep-alive", "timeout=5"),
+                ("proxy-authorization", "Basic abc"),
+                ("proxy-connection", "keep-alive"),
+                ("te", "trailers"),
+                ("transfer-encoding", "chunked"),
+                ("upgrade", "websocket"),
+                ("cookie", "a=1"),
+                ("x-cmux-port-internal", "1"),
+            ],
+        );
+        let target = HostPort { host: "example.com".into(), port: 80 };
+        let out = upstream_request(req, &upstream_for(None, Scheme::Http, &target), None);
+        let names: Vec<&str> = out.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["cookie", "host"]);
+        assert_eq!(out.uri(), "http://example.com/a?b=1");
+        assert_eq!(out.headers()["host"], "example.com");
+    }
+
+    #[test]
+    fn rewritten_requests_carry_the_route() {
+        let route = Route::new("m1", "base", "cmux.app", Some("https://origin.test")).unwrap();
+        let target = HostPort { host: "localhost".into(), port: 3000 };
+        let req =
+            request("/hmr", &[("x-cmux-host-override", "evil:1"), ("connection", "Upgrade"), ("upgrade", "websocket")]);
+        let upgrade = upgrade_protocol(req.headers());
+        let out = upstream_request(req, &upstream_for(Some(&route), Scheme::Http, &target), upgrade);
+        assert_eq!(out.uri(), "https://origin.test/hmr");
+        assert_eq!(out.headers()["host"], "origin.test");
+        assert_eq!(out.headers()["x-cmux-host-override"], "localhost:3000");
+        assert_eq!(out.headers()["x-cmux-port-internal"], "3000");
+        assert_eq!(out.headers()["upgrade"], "websocket");
+        assert_eq!(out.headers()["connection"], "upgrade");
+    }
+
+    #[test]
+    fn upgrade_needs_both_headers() {
+        assert!(upgrade_protocol(request("/", &[("upgrade", "websocket")]).headers()).is_none());
+        assert!(upgrade_protocol(
+            request("/", &[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")]).headers()
+        )
+        .is_some());
+    }
+
+    #[test]
+    fn responses_keep_set_cookie_and_handshakes() {
+        let response = Response::builder()
+            .status(101)
+            .header("upgrade", "websocket")
+            .header("connection", "Upgrade")
+            .header("sec-websocket-accept", "x")
+            .header("set-cookie", "a=1")
+            .header("set-cookie", "b=2")
+            .header("keep-alive", "1")
+            .body(())
+            .unwrap();
+        let out = client_response(response);
+        assert_eq!(out.headers().get_all("set-cookie").iter().count(), 2);
+        assert_eq!(out.headers()["upgrade"], "websocket");
+        assert_eq!(out.headers()["sec-websocket-accept"], "x");
+        assert!(out.headers().get("keep-alive").is_none());
+    }
+}

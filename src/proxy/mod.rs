@@ -1,0 +1,235 @@
+//! The proxy: shared state, start and stop. Request handling lives in the
+//! submodules, one concern each.
+
+pub mod auth;
+pub mod forward;
+pub mod reply;
+pub mod routing;
+pub mod server;
+pub mod sniff;
+pub mod tunnel;
+pub mod upstream;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use auth::{Context, Contexts};
+use routing::Route;
+use upstream::{Connector, PooledClient, UpstreamOptions};
+
+/// The proxy's own runtime, apart from napi's, shared by every server in the process.
+pub fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4)))
+            .thread_name("cmux-proxy")
+            .enable_all()
+            .build()
+            .expect("cannot start the proxy's tokio runtime")
+    });
+    &RUNTIME
+}
+
+pub struct Options {
+    pub http2: bool,
+    pub resolve: HashMap<String, String>,
+    pub upstream_ca_pem: Vec<String>,
+    pub logging: bool,
+}
+
+/// Time limits; fixed for now, one place to make them configurable.
+pub struct Limits {
+    pub header_read_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            response_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Everything a connection task needs, shared by all of them.
+pub struct Shared {
+    pub contexts: Contexts,
+    pub client: PooledClient,
+    pub connector: Connector,
+    pub stats: Stats,
+    pub log: Log,
+    pub http2: bool,
+    pub limits: Limits,
+    /// Cancelled by `stop`: every connection, tunnel and context token descends from it.
+    pub shutdown: CancellationToken,
+    pub tasks: TaskTracker,
+}
+
+#[derive(Debug)]
+pub enum StartError {
+    AddrInUse(String),
+    BadAddress(String),
+    BadOption(String),
+    Io(String),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::AddrInUse(addr) => write!(f, "EADDRINUSE: {addr} is already in use"),
+            StartError::BadAddress(addr) => {
+                write!(f, "invalid listen address {addr:?}: expected ip:port such as 127.0.0.1:0")
+            }
+            StartError::BadOption(reason) => write!(f, "invalid option: {reason}"),
+            StartError::Io(reason) => f.write_str(reason),
+        }
+    }
+}
+
+/// A running proxy server.
+pub struct Proxy {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+}
+
+impl Proxy {
+    /// Binds and starts serving. Must run on [`runtime`].
+    pub async fn start(listen_addr: &str, options: Options) -> Result<Proxy, StartError> {
+        let addr: SocketAddr = listen_addr.parse().map_err(|_| StartError::BadAddress(listen_addr.to_owned()))?;
+        let limits = Limits::default();
+        let connector = Connector::new(UpstreamOptions {
+            resolve: upstream::parse_resolve(options.resolve).map_err(StartError::BadOption)?,
+            extra_roots_pem: options.upstream_ca_pem,
+            connect_timeout: limits.connect_timeout,
+        })
+        .map_err(StartError::BadOption)?;
+        let listener = TcpListener::bind(addr).await.map_err(|e| match e.kind() {
+            std::io::ErrorKind::AddrInUse => StartError::AddrInUse(addr.to_string()),
+            _ => StartError::Io(format!("cannot listen on {addr}: {e}")),
+        })?;
+        let addr = listener.local_addr().map_err(|e| StartError::Io(e.to_string()))?;
+        let shutdown = CancellationToken::new();
+        let shared = Arc::new(Shared {
+            contexts: Contexts::new(shutdown.clone()),
+            client: upstream::pooled_client(connector.clone()),
+            connector,
+            stats: Stats::default(),
+            log: Log(AtomicBool::new(options.logging)),
+            http2: options.http2,
+            limits,
+            shutdown,
+            tasks: TaskTracker::new(),
+        });
+        shared.tasks.spawn(server::accept_loop(shared.clone(), listener));
+        shared.log.event(format_args!("listening on {addr} (http2: {})", options.http2));
+        Ok(Proxy { shared, addr })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn create_context(&self, web_contents_id: u32, route: Option<Route>) -> Arc<Context> {
+        let context = self.shared.contexts.create(web_contents_id, route);
+        self.shared.log.event(format_args!("context {} for WebContents {web_contents_id}", context.id));
+        context
+    }
+
+    pub fn release_context(&self, id: &str) -> bool {
+        let released = self.shared.contexts.release(id);
+        if released {
+            self.shared.log.event(format_args!("context {id} released"));
+        }
+        released
+    }
+
+    pub fn context_for_web_contents(&self, web_contents_id: u32) -> Option<Arc<Context>> {
+        self.shared.contexts.for_web_contents(web_contents_id)
+    }
+
+    pub fn set_logging(&self, enabled: bool) {
+        self.shared.log.0.store(enabled, Ordering::Relaxed);
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        let stats = &self.shared.stats;
+        StatsSnapshot {
+            contexts: self.shared.contexts.len(),
+            active_connections: stats.connections.load(Ordering::Relaxed),
+            active_tunnels: stats.tunnels.load(Ordering::Relaxed),
+            total_requests: stats.requests.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops accepting, closes every connection and tunnel, and returns once
+    /// all of them (and the listener) are gone.
+    pub async fn stop(&self) {
+        self.shared.shutdown.cancel();
+        self.shared.contexts.clear();
+        self.shared.tasks.close();
+        self.shared.tasks.wait().await;
+        self.shared.log.event(format_args!("stopped"));
+    }
+}
+
+/// Counters behind `stats()`.
+#[derive(Default)]
+pub struct Stats {
+    connections: AtomicUsize,
+    tunnels: AtomicUsize,
+    requests: AtomicU64,
+}
+
+pub struct StatsSnapshot {
+    pub contexts: usize,
+    pub active_connections: usize,
+    pub active_tunnels: usize,
+    pub total_requests: u64,
+}
+
+/// Decrements its gauge when dropped, however the task ends (even by panic).
+pub struct Active<'a>(&'a AtomicUsize);
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Stats {
+    pub fn connection_opened(&self) -> Active<'_> {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        Active(&self.connections)
+    }
+
+    pub fn tunnel_opened(&self) -> Active<'_> {
+        self.tunnels.fetch_add(1, Ordering::Relaxed);
+        Active(&self.tunnels)
+    }
+
+    pub fn request_started(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The event log on stderr; off unless asked for. Never given credentials.
+pub struct Log(AtomicBool);
+
+impl Log {
+    pub fn event(&self, message: fmt::Arguments<'_>) {
+        if self.0.load(Ordering::Relaxed) {
+            eprintln!("[cmux-preview-proxy] {message}");
+        }
+    }
+}

@@ -1,0 +1,432 @@
+//! Where a request goes: loopback classification, the cmux rewrite, and the
+//! parsing of request targets. Pure functions, no IO.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv6Addr};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn default_port(self) -> u16 {
+        match self {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Scheme> {
+        match s.to_ascii_lowercase().as_str() {
+            "http" | "ws" => Some(Scheme::Http),
+            "https" | "wss" => Some(Scheme::Https),
+            _ => None,
+        }
+    }
+}
+
+/// A host and port as the client asked for them. `host` is lowercase, without
+/// brackets around IPv6 literals and without a trailing dot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostPort {
+    pub host: String,
+    pub port: u16,
+}
+
+impl HostPort {
+    /// `host:port`, with IPv6 literals bracketed.
+    pub fn authority(&self) -> String {
+        format!("{}:{}", bracketed(&self.host), self.port)
+    }
+
+    /// The value of a `Host` header: the port is left out when it is the scheme's default.
+    pub fn host_header(&self, scheme: Scheme) -> String {
+        if self.port == scheme.default_port() {
+            bracketed(&self.host).into_owned()
+        } else {
+            self.authority()
+        }
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.authority())
+    }
+}
+
+fn bracketed(host: &str) -> std::borrow::Cow<'_, str> {
+    if host.contains(':') {
+        format!("[{host}]").into()
+    } else {
+        host.into()
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum TargetError {
+    MissingHost,
+    BadHost,
+    MissingPort,
+    BadPort,
+}
+
+impl fmt::Display for TargetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TargetError::MissingHost => "request target has no host",
+            TargetError::BadHost => "request target has an invalid host",
+            TargetError::MissingPort => "CONNECT target needs host:port",
+            TargetError::BadPort => "request target has an invalid port",
+        })
+    }
+}
+
+/// Parses `host[:port]` (IPv6 in brackets). Without a port, `default_port` is
+/// used, or `MissingPort` when there is none (CONNECT).
+pub fn parse_authority(input: &str, default_port: Option<u16>) -> Result<HostPort, TargetError> {
+    // Userinfo has no place in a proxy target.
+    if input.contains('@') {
+        return Err(TargetError::BadHost);
+    }
+    let (host, port) = if let Some(rest) = input.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').ok_or(TargetError::BadHost)?;
+        host.parse::<Ipv6Addr>().map_err(|_| TargetError::BadHost)?;
+        match after {
+            "" => (host, None),
+            _ => (host, Some(after.strip_prefix(':').ok_or(TargetError::BadHost)?)),
+        }
+    } else {
+        match input.rsplit_once(':') {
+            // More than one colon without brackets: an unbracketed IPv6 literal.
+            Some((host, _)) if host.contains(':') => return Err(TargetError::BadHost),
+            Some((host, port)) => (host, Some(port)),
+            None => (input, None),
+        }
+    };
+    let port = match port {
+        Some(p) => parse_port(p)?,
+        None => default_port.ok_or(TargetError::MissingPort)?,
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.is_empty() {
+        return Err(TargetError::MissingHost);
+    }
+    if !host.contains(':') && !is_valid_hostname(host) {
+        return Err(TargetError::BadHost);
+    }
+    Ok(HostPort { host: host.to_ascii_lowercase(), port })
+}
+
+fn parse_port(p: &str) -> Result<u16, TargetError> {
+    if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(TargetError::BadPort);
+    }
+    match p.parse::<u16>() {
+        Ok(0) | Err(_) => Err(TargetError::BadPort),
+        Ok(port) => Ok(port),
+    }
+}
+
+/// Letters, digits, `-`, `_` and dots; what DNS names and IPv4 literals use.
+fn is_valid_hostname(host: &str) -> bool {
+    host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// The scheme and host:port of an absolute request URI (`http://h:p/x`).
+pub fn target_of_uri(uri: &http::Uri) -> Result<(Scheme, HostPort), TargetError> {
+    let scheme = uri.scheme_str().and_then(Scheme::parse).ok_or(TargetError::MissingHost)?;
+    let authority = uri.authority().ok_or(TargetError::MissingHost)?;
+    let target = parse_authority(authority.as_str(), Some(scheme.default_port()))?;
+    Ok((scheme, target))
+}
+
+/// Hosts that mean "this machine" to the page: for a routed context they mean
+/// the cloud dev box instead.
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_end_matches('.');
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    if host.len() > ".localhost".len() {
+        let (_, tail) = host.split_at(host.len() - ".localhost".len());
+        if tail.eq_ignore_ascii_case(".localhost") {
+            return true;
+        }
+    }
+    match host.parse::<IpAddr>() {
+        Ok(IpAddr::V4(v4)) => v4.is_loopback() || v4.is_unspecified(),
+        Ok(IpAddr::V6(v6)) => {
+            v6.is_loopback() || v6.is_unspecified() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        Err(_) => false,
+    }
+}
+
+/// The cloud dev box a context's loopback traffic goes to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub morph_id: String,
+    pub scope: String,
+    pub domain_suffix: String,
+    pub proxy_origin: Option<Origin>,
+}
+
+/// A `scheme://host[:port]` origin, such as a cmux-proxy endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub scheme: Scheme,
+    pub addr: HostPort,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct RouteError {
+    pub field: &'static str,
+    pub reason: &'static str,
+}
+
+impl fmt::Display for RouteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid route.{}: {}", self.field, self.reason)
+    }
+}
+
+impl Route {
+    pub fn new(
+        morph_id: &str,
+        scope: &str,
+        domain_suffix: &str,
+        proxy_origin: Option<&str>,
+    ) -> Result<Route, RouteError> {
+        let slug = |field, value: &str| {
+            if !value.is_empty() && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+                Ok(value.to_owned())
+            } else {
+                Err(RouteError { field, reason: "must match [a-z0-9-]+" })
+            }
+        };
+        let suffix = domain_suffix.trim_end_matches('.').to_ascii_lowercase();
+        if suffix.parse::<IpAddr>().is_ok() || !is_valid_hostname(&suffix) || suffix.contains('_') {
+            return Err(RouteError { field: "domainSuffix", reason: "must be a hostname such as cmux.app" });
+        }
+        let proxy_origin = proxy_origin
+            .map(|o| {
+                parse_origin(o).ok_or(RouteError {
+                    field: "cmuxProxyOrigin",
+                    reason: "must be an http(s) origin such as https://host[:port]",
+                })
+            })
+            .transpose()?;
+        Ok(Route {
+            morph_id: slug("morphId", morph_id)?,
+            scope: slug("scope", scope)?,
+            domain_suffix: suffix,
+            proxy_origin,
+        })
+    }
+
+    /// `cmux-<morphId>-<scope>-<port>.<domainSuffix>`
+    pub fn dev_box_host(&self, port: u16) -> String {
+        format!("cmux-{}-{}-{}.{}", self.morph_id, self.scope, port, self.domain_suffix)
+    }
+}
+
+fn parse_origin(s: &str) -> Option<Origin> {
+    let uri: http::Uri = s.parse().ok()?;
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return None;
+    }
+    let scheme = match uri.scheme_str()? {
+        "http" => Scheme::Http,
+        "https" => Scheme::Https,
+        _ => return None,
+    };
+    let addr = parse_authority(uri.authority()?.as_str(), Some(scheme.default_port())).ok()?;
+    Some(Origin { scheme, addr })
+}
+
+/// Where a request is actually sent, and what it must carry to get there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    pub scheme: Scheme,
+    pub addr: HostPort,
+    /// Headers to set on the forwarded request (`X-Cmux-*` for a cmux-proxy origin).
+    pub extra_headers: Vec<(&'static str, String)>,
+    /// True when the loopback rewrite applied.
+    pub rewritten: bool,
+}
+
+impl Upstream {
+    pub fn host_header(&self) -> String {
+        self.addr.host_header(self.scheme)
+    }
+}
+
+pub const HEADER_PORT_INTERNAL: &str = "x-cmux-port-internal";
+pub const HEADER_HOST_OVERRIDE: &str = "x-cmux-host-override";
+
+/// Decides the upstream of a request for `target` reached with `scheme`.
+pub fn upstream_for(route: Option<&Route>, scheme: Scheme, target: &HostPort) -> Upstream {
+    let Some(route) = route.filter(|_| is_loopback_host(&target.host)) else {
+        return Upstream { scheme, addr: target.clone(), extra_headers: Vec::new(), rewritten: false };
+    };
+    match &route.proxy_origin {
+        Some(origin) => Upstream {
+            scheme: origin.scheme,
+            addr: origin.addr.clone(),
+            extra_headers: vec![
+                (HEADER_PORT_INTERNAL, target.port.to_string()),
+                (HEADER_HOST_OVERRIDE, target.authority()),
+            ],
+            rewritten: true,
+        },
+        None => Upstream {
+            scheme: Scheme::Https,
+            addr: HostPort { host: route.dev_box_host(target.port), port: 443 },
+            extra_headers: Vec::new(),
+            rewritten: true,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hp(host: &str, port: u16) -> HostPort {
+        HostPort { host: host.into(), port }
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for h in [
+            "localhost",
+            "LOCALHOST",
+            "localhost.",
+            "app.localhost",
+            "a.b.localhost",
+            "127.0.0.1",
+            "127.8.9.10",
+            "::1",
+            "[::1]",
+            "0.0.0.0",
+            "::",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(is_loopback_host(h), "{h}");
+        }
+        for h in [
+            "example.com",
+            "localhost.com",
+            "notlocalhost",
+            "xlocalhost",
+            "128.0.0.1",
+            "10.0.0.1",
+            "::2",
+            "cmux.app",
+            "",
+        ] {
+            assert!(!is_loopback_host(h), "{h}");
+        }
+    }
+
+    #[test]
+    fn authorities() {
+        assert_eq!(parse_authority("localhost:3000", None), Ok(hp("localhost", 3000)));
+        assert_eq!(parse_authority("Example.COM.", Some(80)), Ok(hp("example.com", 80)));
+        assert_eq!(parse_authority("[::1]:8080", None), Ok(hp("::1", 8080)));
+        assert_eq!(parse_authority("[::1]", Some(443)), Ok(hp("::1", 443)));
+        assert_eq!(parse_authority("host", None), Err(TargetError::MissingPort));
+        assert_eq!(parse_authority(":80", None), Err(TargetError::MissingHost));
+        assert_eq!(parse_authority("", None), Err(TargetError::MissingPort));
+        assert_eq!(parse_authority("h:", None), Err(TargetError::BadPort));
+        assert_eq!(parse_authority("h:0", None), Err(TargetError::BadPort));
+        assert_eq!(parse_authority("h:65536", None), Err(TargetError::BadPort));
+        assert_eq!(parse_authority("h:+80", None), Err(TargetError::BadPort));
+        assert_eq!(parse_authority("h:99999999999", None), Err(TargetError::BadPort));
+        assert_eq!(parse_authority("::1:80", None), Err(TargetError::BadHost));
+        assert_eq!(parse_authority("[::1]80", None), Err(TargetError::BadHost));
+        assert_eq!(parse_authority("[nope]:80", None), Err(TargetError::BadHost));
+        assert_eq!(parse_authority("user@h:80", None), Err(TargetError::BadHost));
+        assert_eq!(parse_authority("a b:80", None), Err(TargetError::BadHost));
+        assert_eq!(hp("::1", 80).authority(), "[::1]:80");
+        assert_eq!(hp("::1", 80).host_header(Scheme::Http), "[::1]");
+        assert_eq!(hp("a", 8080).host_header(Scheme::Http), "a:8080");
+    }
+
+    #[test]
+    fn uri_targets() {
+        let uri: http::Uri = "http://LocalHost:3000/x?y".parse().unwrap();
+        assert_eq!(target_of_uri(&uri), Ok((Scheme::Http, hp("localhost", 3000))));
+        let uri: http::Uri = "https://example.com/".parse().unwrap();
+        assert_eq!(target_of_uri(&uri), Ok((Scheme::Https, hp("example.com", 443))));
+        let uri: http::Uri = "ws://[::1]/hmr".parse().unwrap();
+        assert_eq!(target_of_uri(&uri), Ok((Scheme::Http, hp("::1", 80))));
+        let uri: http::Uri = "/relative".parse().unwrap();
+        assert_eq!(target_of_uri(&uri), Err(TargetError::MissingHost));
+        let uri: http::Uri = "ftp://h/".parse().unwrap();
+        assert_eq!(target_of_uri(&uri), Err(TargetError::MissingHost));
+    }
+
+    fn route(origin: Option<&str>) -> Route {
+        Route::new("m1", "base", "cmux.app", origin).unwrap()
+    }
+
+    #[test]
+    fn route_validation_names_the_field() {
+        assert_eq!(Route::new("M1", "base", "cmux.app", None).unwrap_err().field, "morphId");
+        assert_eq!(Route::new("", "base", "cmux.app", None).unwrap_err().field, "morphId");
+        assert_eq!(Route::new("m", "a_b", "cmux.app", None).unwrap_err().field, "scope");
+        assert_eq!(Route::new("m", "s", "bad host", None).unwrap_err().field, "domainSuffix");
+        assert_eq!(Route::new("m", "s", "1.2.3.4", None).unwrap_err().field, "domainSuffix");
+        assert_eq!(Route::new("m", "s", "cmux.app", Some("ftp://x")).unwrap_err().field, "cmuxProxyOrigin");
+        assert_eq!(Route::new("m", "s", "cmux.app", Some("https://x/path")).unwrap_err().field, "cmuxProxyOrigin");
+        let r = route(Some("https://Port-1.example.com"));
+        assert_eq!(r.proxy_origin, Some(Origin { scheme: Scheme::Https, addr: hp("port-1.example.com", 443) }));
+    }
+
+    #[test]
+    fn loopback_is_rewritten_to_the_dev_box() {
+        let up = upstream_for(Some(&route(None)), Scheme::Http, &hp("localhost", 3000));
+        assert_eq!(up.scheme, Scheme::Https);
+        assert_eq!(up.addr, hp("cmux-m1-base-3000.cmux.app", 443));
+        assert_eq!(up.host_header(), "cmux-m1-base-3000.cmux.app");
+        assert!(up.rewritten && up.extra_headers.is_empty());
+        let up = upstream_for(Some(&route(None)), Scheme::Https, &hp("::1", 443));
+        assert_eq!(up.addr.host, "cmux-m1-base-443.cmux.app");
+    }
+
+    #[test]
+    fn loopback_through_a_cmux_proxy_origin() {
+        let up = upstream_for(Some(&route(Some("http://origin.test:8080"))), Scheme::Http, &hp("app.localhost", 5173));
+        assert_eq!(up.scheme, Scheme::Http);
+        assert_eq!(up.host_header(), "origin.test:8080");
+        assert_eq!(
+            up.extra_headers,
+            vec![(HEADER_PORT_INTERNAL, "5173".to_string()), (HEADER_HOST_OVERRIDE, "app.localhost:5173".to_string())]
+        );
+    }
+
+    #[test]
+    fn other_hosts_and_unrouted_contexts_pass_unchanged() {
+        let up = upstream_for(Some(&route(None)), Scheme::Http, &hp("example.com", 80));
+        assert_eq!((up.scheme, up.addr, up.rewritten), (Scheme::Http, hp("example.com", 80), false));
+        let up = upstream_for(None, Scheme::Http, &hp("localhost", 3000));
+        assert_eq!((up.addr, up.rewritten), (hp("localhost", 3000), false));
+    }
+}

@@ -1,0 +1,205 @@
+//! The accept loop, `serve_stream` (one HTTP server for the listener and for
+//! the inside of tunnels), and the service that dispatches each request.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::auth::Context;
+use super::forward::{client_response, upgrade_protocol, upstream_request};
+use super::reply::{self, Body};
+use super::routing::{target_of_uri, upstream_for, HostPort, Scheme, Upstream};
+use super::upstream::ConnectError;
+use super::{tunnel, Shared};
+
+/// What a tunnel's inner HTTP server already knows: who opened the tunnel and
+/// to where, so the requests inside need no credentials and no absolute URI.
+#[derive(Clone)]
+pub struct Binding {
+    pub context: Arc<Context>,
+    pub target: HostPort,
+    pub scheme: Scheme,
+}
+
+pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                let closer = shared.shutdown.child_token();
+                shared.tasks.spawn(serve_stream(shared.clone(), stream, None, closer));
+            }
+            // Out of file descriptors and the like: back off instead of spinning.
+            Err(e) => {
+                shared.log.event(format_args!("accept failed: {e}"));
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Per-connection state the service needs.
+struct Connection {
+    /// Cancelling it closes the connection at once.
+    closer: CancellationToken,
+    /// Contexts whose revocation already closes this connection.
+    watched: Mutex<Vec<Arc<Context>>>,
+}
+
+impl Connection {
+    /// Makes sure that revoking `context` closes this connection.
+    fn watch(&self, shared: &Shared, context: &Arc<Context>) {
+        let mut watched = self.watched.lock();
+        if watched.iter().any(|c| Arc::ptr_eq(c, context)) {
+            return;
+        }
+        watched.push(context.clone());
+        let (revoked, closer) = (context.revoked.clone(), self.closer.clone());
+        shared.tasks.spawn(async move {
+            tokio::select! {
+                _ = revoked.cancelled() => closer.cancel(),
+                _ = closer.cancelled() => {}
+            }
+        });
+    }
+}
+
+/// Serves HTTP/1.1 (and HTTP/2 when enabled) on any byte stream until it ends
+/// or `closer` is cancelled. Boxed: tunnels call it from inside the service.
+pub fn serve_stream<I>(
+    shared: Arc<Shared>,
+    io: I,
+    binding: Option<Binding>,
+    closer: CancellationToken,
+) -> Pin<Box<dyn Future<Output = ()> + Send>>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    Box::pin(async move {
+        let _active = shared.stats.connection_opened();
+        let _close_on_exit = closer.clone().drop_guard();
+        let connection = Arc::new(Connection { closer: closer.clone(), watched: Mutex::new(Vec::new()) });
+        let service = {
+            let shared = shared.clone();
+            service_fn(move |req| {
+                let (shared, connection, binding) = (shared.clone(), connection.clone(), binding.clone());
+                async move { Ok::<_, Infallible>(handle(shared, connection, binding, req).await) }
+            })
+        };
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder.http1().timer(TokioTimer::new()).header_read_timeout(shared.limits.header_read_timeout);
+        builder.http2().timer(TokioTimer::new()).enable_connect_protocol();
+        let builder = if shared.http2 { builder } else { builder.http1_only() };
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        tokio::select! {
+            result = connection => {
+                if let Err(e) = result {
+                    shared.log.event(format_args!("connection ended: {e}"));
+                }
+            }
+            _ = closer.cancelled() => {}
+        }
+    })
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    connection: Arc<Connection>,
+    binding: Option<Binding>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    shared.stats.request_started();
+    let context = match &binding {
+        Some(binding) => binding.context.clone(),
+        None => {
+            match shared.contexts.authenticate(req.headers().get(header::PROXY_AUTHORIZATION).map(|v| v.as_bytes())) {
+                Ok(context) => context,
+                Err(_) => return reply::proxy_auth_required(),
+            }
+        }
+    };
+    connection.watch(&shared, &context);
+
+    if req.method() == Method::CONNECT && req.extensions().get::<hyper::ext::Protocol>().is_none() {
+        return tunnel::connect(shared, context, req).await;
+    }
+    let (scheme, target) = match &binding {
+        Some(binding) => (binding.scheme, binding.target.clone()),
+        None => match target_of_uri(req.uri()) {
+            Ok(found) => found,
+            Err(e) => {
+                return reply::text(StatusCode::BAD_REQUEST, &format!("a proxy request needs an absolute URI: {e}"))
+            }
+        },
+    };
+    let upstream = upstream_for(context.route.as_ref(), scheme, &target);
+    if upstream.rewritten {
+        shared.log.event(format_args!("{} {target} -> {}", req.method(), upstream.addr));
+    }
+    if req.method() == Method::CONNECT {
+        // An extended CONNECT (RFC 8441): a WebSocket over an HTTP/2 stream.
+        return tunnel::websocket_over_h2(shared, context, req, upstream).await;
+    }
+    if let Some(protocol) = upgrade_protocol(req.headers()) {
+        return tunnel::upgrade(shared, context, req, upstream, protocol).await;
+    }
+    forward(&shared, req, &upstream).await
+}
+
+/// Sends a plain request through the pooled client and streams the answer back.
+async fn forward(shared: &Shared, req: Request<Incoming>, upstream: &Upstream) -> Response<Body> {
+    let req = upstream_request(req.map(|body| body.boxed()), upstream, None);
+    let sent = tokio::time::timeout(shared.limits.response_timeout, shared.client.request(req)).await;
+    match sent {
+        Ok(Ok(response)) => client_response(response.map(|body| body.boxed())),
+        Ok(Err(e)) => upstream_failure(shared, upstream, &e),
+        Err(_) => response_timed_out(shared, upstream),
+    }
+}
+
+pub fn response_timed_out(shared: &Shared, upstream: &Upstream) -> Response<Body> {
+    let reason = format!("{} did not answer within {:?}", upstream.addr, shared.limits.response_timeout);
+    shared.log.event(format_args!("{reason}"));
+    reply::text(StatusCode::GATEWAY_TIMEOUT, &reason)
+}
+
+/// 504 when connecting timed out, else 502, with the deepest reason on one line.
+pub fn upstream_failure(
+    shared: &Shared,
+    upstream: &Upstream,
+    error: &(dyn std::error::Error + 'static),
+) -> Response<Body> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    let mut reason = error.to_string();
+    let mut status = StatusCode::BAD_GATEWAY;
+    while let Some(e) = source {
+        if let Some(connect) = e.downcast_ref::<ConnectError>() {
+            if connect.timed_out {
+                status = StatusCode::GATEWAY_TIMEOUT;
+            }
+            reason = connect.message.clone();
+            break;
+        }
+        reason = e.to_string();
+        source = e.source();
+    }
+    let reason = format!("upstream {} failed: {}", upstream.addr, reason.replace(['\r', '\n'], " "));
+    shared.log.event(format_args!("{reason}"));
+    reply::text(status, &reason)
+}

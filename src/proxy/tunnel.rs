@@ -1,0 +1,308 @@
+//! Byte streams that outlive a request: CONNECT tunnels (blind or looked
+//! into), WebSocket upgrades over HTTP/1.1 and over HTTP/2 (RFC 8441).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use base64::Engine;
+use bytes::{Buf, Bytes};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::ext::ReasonPhrase;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio_util::sync::CancellationToken;
+
+use super::auth::Context;
+use super::forward::{client_response, upstream_request};
+use super::reply::{self, empty_body, Body};
+use super::routing::{is_loopback_host, parse_authority, upstream_for, HostPort, Scheme, Upstream};
+use super::server::{response_timed_out, serve_stream, upstream_failure, Binding};
+use super::sniff::{sniff, Protocol};
+use super::upstream::Alpn;
+use super::Shared;
+
+/// Any byte stream a tunnel can carry.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
+
+/// Answers a `CONNECT`. Loopback targets of a routed context are looked into;
+/// everything else is relayed blindly once the target accepted the connection.
+pub async fn connect(shared: Arc<Shared>, context: Arc<Context>, mut req: Request<Incoming>) -> Response<Body> {
+    let target = match req.uri().authority().map(|a| parse_authority(a.as_str(), None)) {
+        Some(Ok(target)) => target,
+        Some(Err(e)) => return reply::text(StatusCode::BAD_REQUEST, &format!("bad CONNECT target: {e}")),
+        None => return reply::text(StatusCode::BAD_REQUEST, "bad CONNECT target: expected host:port"),
+    };
+    let client = hyper::upgrade::on(&mut req);
+    let cancel = context.revoked.child_token();
+    if context.route.is_some() && is_loopback_host(&target.host) {
+        shared.log.event(format_args!("CONNECT {target}: looking inside"));
+        spawn_tunnel(shared.clone(), cancel.clone(), async move {
+            let client = TokioIo::new(client.await.map_err(io::Error::other)?);
+            look_inside(shared, context, target, client, cancel).await
+        });
+        return established();
+    }
+    let upstream = match shared.connector.connect_tcp(&target).await {
+        Ok(upstream) => upstream,
+        Err(e) => return upstream_failure(&shared, &upstream_for(None, Scheme::Https, &target), &e),
+    };
+    shared.log.event(format_args!("CONNECT {target}: tunnel open"));
+    spawn_tunnel(shared, cancel, async move {
+        let client = TokioIo::new(client.await.map_err(io::Error::other)?);
+        relay(client, upstream).await
+    });
+    established()
+}
+
+fn established() -> Response<Body> {
+    let mut response = Response::new(empty_body());
+    response.extensions_mut().insert(ReasonPhrase::from_static(b"Connection Established"));
+    response
+}
+
+/// Runs a tunnel's work as a tracked task that ends when `cancel` fires.
+fn spawn_tunnel<F>(shared: Arc<Shared>, cancel: CancellationToken, work: F)
+where
+    F: std::future::Future<Output = io::Result<()>> + Send + 'static,
+{
+    let tasks = shared.tasks.clone();
+    tasks.spawn(async move {
+        let _active = shared.stats.tunnel_opened();
+        tokio::select! {
+            result = work => {
+                if let Err(e) = result {
+                    shared.log.event(format_args!("tunnel ended: {e}"));
+                }
+            }
+            _ = cancel.cancelled() => {}
+        }
+    });
+}
+
+/// Copies both ways until both directions are done; half-closes propagate.
+async fn relay(mut a: impl Stream, mut b: impl Stream) -> io::Result<()> {
+    tokio::io::copy_bidirectional(&mut a, &mut b).await.map(|_| ())
+}
+
+/// Serves plaintext HTTP inside a loopback tunnel itself; TLS and anything
+/// else goes on to where the route says.
+async fn look_inside(
+    shared: Arc<Shared>,
+    context: Arc<Context>,
+    target: HostPort,
+    mut client: impl Stream,
+    cancel: CancellationToken,
+) -> io::Result<()> {
+    let mut first = Vec::with_capacity(512);
+    let protocol = loop {
+        if let Some(protocol) = sniff(&first) {
+            break protocol;
+        }
+        if client.read_buf(&mut first).await? == 0 {
+            return Ok(());
+        }
+    };
+    let client = Prefixed { prefix: Bytes::from(first), io: client };
+    match protocol {
+        Protocol::Http1 | Protocol::Http2 => {
+            let binding = Binding { context, target, scheme: Scheme::Http };
+            serve_stream(shared, client, Some(binding), cancel).await;
+            Ok(())
+        }
+        Protocol::Tls | Protocol::Opaque => {
+            let upstream = upstream_for(context.route.as_ref(), Scheme::Https, &target);
+            let upstream_stream = open_tunnel(&shared, &upstream, &target).await.map_err(io::Error::other)?;
+            relay(client, upstream_stream).await
+        }
+    }
+}
+
+/// A raw byte stream to where a routed loopback `target` lives: through the
+/// cmux-proxy origin's own `CONNECT` when the route names one, else the dev box.
+async fn open_tunnel(shared: &Shared, upstream: &Upstream, target: &HostPort) -> Result<Box<dyn Stream>, String> {
+    if upstream.extra_headers.is_empty() {
+        return shared
+            .connector
+            .connect_tcp(&upstream.addr)
+            .await
+            .map(|s| Box::new(s) as Box<dyn Stream>)
+            .map_err(|e| e.to_string());
+    }
+    let mut req = Request::connect(target.authority()).body(empty_body()).map_err(|e| e.to_string())?;
+    for (name, value) in &upstream.extra_headers {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            req.headers_mut().insert(*name, value);
+        }
+    }
+    if let Ok(host) = HeaderValue::from_str(&target.authority()) {
+        req.headers_mut().insert(header::HOST, host);
+    }
+    let response =
+        send_http1(shared, upstream, req).await.map_err(|_| format!("{} refused the tunnel", upstream.addr))?;
+    if response.status() != StatusCode::OK {
+        return Err(format!("{} answered CONNECT with {}", upstream.addr, response.status()));
+    }
+    let upgraded = hyper::upgrade::on(response).await.map_err(|e| e.to_string())?;
+    Ok(Box::new(TokioIo::new(upgraded)))
+}
+
+/// Sends one request on a fresh HTTP/1.1 connection that may be upgraded.
+/// Errors are already the client's answer (502/504).
+async fn send_http1(
+    shared: &Shared,
+    upstream: &Upstream,
+    mut req: Request<Body>,
+) -> Result<Response<Incoming>, Response<Body>> {
+    let stream = shared
+        .connector
+        .connect(upstream.scheme, &upstream.addr, Alpn::Http1)
+        .await
+        .map_err(|e| upstream_failure(shared, upstream, &e))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| upstream_failure(shared, upstream, &e))?;
+    shared.tasks.spawn(async move {
+        let _ = connection.with_upgrades().await;
+    });
+    // A direct connection takes origin-form targets (authority-form for CONNECT).
+    if req.method() != Method::CONNECT {
+        let origin_form = req.uri().path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
+        *req.uri_mut() = Uri::try_from(origin_form).unwrap_or_else(|_| Uri::from_static("/"));
+    }
+    match tokio::time::timeout(shared.limits.response_timeout, sender.send_request(req)).await {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(e)) => Err(upstream_failure(shared, upstream, &e)),
+        Err(_) => Err(response_timed_out(shared, upstream)),
+    }
+}
+
+/// Relays an HTTP/1.1 upgrade (a WebSocket handshake): the client gets the
+/// upstream's `101` and then both byte streams are joined.
+pub async fn upgrade(
+    shared: Arc<Shared>,
+    context: Arc<Context>,
+    mut req: Request<Incoming>,
+    upstream: Upstream,
+    protocol: HeaderValue,
+) -> Response<Body> {
+    let client = hyper::upgrade::on(&mut req);
+    let req = upstream_request(req.map(|body| body.boxed()), &upstream, Some(protocol));
+    let mut response = match send_http1(&shared, &upstream, req).await {
+        Ok(response) => response,
+        Err(failure) => return failure,
+    };
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return client_response(response.map(|body| body.boxed()));
+    }
+    join_when_upgraded(&shared, &context, client, hyper::upgrade::on(&mut response));
+    client_response(response.map(|_| empty_body()))
+}
+
+/// Bridges an HTTP/2 extended `CONNECT` with `:protocol websocket` to the
+/// upstream's HTTP/1.1 WebSocket: same frames, different handshake.
+pub async fn websocket_over_h2(
+    shared: Arc<Shared>,
+    context: Arc<Context>,
+    mut req: Request<Incoming>,
+    upstream: Upstream,
+) -> Response<Body> {
+    let protocol = req.extensions().get::<hyper::ext::Protocol>().map(|p| p.as_str().to_owned());
+    if !protocol.as_deref().is_some_and(|p| p.eq_ignore_ascii_case("websocket")) {
+        return reply::text(
+            StatusCode::NOT_IMPLEMENTED,
+            "only the websocket protocol can be used with extended CONNECT",
+        );
+    }
+    let client = hyper::upgrade::on(&mut req);
+    let (mut parts, _) = req.into_parts();
+    parts.method = Method::GET;
+    parts.headers.insert(header::SEC_WEBSOCKET_KEY, websocket_key());
+    let req = upstream_request(
+        Request::from_parts(parts, empty_body()),
+        &upstream,
+        Some(HeaderValue::from_static("websocket")),
+    );
+    let mut response = match send_http1(&shared, &upstream, req).await {
+        Ok(response) => response,
+        Err(failure) => return failure,
+    };
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return client_response(response.map(|body| body.boxed()));
+    }
+    join_when_upgraded(&shared, &context, client, hyper::upgrade::on(&mut response));
+    let mut accepted = client_response(response.map(|_| empty_body()));
+    *accepted.status_mut() = StatusCode::OK;
+    for name in [header::UPGRADE, header::CONNECTION, header::SEC_WEBSOCKET_ACCEPT] {
+        accepted.headers_mut().remove(name);
+    }
+    accepted
+}
+
+fn join_when_upgraded(
+    shared: &Arc<Shared>,
+    context: &Context,
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+) {
+    spawn_tunnel(shared.clone(), context.revoked.child_token(), async move {
+        let (client, upstream) = tokio::try_join!(client, upstream).map_err(io::Error::other)?;
+        relay(TokioIo::new(client), TokioIo::new(upstream)).await
+    });
+}
+
+fn websocket_key() -> HeaderValue {
+    let mut nonce = [0u8; 16];
+    getrandom::fill(&mut nonce).expect("the OS random number generator is unavailable");
+    let key = base64::engine::general_purpose::STANDARD.encode(nonce);
+    HeaderValue::from_str(&key).expect("base64 is a valid header value")
+}
+
+/// A stream whose first bytes were already read (to sniff them): they are
+/// replayed before the rest.
+struct Prefixed<I> {
+    prefix: Bytes,
+    io: I,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.prefix.has_remaining() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
