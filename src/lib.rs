@@ -3,6 +3,7 @@
 #![deny(clippy::all)]
 
 pub mod proxy;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -47,6 +48,11 @@ pub struct StartOptions {
     pub upstream_ca_pem: Option<Vec<String>>,
     /// Event log on stderr, prefix `[cmux-preview-proxy]`.
     pub logging: Option<bool>,
+    /// Terminate TLS inside `CONNECT` tunnels to loopback hosts of routed contexts (default true).
+    pub tls_interception: Option<bool>,
+    /// Use this CA (with `caKeyPem`) for intercepted hosts instead of generating one.
+    pub ca_cert_pem: Option<String>,
+    pub ca_key_pem: Option<String>,
 }
 
 #[napi(object)]
@@ -81,8 +87,22 @@ impl ProxyServer {
         enable_http2: Option<bool>,
         options: Option<StartOptions>,
     ) -> Result<ProxyServer> {
-        let options = options.unwrap_or(StartOptions { resolve: None, upstream_ca_pem: None, logging: None });
+        let options = options.unwrap_or(StartOptions {
+            resolve: None,
+            upstream_ca_pem: None,
+            logging: None,
+            tls_interception: None,
+            ca_cert_pem: None,
+            ca_key_pem: None,
+        });
+        let ca_pem = match (options.ca_cert_pem, options.ca_key_pem) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => return Err(Error::new(Status::InvalidArg, "caCertPem and caKeyPem must be given together")),
+        };
         let options = proxy::Options {
+            tls_interception: options.tls_interception.unwrap_or(true),
+            ca_pem,
             http2: enable_http2.unwrap_or(false),
             resolve: options.resolve.unwrap_or_default(),
             upstream_ca_pem: options.upstream_ca_pem.unwrap_or_default(),
@@ -98,6 +118,12 @@ impl ProxyServer {
 
     fn running(&self) -> Result<Arc<proxy::Proxy>> {
         self.proxy.lock().clone().ok_or_else(stopped)
+    }
+
+    /// The CA the app must trust for intercepted hosts (PEM).
+    #[napi(catch_unwind)]
+    pub fn ca_certificate_pem(&self) -> Result<String> {
+        Ok(self.running()?.ca_cert_pem().to_owned())
     }
 
     #[napi(catch_unwind)]

@@ -99,7 +99,7 @@ impl Contexts {
         self.maps.read().by_web_contents.get(&web_contents_id).cloned()
     }
 
-    pub fn len(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.maps.read().by_id.len()
     }
 
@@ -163,7 +163,8 @@ mod tests {
         assert_eq!(parse_basic(b"Bearer abc"), Err(AuthError::Malformed));
         assert_eq!(parse_basic(b"Basic !!!"), Err(AuthError::Malformed));
         assert_eq!(parse_basic(b"Basic"), Err(AuthError::Malformed));
-        assert_eq!(parse_basic(&basic("nocolon", "").split_last().unwrap().1.to_vec()), Err(AuthError::Malformed));
+        let no_colon = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("nocolon"));
+        assert_eq!(parse_basic(no_colon.as_bytes()), Err(AuthError::Malformed));
         assert_eq!(parse_basic(&basic("user", "")), Err(AuthError::Malformed));
         assert_eq!(parse_basic(&basic("", "pass")), Err(AuthError::Malformed));
         assert_eq!(parse_basic(b"Basic \xff\xfe"), Err(AuthError::Malformed));
@@ -195,7 +196,7 @@ mod tests {
         assert!(!contexts.release(&a.id));
         assert!(contexts.release(&a2.id));
         assert!(a2.revoked.is_cancelled());
-        assert_eq!(contexts.len(), 0);
+        assert_eq!(contexts.count(), 0);
         assert!(contexts.for_web_contents(1).is_none());
     }
 }

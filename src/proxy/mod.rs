@@ -25,6 +25,9 @@ use auth::{Context, Contexts};
 use routing::Route;
 use upstream::{Connector, PooledClient, UpstreamOptions};
 
+use crate::tls::ca::CertificateAuthority;
+use crate::tls::intercept::Interceptor;
+
 /// The proxy's own runtime, apart from napi's, shared by every server in the process.
 pub fn runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
@@ -43,6 +46,9 @@ pub struct Options {
     pub resolve: HashMap<String, String>,
     pub upstream_ca_pem: Vec<String>,
     pub logging: bool,
+    pub tls_interception: bool,
+    /// The CA for intercepted hosts, as (certificate, key) PEM; generated when absent.
+    pub ca_pem: Option<(String, String)>,
 }
 
 /// Time limits; fixed for now, one place to make them configurable.
@@ -50,6 +56,7 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -58,6 +65,7 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             response_timeout: Duration::from_secs(60),
+            tls_handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -70,6 +78,9 @@ pub struct Shared {
     pub stats: Stats,
     pub log: Log,
     pub http2: bool,
+    /// Terminates TLS inside loopback tunnels; `None` when interception is off.
+    pub interceptor: Option<Interceptor>,
+    pub ca_cert_pem: String,
     pub limits: Limits,
     /// Cancelled by `stop`: every connection, tunnel and context token descends from it.
     pub shutdown: CancellationToken,
@@ -114,6 +125,13 @@ impl Proxy {
             connect_timeout: limits.connect_timeout,
         })
         .map_err(StartError::BadOption)?;
+        let ca = match &options.ca_pem {
+            Some((cert, key)) => CertificateAuthority::from_pem(cert, key),
+            None => CertificateAuthority::generate(),
+        }
+        .map_err(StartError::BadOption)?;
+        let ca_cert_pem = ca.cert_pem().to_owned();
+        let interceptor = options.tls_interception.then(|| Interceptor::new(ca, options.http2));
         let listener = TcpListener::bind(addr).await.map_err(|e| match e.kind() {
             std::io::ErrorKind::AddrInUse => StartError::AddrInUse(addr.to_string()),
             _ => StartError::Io(format!("cannot listen on {addr}: {e}")),
@@ -127,6 +145,8 @@ impl Proxy {
             stats: Stats::default(),
             log: Log(AtomicBool::new(options.logging)),
             http2: options.http2,
+            interceptor,
+            ca_cert_pem,
             limits,
             shutdown,
             tasks: TaskTracker::new(),
@@ -134,6 +154,10 @@ impl Proxy {
         shared.tasks.spawn(server::accept_loop(shared.clone(), listener));
         shared.log.event(format_args!("listening on {addr} (http2: {})", options.http2));
         Ok(Proxy { shared, addr })
+    }
+
+    pub fn ca_cert_pem(&self) -> &str {
+        &self.shared.ca_cert_pem
     }
 
     pub fn port(&self) -> u16 {
@@ -165,7 +189,7 @@ impl Proxy {
     pub fn stats(&self) -> StatsSnapshot {
         let stats = &self.shared.stats;
         StatsSnapshot {
-            contexts: self.shared.contexts.len(),
+            contexts: self.shared.contexts.count(),
             active_connections: stats.connections.load(Ordering::Relaxed),
             active_tunnels: stats.tunnels.load(Ordering::Relaxed),
             total_requests: stats.requests.load(Ordering::Relaxed),

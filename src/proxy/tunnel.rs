@@ -39,7 +39,20 @@ pub async fn connect(shared: Arc<Shared>, context: Arc<Context>, mut req: Reques
     };
     let client = hyper::upgrade::on(&mut req);
     let cancel = context.revoked.child_token();
-    if context.route.is_some() && is_loopback_host(&target.host) {
+    if let Some(route) = context.route.as_ref().filter(|_| is_loopback_host(&target.host)) {
+        if route.proxy_origin.is_some() && shared.interceptor.is_none() {
+            // Nothing to look into: the cmux-proxy origin carries the tunnel, and its answer is ours.
+            let upstream = upstream_for(Some(route), Scheme::Https, &target);
+            let upstream_stream = match open_tunnel(&shared, &upstream, &target).await {
+                Ok(stream) => stream,
+                Err(reason) => return reply::text(StatusCode::BAD_GATEWAY, &reason),
+            };
+            spawn_tunnel(shared, cancel, async move {
+                let client = TokioIo::new(client.await.map_err(io::Error::other)?);
+                relay(client, upstream_stream).await
+            });
+            return established();
+        }
         shared.log.event(format_args!("CONNECT {target}: looking inside"));
         spawn_tunnel(shared.clone(), cancel.clone(), async move {
             let client = TokioIo::new(client.await.map_err(io::Error::other)?);
@@ -108,10 +121,19 @@ async fn look_inside(
         }
     };
     let client = Prefixed { prefix: Bytes::from(first), io: client };
+    let interceptor = shared.interceptor.as_ref();
     match protocol {
         Protocol::Http1 | Protocol::Http2 => {
             let binding = Binding { context, target, scheme: Scheme::Http };
             serve_stream(shared, client, Some(binding), cancel).await;
+            Ok(())
+        }
+        Protocol::Tls if interceptor.is_some() => {
+            let timeout = shared.limits.tls_handshake_timeout;
+            let tls = interceptor.expect("checked above").accept(client, &target.host, timeout).await?;
+            shared.log.event(format_args!("CONNECT {target}: TLS intercepted"));
+            let binding = Binding { context, target, scheme: Scheme::Https };
+            serve_stream(shared, tls, Some(binding), cancel).await;
             Ok(())
         }
         Protocol::Tls | Protocol::Opaque => {

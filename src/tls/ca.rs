@@ -1,0 +1,190 @@
+//! The local certificate authority: generated in memory (or given), it signs
+//! one leaf per intercepted host; leaves are cached.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use time::{Duration, OffsetDateTime};
+
+/// How many hosts' leaves are kept; the oldest is dropped past it.
+const LEAF_CACHE_SIZE: usize = 1024;
+
+/// A leaf certificate with its chain (leaf, then CA) and key.
+pub struct Leaf {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Clone for Leaf {
+    fn clone(&self) -> Self {
+        Leaf { chain: self.chain.clone(), key: self.key.clone_key() }
+    }
+}
+
+pub struct CertificateAuthority {
+    issuer: Issuer<'static, KeyPair>,
+    cert_der: CertificateDer<'static>,
+    cert_pem: String,
+}
+
+impl CertificateAuthority {
+    /// A fresh ECDSA P-256 CA, valid from a day ago for ten years.
+    pub fn generate() -> Result<Self, String> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
+        let mut params = CertificateParams::default();
+        let mut name = DistinguishedName::new();
+        name.push(DnType::CommonName, "Cmux Preview Proxy Local CA");
+        name.push(DnType::OrganizationName, "cmux");
+        params.distinguished_name = name;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::days(1);
+        params.not_after = now + Duration::days(3650);
+        let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+        Ok(CertificateAuthority {
+            cert_pem: cert.pem(),
+            cert_der: cert.der().clone(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// A CA given as PEM; the key must belong to the certificate.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, String> {
+        let key = KeyPair::from_pem(key_pem).map_err(|e| format!("caKeyPem is not a usable private key: {e}"))?;
+        let cert_der = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+            .next()
+            .ok_or("caCertPem holds no PEM certificate")?
+            .map_err(|e| format!("caCertPem: {e}"))?;
+        let (_, parsed) = x509_parser::parse_x509_certificate(&cert_der)
+            .map_err(|e| format!("caCertPem is not a certificate: {e}"))?;
+        if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+            return Err("caKeyPem does not belong to caCertPem".into());
+        }
+        if !parsed.is_ca() {
+            return Err("caCertPem is not a CA certificate (basicConstraints CA:TRUE missing)".into());
+        }
+        let issuer = Issuer::from_ca_cert_der(&cert_der, key).map_err(|e| format!("caCertPem: {e}"))?;
+        Ok(CertificateAuthority { issuer, cert_der, cert_pem: cert_pem.trim().to_owned() + "\n" })
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// A new leaf for `host`: DNS SAN for names, IP SAN for addresses.
+    pub fn issue_leaf(&self, host: &str) -> Result<Leaf, String> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
+        let mut params =
+            CertificateParams::new(vec![host.to_owned()]).map_err(|e| format!("no certificate for {host:?}: {e}"))?;
+        params.distinguished_name.push(DnType::CommonName, host);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::days(1);
+        // Under Chromium's 398-day ceiling for leaf certificates.
+        params.not_after = now + Duration::days(390);
+        let cert = params.signed_by(&key, &self.issuer).map_err(|e| e.to_string())?;
+        Ok(Leaf {
+            chain: vec![cert.der().clone(), self.cert_der.clone()],
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        })
+    }
+}
+
+/// A bounded map from host to something built once per host (FIFO eviction).
+pub struct HostCache<T> {
+    entries: Mutex<Entries<T>>,
+}
+
+struct Entries<T> {
+    by_host: HashMap<String, Arc<T>>,
+    oldest_first: VecDeque<String>,
+}
+
+impl<T> Default for HostCache<T> {
+    fn default() -> Self {
+        HostCache { entries: Mutex::new(Entries { by_host: HashMap::new(), oldest_first: VecDeque::new() }) }
+    }
+}
+
+impl<T> HostCache<T> {
+    pub fn get_or_try_insert(&self, host: &str, build: impl FnOnce() -> Result<T, String>) -> Result<Arc<T>, String> {
+        if let Some(found) = self.entries.lock().by_host.get(host) {
+            return Ok(found.clone());
+        }
+        // Built outside the lock: key generation must not stall other hosts.
+        let built = Arc::new(build()?);
+        let mut entries = self.entries.lock();
+        if let Some(raced) = entries.by_host.get(host) {
+            return Ok(raced.clone());
+        }
+        if entries.by_host.len() >= LEAF_CACHE_SIZE {
+            if let Some(oldest) = entries.oldest_first.pop_front() {
+                entries.by_host.remove(&oldest);
+            }
+        }
+        entries.by_host.insert(host.to_owned(), built.clone());
+        entries.oldest_first.push_back(host.to_owned());
+        Ok(built)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leaves_chain_to_the_ca_with_the_right_san() {
+        let ca = CertificateAuthority::generate().unwrap();
+        for host in ["localhost", "app.localhost", "127.0.0.1", "::1"] {
+            let leaf = ca.issue_leaf(host).unwrap();
+            assert_eq!(leaf.chain.len(), 2);
+            let (_, cert) = x509_parser::parse_x509_certificate(&leaf.chain[0]).unwrap();
+            let san = cert.subject_alternative_name().unwrap().unwrap();
+            let rendered = format!("{:?}", san.value.general_names);
+            if host.parse::<std::net::IpAddr>().is_ok() {
+                assert!(rendered.contains("IPAddress"), "{host}: {rendered}");
+            } else {
+                assert!(rendered.contains(&format!("DNSName(\"{host}\")")), "{host}: {rendered}");
+            }
+            let (_, ca_cert) = x509_parser::parse_x509_certificate(&leaf.chain[1]).unwrap();
+            assert_eq!(cert.issuer(), ca_cert.subject());
+            assert!(cert.validity().not_before.timestamp() < OffsetDateTime::now_utc().unix_timestamp() - 3600);
+        }
+    }
+
+    #[test]
+    fn a_given_ca_must_match_its_key() {
+        let ca = CertificateAuthority::generate().unwrap();
+        let key = ca.issuer.key().serialize_pem();
+        let reloaded = CertificateAuthority::from_pem(ca.cert_pem(), &key).unwrap();
+        assert_eq!(reloaded.cert_der, ca.cert_der);
+        reloaded.issue_leaf("localhost").unwrap();
+        let other = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap().serialize_pem();
+        let mismatch = CertificateAuthority::from_pem(ca.cert_pem(), &other).err().expect("a foreign key is refused");
+        assert!(mismatch.contains("does not belong"), "{mismatch}");
+        assert!(CertificateAuthority::from_pem("garbage", &key).is_err());
+        assert!(CertificateAuthority::from_pem(ca.cert_pem(), "garbage").is_err());
+    }
+
+    #[test]
+    fn host_cache_is_bounded_and_reuses_entries() {
+        let cache = HostCache::<usize>::default();
+        let first = cache.get_or_try_insert("a", || Ok(1)).unwrap();
+        let again = cache.get_or_try_insert("a", || Ok(2)).unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        for i in 0..LEAF_CACHE_SIZE + 10 {
+            cache.get_or_try_insert(&format!("h{i}"), || Ok(i)).unwrap();
+        }
+        assert_eq!(cache.entries.lock().by_host.len(), LEAF_CACHE_SIZE);
+    }
+}

@@ -1,0 +1,66 @@
+//! The rustls server side of an intercepted loopback tunnel.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::server::Acceptor;
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::LazyConfigAcceptor;
+
+use super::ca::{CertificateAuthority, HostCache};
+use crate::proxy::routing::is_loopback_host;
+
+pub struct Interceptor {
+    ca: CertificateAuthority,
+    /// One server config per host: a host's second tunnel reuses its leaf.
+    configs: HostCache<ServerConfig>,
+    alpn: Vec<Vec<u8>>,
+}
+
+impl Interceptor {
+    pub fn new(ca: CertificateAuthority, http2: bool) -> Self {
+        let alpn = if http2 { vec![b"h2".to_vec(), b"http/1.1".to_vec()] } else { vec![b"http/1.1".to_vec()] };
+        Interceptor { ca, configs: HostCache::default(), alpn }
+    }
+
+    pub fn ca_cert_pem(&self) -> &str {
+        self.ca.cert_pem()
+    }
+
+    fn config_for(&self, host: &str) -> Result<Arc<ServerConfig>, String> {
+        self.configs.get_or_try_insert(host, || {
+            let leaf = self.ca.issue_leaf(host)?;
+            let mut config = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_no_client_auth()
+                .with_single_cert(leaf.chain, leaf.key)
+                .map_err(|e| e.to_string())?;
+            config.alpn_protocols = self.alpn.clone();
+            Ok(config)
+        })
+    }
+
+    /// Terminates the client's TLS with a leaf for its SNI (when that is a
+    /// loopback name) or else for the CONNECT host.
+    pub async fn accept<I>(&self, io: I, connect_host: &str, timeout: Duration) -> io::Result<TlsStream<I>>
+    where
+        I: AsyncRead + AsyncWrite + Unpin,
+    {
+        let handshake = async {
+            let start = LazyConfigAcceptor::new(Acceptor::default(), io).await?;
+            let host = match start.client_hello().server_name() {
+                Some(sni) if is_loopback_host(sni) => sni.to_ascii_lowercase(),
+                _ => connect_host.to_owned(),
+            };
+            let config = self.config_for(&host).map_err(io::Error::other)?;
+            start.into_stream(config).await
+        };
+        tokio::time::timeout(timeout, handshake)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?
+    }
+}
