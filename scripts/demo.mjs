@@ -1,0 +1,134 @@
+// The proxy end to end, the way a preview WebContents uses it, against local
+// stand-ins: a "cloud dev box" (HTTPS + WebSocket, certificate from a demo CA)
+// and a plain TCP echo service. Prints what happened and how long it took.
+import http from 'node:http'
+import https from 'node:https'
+import net from 'node:net'
+import tls from 'node:tls'
+import { once } from 'node:events'
+import { createRequire } from 'node:module'
+import { buildAddon, installNodePackages, root } from './setup.mjs'
+
+installNodePackages()
+buildAddon()
+
+const require = createRequire(`${root}/`)
+const { ProxyServer } = require('./index.js')
+const { WebSocketServer, WebSocket } = require('ws')
+const { makeCA, makeLeaf } = await import('../__test__/helpers.mjs')
+
+const route = { morphId: 'demo', scope: 'base', domainSuffix: 'demo.test' }
+const devBoxHost = 'cmux-demo-base-3000.demo.test'
+const ms = (start) => `${(performance.now() - start).toFixed(1)} ms`
+const step = (title) => console.log(`\n== ${title}`)
+
+// The cloud dev box stand-in: answers with what it saw, echoes WebSocket messages.
+const demoCa = makeCA('cmux demo CA')
+const devBox = https.createServer(makeLeaf(demoCa, [devBoxHost]), (req, res) => {
+  res.setHeader('content-type', 'text/plain')
+  res.end(`dev box saw ${req.method} ${req.url} Host=${req.headers.host}`)
+})
+const hmr = new WebSocketServer({ server: devBox, path: '/hmr' })
+hmr.on('connection', (socket) => {
+  socket.send('hello from the dev server')
+  socket.on('message', (data) => socket.send(`echo: ${data}`))
+})
+devBox.listen(0, '127.0.0.1')
+await once(devBox, 'listening')
+
+const echo = net.createServer((socket) => socket.pipe(socket)).listen(0, '127.0.0.1')
+await once(echo, 'listening')
+
+const proxy = await ProxyServer.start('127.0.0.1:0', true, {
+  // Like curl --resolve: the demo's "remote" names point at local stand-ins.
+  resolve: {
+    [`${devBoxHost}:443`]: `127.0.0.1:${devBox.address().port}`,
+    'echo.demo.test:7': `127.0.0.1:${echo.address().port}`,
+  },
+  upstreamCaPem: [demoCa.certPem],
+  logging: true,
+})
+const port = proxy.port()
+const context = proxy.createContext(1, route)
+const auth = `Basic ${Buffer.from(`${context.username}:${context.password}`).toString('base64')}`
+console.log(`proxy on 127.0.0.1:${port}; context ${context.id} as ${context.username} routes to ${devBoxHost}`)
+
+/** Opens a CONNECT tunnel through the proxy, as Chromium does for ws:// and https://. */
+async function tunnel(authority) {
+  const socket = net.connect(port, '127.0.0.1')
+  await once(socket, 'connect')
+  socket.write(`CONNECT ${authority} HTTP/1.1\r\nHost: ${authority}\r\nProxy-Authorization: ${auth}\r\n\r\n`)
+  const [head] = await once(socket, 'data')
+  const status = head.toString('latin1').split('\r\n')[0]
+  if (!status.includes(' 200 ')) throw new Error(`CONNECT ${authority}: ${status}`)
+  return socket
+}
+
+step('1. Without credentials the proxy challenges (the browser answers in app.on("login"))')
+let start = performance.now()
+const challenged = await new Promise((resolve, reject) =>
+  http.get({ host: '127.0.0.1', port, path: 'http://localhost:3000/' }, resolve).on('error', reject))
+challenged.resume()
+console.log(`${challenged.statusCode} ${challenged.headers['proxy-authenticate']} (${ms(start)})`)
+
+step('2. http://localhost:3000/ is rewritten to the dev box')
+start = performance.now()
+const page = await new Promise((resolve, reject) =>
+  http.get({ host: '127.0.0.1', port, path: 'http://localhost:3000/index.html?v=1', headers: { 'proxy-authorization': auth } }, (res) => {
+    let body = ''
+    res.on('data', (chunk) => (body += chunk))
+    res.on('end', () => resolve(`${res.statusCode}: ${body}`))
+  }).on('error', reject))
+console.log(`${page} (${ms(start)})`)
+
+step('3. A CONNECT tunnel to a non-loopback service is relayed byte for byte')
+start = performance.now()
+const raw = await tunnel('echo.demo.test:7')
+raw.write('ping through the tunnel')
+const [echoed] = await once(raw, 'data')
+console.log(`echo service answered "${echoed}" (${ms(start)})`)
+raw.destroy()
+
+step('4. ws://localhost:3000/hmr through CONNECT: the hot-reload socket, both ways')
+start = performance.now()
+const hmrSocket = await tunnel('localhost:3000')
+const client = new WebSocket('ws://localhost:3000/hmr', { createConnection: () => hmrSocket })
+const messages = []
+client.on('message', (data) => messages.push(String(data)))
+await once(client, 'open')
+client.send('file changed: src/App.tsx')
+while (messages.length < 2) await once(client, 'message')
+console.log(`received: ${messages.map((m) => JSON.stringify(m)).join(', ')} (${ms(start)})`)
+client.close()
+await once(client, 'close')
+
+step('5. https://localhost:3000/ through CONNECT: TLS terminated with the proxy CA, then rewritten')
+start = performance.now()
+const secureTunnel = await tunnel('localhost:3000')
+const secure = tls.connect({ socket: secureTunnel, servername: 'localhost', ca: [proxy.caCertificatePem()], ALPNProtocols: ['http/1.1'] })
+await once(secure, 'secureConnect')
+const leaf = secure.getPeerCertificate()
+const securePage = await new Promise((resolve, reject) =>
+  // The socket is already TLS: plain http on top of it, as a browser would send.
+  http.get({ host: 'localhost:3000', path: '/secure', createConnection: () => secure }, (res) => {
+    let body = ''
+    res.on('data', (chunk) => (body += chunk))
+    res.on('end', () => resolve(`${res.statusCode}: ${body}`))
+  }).on('error', reject))
+console.log(`leaf ${leaf.subject.CN} (${leaf.subjectaltname}) issued by "${leaf.issuer.CN}"`)
+console.log(`${securePage} (${ms(start)})`)
+
+step('6. releaseContext revokes the credentials at once')
+proxy.releaseContext(context.id)
+const revoked = await new Promise((resolve, reject) =>
+  http.get({ host: '127.0.0.1', port, path: 'http://localhost:3000/', headers: { 'proxy-authorization': auth }, agent: false }, resolve).on('error', reject))
+revoked.resume()
+console.log(`after release: ${revoked.statusCode}`)
+console.log('stats:', proxy.stats())
+
+await proxy.stop()
+hmr.close()
+devBox.closeAllConnections()
+devBox.close()
+echo.close()
+console.log('\ndemo finished: proxy stopped')

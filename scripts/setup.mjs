@@ -1,0 +1,30 @@
+// Brings a fresh clone to a runnable state: npm packages from the lockfile and
+// the release build of the addon. Used by `npm test` and `npm run demo`.
+import { spawnSync } from 'node:child_process'
+import { existsSync, statSync } from 'node:fs'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+export const root = join(dirname(fileURLToPath(import.meta.url)), '..')
+
+export function run(command, args, options = {}) {
+  console.log(`\n$ ${command} ${args.join(' ')}`)
+  const result = spawnSync(command, args, { stdio: 'inherit', cwd: root, ...options })
+  if (result.status !== 0) {
+    console.error(`\n${command} ${args.join(' ')} failed (${result.signal ?? `exit ${result.status}`})`)
+    process.exit(result.status || 1)
+  }
+}
+
+/** npm ci when node_modules is missing or older than the lockfile. */
+export function installNodePackages() {
+  const marker = join(root, 'node_modules', '.package-lock.json')
+  const lock = join(root, 'package-lock.json')
+  if (!existsSync(marker) || statSync(marker).mtimeMs < statSync(lock).mtimeMs) {
+    run('npm', ['ci', '--no-audit', '--no-fund'])
+  }
+}
+
+export function buildAddon() {
+  run('npx', ['napi', 'build', '--platform', '--release'])
+}
