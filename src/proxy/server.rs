@@ -9,6 +9,7 @@ use std::sync::Arc;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -102,13 +103,23 @@ where
                 async move { Ok::<_, Infallible>(handle(shared, connection, binding, req).await) }
             })
         };
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder.http1().timer(TokioTimer::new()).header_read_timeout(shared.limits.header_read_timeout);
-        builder.http2().timer(TokioTimer::new()).enable_connect_protocol();
-        let builder = if shared.http2 { builder } else { builder.http1_only() };
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        let io = TokioIo::new(io);
+        let header_read_timeout = shared.limits.header_read_timeout;
+        // The auto builder ignores `http1_only` when serving upgrades: HTTP/1.1 alone needs hyper's own builder.
+        let served = async {
+            if shared.http2 {
+                let mut builder = auto::Builder::new(TokioExecutor::new());
+                builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
+                builder.http2().timer(TokioTimer::new()).enable_connect_protocol();
+                builder.serve_connection_with_upgrades(io, service).await
+            } else {
+                let mut builder = http1::Builder::new();
+                builder.timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
+                builder.serve_connection(io, service).with_upgrades().await.map_err(Into::into)
+            }
+        };
         tokio::select! {
-            result = connection => {
+            result = served => {
                 if let Err(e) = result {
                     shared.log.event(format_args!("connection ended: {e}"));
                 }
