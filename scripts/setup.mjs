@@ -28,3 +28,15 @@ export function installNodePackages() {
 export function buildAddon() {
   run('npx', ['napi', 'build', '--platform', '--release'])
 }
+
+export const CHROMIUM = '/usr/bin/chromium'
+
+/** Debian's chromium for the browser tests, installed with apt-get when missing (CI runs as root). */
+export function installChromium() {
+  if (existsSync(CHROMIUM)) return
+  const asRoot = process.getuid?.() === 0
+  const apt = asRoot ? ['apt-get'] : ['sudo', '-n', 'apt-get']
+  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' }
+  run(apt[0], [...apt.slice(1), 'update', '-qq'], { env })
+  run(apt[0], [...apt.slice(1), 'install', '-y', '-qq', '--no-install-recommends', 'chromium'], { env })
+}

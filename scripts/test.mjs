@@ -1,7 +1,9 @@
-// Every test, from a fresh clone: Rust unit tests, then the addon's JS integration suite.
-import { buildAddon, installNodePackages, run } from './setup.mjs'
+// Every test, from a fresh clone: Rust unit tests, then the addon's JS
+// integration suite (headless Chromium included).
+import { buildAddon, installChromium, installNodePackages, run } from './setup.mjs'
 
 installNodePackages()
+installChromium()
 run('cargo', ['test', '--locked'])
 buildAddon()
 run('npx', ['vitest', 'run'])
