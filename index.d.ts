@@ -13,6 +13,8 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 export declare class ProxyServer {
   /** Binds `listenAddr` (`"127.0.0.1:0"` picks a free port) and starts serving. */
   static start(listenAddr: string, enableHttp2?: boolean | undefined | null, options?: StartOptions | undefined | null): Promise<ProxyServer>
+  /** The CA the app must trust for intercepted hosts (PEM). */
+  caCertificatePem(): string
   port(): number
   /** New credentials for a WebContents; replaces any earlier context of the same WebContents. */
   createContext(webContentsId: number, route?: ProxyRoute | undefined | null): ProxyContext
@@ -67,4 +69,9 @@ export interface StartOptions {
   upstreamCaPem?: Array<string>
   /** Event log on stderr, prefix `[cmux-preview-proxy]`. */
   logging?: boolean
+  /** Terminate TLS inside `CONNECT` tunnels to loopback hosts of routed contexts (default true). */
+  tlsInterception?: boolean
+  /** Use this CA (with `caKeyPem`) for intercepted hosts instead of generating one. */
+  caCertPem?: string
+  caKeyPem?: string
 }

@@ -38,5 +38,5 @@ export function installChromium() {
   const apt = asRoot ? ['apt-get'] : ['sudo', '-n', 'apt-get']
   const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' }
   run(apt[0], [...apt.slice(1), 'update', '-qq'], { env })
-  run(apt[0], [...apt.slice(1), 'install', '-y', '-qq', '--no-install-recommends', 'chromium'], { env })
+  run(apt[0], [...apt.slice(1), 'install', '-y', '-qq', 'chromium'], { env })
 }
