@@ -74,4 +74,18 @@ export interface StartOptions {
   /** Use this CA (with `caKeyPem`) for intercepted hosts instead of generating one. */
   caCertPem?: string
   caKeyPem?: string
+  /** A request head must arrive within this many ms, else the connection closes (default 30000). */
+  headerReadTimeoutMs?: number
+  /** Larger request heads get 431 (default 65536, at least 8192). */
+  maxHeadBytes?: number
+  /** Connecting to an upstream (TCP and TLS) longer than this gives 504 (default 10000). */
+  upstreamConnectTimeoutMs?: number
+  /** An upstream's response head later than this gives 504 (default 60000). */
+  upstreamResponseTimeoutMs?: number
+  /** A tunnel or WebSocket with no bytes either way for this long is closed (default 600000). */
+  idleTunnelTimeoutMs?: number
+  /** Client connections beyond this get 503 and a close (default 4096). */
+  maxConnections?: number
+  /** Restricts CONNECT to hosts that are not rewritten to these ports (default: any port). */
+  connectPorts?: Array<number>
 }

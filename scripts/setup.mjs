@@ -1,7 +1,7 @@
 // Brings a fresh clone to a runnable state: npm packages from the lockfile and
 // the release build of the addon. Used by `npm test` and `npm run demo`.
 import { spawnSync } from 'node:child_process'
-import { existsSync, statSync } from 'node:fs'
+import { copyFileSync, existsSync, mkdtempSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
@@ -25,8 +25,18 @@ export function installNodePackages() {
   }
 }
 
+/**
+ * The release build of the addon. Built aside and renamed into place, so a
+ * process that still has the old .node mapped keeps running.
+ */
 export function buildAddon() {
-  run('npx', ['napi', 'build', '--platform', '--release'])
+  const out = mkdtempSync(join(root, '.addon-build-'))
+  run('npx', ['napi', 'build', '--platform', '--release', '--output-dir', out])
+  for (const file of readdirSync(out)) {
+    if (file.endsWith('.node')) renameSync(join(out, file), join(root, file))
+    else copyFileSync(join(out, file), join(root, file))
+  }
+  rmSync(out, { recursive: true, force: true })
 }
 
 export const CHROMIUM = '/usr/bin/chromium'

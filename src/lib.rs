@@ -41,6 +41,7 @@ pub struct ProxyCredentials {
 }
 
 #[napi(object)]
+#[derive(Default)]
 pub struct StartOptions {
     /// `"host:port" -> "ip:port"`, consulted before DNS (like curl --resolve).
     pub resolve: Option<HashMap<String, String>>,
@@ -53,6 +54,63 @@ pub struct StartOptions {
     /// Use this CA (with `caKeyPem`) for intercepted hosts instead of generating one.
     pub ca_cert_pem: Option<String>,
     pub ca_key_pem: Option<String>,
+    /// A request head must arrive within this many ms, else the connection closes (default 30000).
+    pub header_read_timeout_ms: Option<u32>,
+    /// Larger request heads get 431 (default 65536, at least 8192).
+    pub max_head_bytes: Option<u32>,
+    /// Connecting to an upstream (TCP and TLS) longer than this gives 504 (default 10000).
+    pub upstream_connect_timeout_ms: Option<u32>,
+    /// An upstream's response head later than this gives 504 (default 60000).
+    pub upstream_response_timeout_ms: Option<u32>,
+    /// A tunnel or WebSocket with no bytes either way for this long is closed (default 600000).
+    pub idle_tunnel_timeout_ms: Option<u32>,
+    /// Client connections beyond this get 503 and a close (default 4096).
+    pub max_connections: Option<u32>,
+    /// Restricts CONNECT to hosts that are not rewritten to these ports (default: any port).
+    pub connect_ports: Option<Vec<u32>>,
+}
+
+/// The limits `options` asks for, on top of the defaults.
+fn limits_from(options: &StartOptions) -> Result<proxy::Limits> {
+    let mut limits = proxy::Limits::default();
+    let positive = |name: &str, value: Option<u32>| -> Result<Option<u64>> {
+        match value {
+            Some(0) => Err(Error::new(Status::InvalidArg, format!("{name} must be greater than 0"))),
+            other => Ok(other.map(u64::from)),
+        }
+    };
+    let millis = std::time::Duration::from_millis;
+    if let Some(ms) = positive("headerReadTimeoutMs", options.header_read_timeout_ms)? {
+        limits.header_read_timeout = millis(ms);
+    }
+    if let Some(ms) = positive("upstreamConnectTimeoutMs", options.upstream_connect_timeout_ms)? {
+        limits.connect_timeout = millis(ms);
+        limits.tls_handshake_timeout = millis(ms);
+    }
+    if let Some(ms) = positive("upstreamResponseTimeoutMs", options.upstream_response_timeout_ms)? {
+        limits.response_timeout = millis(ms);
+    }
+    if let Some(ms) = positive("idleTunnelTimeoutMs", options.idle_tunnel_timeout_ms)? {
+        limits.idle_tunnel_timeout = millis(ms);
+    }
+    if let Some(n) = positive("maxConnections", options.max_connections)? {
+        limits.max_connections = n as usize;
+    }
+    if let Some(bytes) = options.max_head_bytes {
+        if bytes < 8192 {
+            return Err(Error::new(Status::InvalidArg, "maxHeadBytes must be at least 8192"));
+        }
+        limits.max_head_bytes = bytes as usize;
+    }
+    if let Some(ports) = &options.connect_ports {
+        let ports = ports
+            .iter()
+            .map(|&p| u16::try_from(p).ok().filter(|&p| p > 0))
+            .collect::<Option<Vec<u16>>>()
+            .ok_or_else(|| Error::new(Status::InvalidArg, "connectPorts must hold ports between 1 and 65535"))?;
+        limits.connect_ports = Some(ports);
+    }
+    Ok(limits)
 }
 
 #[napi(object)]
@@ -87,20 +145,15 @@ impl ProxyServer {
         enable_http2: Option<bool>,
         options: Option<StartOptions>,
     ) -> Result<ProxyServer> {
-        let options = options.unwrap_or(StartOptions {
-            resolve: None,
-            upstream_ca_pem: None,
-            logging: None,
-            tls_interception: None,
-            ca_cert_pem: None,
-            ca_key_pem: None,
-        });
+        let options = options.unwrap_or_default();
+        let limits = limits_from(&options)?;
         let ca_pem = match (options.ca_cert_pem, options.ca_key_pem) {
             (Some(cert), Some(key)) => Some((cert, key)),
             (None, None) => None,
             _ => return Err(Error::new(Status::InvalidArg, "caCertPem and caKeyPem must be given together")),
         };
         let options = proxy::Options {
+            limits,
             tls_interception: options.tls_interception.unwrap_or(true),
             ca_pem,
             http2: enable_http2.unwrap_or(false),

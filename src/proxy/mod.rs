@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod forward;
+pub mod prefixed;
 pub mod reply;
 pub mod routing;
 pub mod server;
@@ -43,6 +44,7 @@ pub fn runtime() -> &'static tokio::runtime::Runtime {
 
 pub struct Options {
     pub http2: bool,
+    pub limits: Limits,
     pub resolve: HashMap<String, String>,
     pub upstream_ca_pem: Vec<String>,
     pub logging: bool,
@@ -51,21 +53,35 @@ pub struct Options {
     pub ca_pem: Option<(String, String)>,
 }
 
-/// Time limits; fixed for now, one place to make them configurable.
+/// Timeouts and sizes that bound what a client or an upstream can make the proxy hold.
+#[derive(Clone, Debug)]
 pub struct Limits {
+    /// A request head must arrive within this (slowloris); else the connection is closed.
     pub header_read_timeout: Duration,
+    /// A bigger request head gets `431`.
+    pub max_head_bytes: usize,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub tls_handshake_timeout: Duration,
+    /// A tunnel or WebSocket with no bytes either way for this long is closed.
+    pub idle_tunnel_timeout: Duration,
+    /// Client connections beyond this get `503` and a close.
+    pub max_connections: usize,
+    /// When set, `CONNECT` to hosts that are not rewritten is allowed to these ports only.
+    pub connect_ports: Option<Vec<u16>>,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             header_read_timeout: Duration::from_secs(30),
+            max_head_bytes: 64 * 1024,
             connect_timeout: Duration::from_secs(10),
             response_timeout: Duration::from_secs(60),
             tls_handshake_timeout: Duration::from_secs(10),
+            idle_tunnel_timeout: Duration::from_secs(600),
+            max_connections: 4096,
+            connect_ports: None,
         }
     }
 }
@@ -85,6 +101,8 @@ pub struct Shared {
     /// Cancelled by `stop`: every connection, tunnel and context token descends from it.
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
+    /// One permit per client connection on the listener.
+    pub connection_slots: Arc<tokio::sync::Semaphore>,
 }
 
 #[derive(Debug)]
@@ -118,7 +136,7 @@ impl Proxy {
     /// Binds and starts serving. Must run on [`runtime`].
     pub async fn start(listen_addr: &str, options: Options) -> Result<Proxy, StartError> {
         let addr: SocketAddr = listen_addr.parse().map_err(|_| StartError::BadAddress(listen_addr.to_owned()))?;
-        let limits = Limits::default();
+        let limits = options.limits;
         let connector = Connector::new(UpstreamOptions {
             resolve: upstream::parse_resolve(options.resolve).map_err(StartError::BadOption)?,
             extra_roots_pem: options.upstream_ca_pem,
@@ -147,9 +165,10 @@ impl Proxy {
             http2: options.http2,
             interceptor,
             ca_cert_pem,
-            limits,
             shutdown,
             tasks: TaskTracker::new(),
+            connection_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
+            limits,
         });
         shared.tasks.spawn(server::accept_loop(shared.clone(), listener));
         shared.log.event(format_args!("listening on {addr} (http2: {})", options.http2));

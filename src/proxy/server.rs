@@ -9,19 +9,20 @@ use std::sync::Arc;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use parking_lot::Mutex;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::Context;
 use super::forward::{client_response, upgrade_protocol, upstream_request};
+use super::prefixed::Prefixed;
 use super::reply::{self, Body};
 use super::routing::{target_of_uri, upstream_for, HostPort, Scheme, Upstream};
+use super::sniff::{sniff, Protocol};
 use super::upstream::ConnectError;
 use super::{tunnel, Shared};
 
@@ -43,8 +44,16 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
         match accepted {
             Ok((stream, _)) => {
                 let _ = stream.set_nodelay(true);
+                let Ok(slot) = shared.connection_slots.clone().try_acquire_owned() else {
+                    shared.tasks.spawn(refuse_over_capacity(stream));
+                    continue;
+                };
                 let closer = shared.shutdown.child_token();
-                shared.tasks.spawn(serve_stream(shared.clone(), stream, None, closer));
+                let served = serve_stream(shared.clone(), stream, None, closer);
+                shared.tasks.spawn(async move {
+                    served.await;
+                    drop(slot);
+                });
             }
             // Out of file descriptors and the like: back off instead of spinning.
             Err(e) => {
@@ -53,6 +62,17 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             }
         }
     }
+}
+
+/// Past `max_connections`: a short `503` and a close, without reading the request.
+async fn refuse_over_capacity(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 30\r\nConnection: close\r\n\r\nproxy is at its connection cap\n";
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        stream.write_all(BUSY).await?;
+        stream.shutdown().await
+    })
+    .await;
 }
 
 /// Per-connection state the service needs.
@@ -103,23 +123,31 @@ where
                 async move { Ok::<_, Infallible>(handle(shared, connection, binding, req).await) }
             })
         };
-        let io = TokioIo::new(io);
-        let header_read_timeout = shared.limits.header_read_timeout;
-        // The auto builder ignores `http1_only` when serving upgrades: HTTP/1.1 alone needs hyper's own builder.
+        let limits = &shared.limits;
         let served = async {
-            if shared.http2 {
-                let mut builder = auto::Builder::new(TokioExecutor::new());
-                builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
-                builder.http2().timer(TokioTimer::new()).enable_connect_protocol();
-                builder.serve_connection_with_upgrades(io, service).await
+            let mut io = io;
+            let mut first = Vec::new();
+            let h2 = shared.http2 && reads_h2_preface(&mut io, &mut first, limits.header_read_timeout).await?;
+            let io = TokioIo::new(Prefixed::new(first, io));
+            if h2 {
+                let mut builder = http2::Builder::new(TokioExecutor::new());
+                builder
+                    .timer(TokioTimer::new())
+                    .enable_connect_protocol()
+                    .max_header_list_size(u32::try_from(limits.max_head_bytes).unwrap_or(u32::MAX));
+                builder.serve_connection(io, service).await.map_err(Into::into)
             } else {
                 let mut builder = http1::Builder::new();
-                builder.timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
+                builder
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(limits.header_read_timeout)
+                    .max_header_size(limits.max_head_bytes);
                 builder.serve_connection(io, service).with_upgrades().await.map_err(Into::into)
             }
         };
         tokio::select! {
             result = served => {
+                let result: Result<(), Box<dyn std::error::Error + Send + Sync>> = result;
                 if let Err(e) = result {
                     shared.log.event(format_args!("connection ended: {e}"));
                 }
@@ -127,6 +155,26 @@ where
             _ = closer.cancelled() => {}
         }
     })
+}
+
+/// Reads until the first bytes tell HTTP/2's preface from anything else
+/// (served as HTTP/1.1). `Err` when the client sends nothing in time.
+async fn reads_h2_preface<I: AsyncRead + Unpin>(
+    io: &mut I,
+    first: &mut Vec<u8>,
+    timeout: std::time::Duration,
+) -> std::io::Result<bool> {
+    let sniffing = async {
+        loop {
+            if let Some(protocol) = sniff(first) {
+                return Ok(protocol == Protocol::Http2);
+            }
+            if io.read_buf(first).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    };
+    tokio::time::timeout(timeout, sniffing).await.map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
 }
 
 async fn handle(

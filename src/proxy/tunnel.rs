@@ -3,11 +3,12 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
-use bytes::{Buf, Bytes};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -18,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::Context;
 use super::forward::{client_response, upstream_request};
+use super::prefixed::Prefixed;
 use super::reply::{self, empty_body, Body};
 use super::routing::{is_loopback_host, parse_authority, upstream_for, HostPort, Scheme, Upstream};
 use super::server::{response_timed_out, serve_stream, upstream_failure, Binding};
@@ -39,6 +41,7 @@ pub async fn connect(shared: Arc<Shared>, context: Arc<Context>, mut req: Reques
     };
     let client = hyper::upgrade::on(&mut req);
     let cancel = context.revoked.child_token();
+    let idle = shared.limits.idle_tunnel_timeout;
     if let Some(route) = context.route.as_ref().filter(|_| is_loopback_host(&target.host)) {
         if route.proxy_origin.is_some() && shared.interceptor.is_none() {
             // Nothing to look into: the cmux-proxy origin carries the tunnel, and its answer is ours.
@@ -49,7 +52,7 @@ pub async fn connect(shared: Arc<Shared>, context: Arc<Context>, mut req: Reques
             };
             spawn_tunnel(shared, cancel, async move {
                 let client = TokioIo::new(client.await.map_err(io::Error::other)?);
-                relay(client, upstream_stream).await
+                relay(client, upstream_stream, idle).await
             });
             return established();
         }
@@ -60,6 +63,9 @@ pub async fn connect(shared: Arc<Shared>, context: Arc<Context>, mut req: Reques
         });
         return established();
     }
+    if shared.limits.connect_ports.as_ref().is_some_and(|ports| !ports.contains(&target.port)) {
+        return reply::text(StatusCode::FORBIDDEN, &format!("CONNECT to port {} is not allowed", target.port));
+    }
     let upstream = match shared.connector.connect_tcp(&target).await {
         Ok(upstream) => upstream,
         Err(e) => return upstream_failure(&shared, &upstream_for(None, Scheme::Https, &target), &e),
@@ -67,7 +73,7 @@ pub async fn connect(shared: Arc<Shared>, context: Arc<Context>, mut req: Reques
     shared.log.event(format_args!("CONNECT {target}: tunnel open"));
     spawn_tunnel(shared, cancel, async move {
         let client = TokioIo::new(client.await.map_err(io::Error::other)?);
-        relay(client, upstream).await
+        relay(client, upstream, idle).await
     });
     established()
 }
@@ -98,8 +104,81 @@ where
 }
 
 /// Copies both ways until both directions are done; half-closes propagate.
-async fn relay(mut a: impl Stream, mut b: impl Stream) -> io::Result<()> {
-    tokio::io::copy_bidirectional(&mut a, &mut b).await.map(|_| ())
+/// A tunnel silent both ways for `idle_timeout` is closed.
+async fn relay(a: impl Stream, mut b: impl Stream, idle_timeout: Duration) -> io::Result<()> {
+    let mut a = Watched { io: a, activity: Arc::new(Activity::default()) };
+    let activity = a.activity.clone();
+    let copy = tokio::io::copy_bidirectional(&mut a, &mut b);
+    tokio::pin!(copy);
+    loop {
+        let deadline = activity.last() + idle_timeout;
+        tokio::select! {
+            copied = &mut copy => return copied.map(|_| ()),
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                if activity.last() + idle_timeout <= Instant::now() {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "tunnel idle"));
+                }
+            }
+        }
+    }
+}
+
+/// When bytes last moved, as milliseconds since the tunnel opened.
+struct Activity {
+    opened: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity { opened: Instant::now(), last_ms: AtomicU64::new(0) }
+    }
+}
+
+impl Activity {
+    fn touch(&self) {
+        let elapsed = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(elapsed, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.opened + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// One side of a relay: every byte read from or written to it counts as activity.
+struct Watched<I> {
+    io: I,
+    activity: Arc<Activity>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 /// Serves plaintext HTTP inside a loopback tunnel itself; TLS and anything
@@ -120,7 +199,7 @@ async fn look_inside(
             return Ok(());
         }
     };
-    let client = Prefixed { prefix: Bytes::from(first), io: client };
+    let client = Prefixed::new(first, client);
     let interceptor = shared.interceptor.as_ref();
     match protocol {
         Protocol::Http1 | Protocol::Http2 => {
@@ -139,7 +218,7 @@ async fn look_inside(
         Protocol::Tls | Protocol::Opaque => {
             let upstream = upstream_for(context.route.as_ref(), Scheme::Https, &target);
             let upstream_stream = open_tunnel(&shared, &upstream, &target).await.map_err(io::Error::other)?;
-            relay(client, upstream_stream).await
+            relay(client, upstream_stream, shared.limits.idle_tunnel_timeout).await
         }
     }
 }
@@ -271,9 +350,10 @@ fn join_when_upgraded(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
 ) {
+    let idle = shared.limits.idle_tunnel_timeout;
     spawn_tunnel(shared.clone(), context.revoked.child_token(), async move {
         let (client, upstream) = tokio::try_join!(client, upstream).map_err(io::Error::other)?;
-        relay(TokioIo::new(client), TokioIo::new(upstream)).await
+        relay(TokioIo::new(client), TokioIo::new(upstream), idle).await
     });
 }
 
@@ -282,49 +362,4 @@ fn websocket_key() -> HeaderValue {
     getrandom::fill(&mut nonce).expect("the OS random number generator is unavailable");
     let key = base64::engine::general_purpose::STANDARD.encode(nonce);
     HeaderValue::from_str(&key).expect("base64 is a valid header value")
-}
-
-/// A stream whose first bytes were already read (to sniff them): they are
-/// replayed before the rest.
-struct Prefixed<I> {
-    prefix: Bytes,
-    io: I,
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if self.prefix.has_remaining() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
 }

@@ -58,7 +58,7 @@ impl CertificateAuthority {
 
     /// A CA given as PEM; the key must belong to the certificate.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, String> {
-        let key = KeyPair::from_pem(key_pem).map_err(|e| format!("caKeyPem is not a usable private key: {e}"))?;
+        let key = key_pair_from_pem(key_pem)?;
         let cert_der = rustls_pemfile::certs(&mut cert_pem.as_bytes())
             .next()
             .ok_or("caCertPem holds no PEM certificate")?
@@ -98,6 +98,46 @@ impl CertificateAuthority {
             key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
         })
     }
+}
+
+/// Reads a PKCS#8 key, or an RSA key in PKCS#1 form (`BEGIN RSA PRIVATE KEY`, as
+/// `openssl genrsa` writes it) by wrapping it in PKCS#8, which is what ring reads.
+fn key_pair_from_pem(key_pem: &str) -> Result<KeyPair, String> {
+    let unusable = |e: &dyn std::fmt::Display| format!("caKeyPem is not a usable private key: {e}");
+    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+        .map_err(|e| unusable(&e))?
+        .ok_or_else(|| unusable(&"no PEM private key found"))?;
+    let pkcs8 = match key {
+        PrivateKeyDer::Pkcs8(der) => der.secret_pkcs8_der().to_vec(),
+        PrivateKeyDer::Pkcs1(der) => rsa_pkcs1_to_pkcs8(der.secret_pkcs1_der()),
+        _ => return Err(unusable(&"use a PKCS#8 (BEGIN PRIVATE KEY) or RSA PKCS#1 key")),
+    };
+    KeyPair::try_from(pkcs8.as_slice()).map_err(|e| unusable(&e))
+}
+
+/// PrivateKeyInfo { version 0, rsaEncryption with NULL parameters, the PKCS#1 key }.
+fn rsa_pkcs1_to_pkcs8(pkcs1: &[u8]) -> Vec<u8> {
+    const VERSION_AND_ALGORITHM: &[u8] = &[
+        0x02, 0x01, 0x00, // INTEGER 0
+        0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05,
+        0x00, // rsaEncryption, NULL
+    ];
+    let key = der_element(0x04, pkcs1);
+    der_element(0x30, &[VERSION_AND_ALGORITHM, &key].concat())
+}
+
+fn der_element(tag: u8, content: &[u8]) -> Vec<u8> {
+    let len = content.len();
+    let mut out = vec![tag];
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes: Vec<u8> = len.to_be_bytes().into_iter().skip_while(|&b| b == 0).collect();
+        out.push(0x80 | bytes.len() as u8);
+        out.extend(bytes);
+    }
+    out.extend_from_slice(content);
+    out
 }
 
 /// A bounded map from host to something built once per host (FIFO eviction).
@@ -174,6 +214,13 @@ mod tests {
         assert!(mismatch.contains("does not belong"), "{mismatch}");
         assert!(CertificateAuthority::from_pem("garbage", &key).is_err());
         assert!(CertificateAuthority::from_pem(ca.cert_pem(), "garbage").is_err());
+    }
+
+    #[test]
+    fn der_lengths() {
+        assert_eq!(der_element(0x04, &[1, 2]), [0x04, 2, 1, 2]);
+        assert_eq!(&der_element(0x04, &[0; 200])[..3], [0x04, 0x81, 200]);
+        assert_eq!(&der_element(0x04, &[0; 300])[..4], [0x04, 0x82, 0x01, 0x2c]);
     }
 
     #[test]

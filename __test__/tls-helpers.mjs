@@ -1,0 +1,277 @@
+// Helpers for the TLS-interception, HTTP/2 and cmux-origin tests: CONNECT
+// tunnels that hand back a plain socket, TLS on top of them, HTTPS "dev box"
+// stand-ins with a test CA, and small HTTP/2 utilities.
+
+import crypto from 'node:crypto'
+import http from 'node:http'
+import https from 'node:https'
+import http2 from 'node:http2'
+import net from 'node:net'
+import tls from 'node:tls'
+import { makeCA, makeLeaf } from './helpers.mjs'
+
+export const DEV_HOST = 'cmux-m1-base-3000.test.local'
+export const ROUTE = { morphId: 'm1', scope: 'base', domainSuffix: 'test.local' }
+
+// RSA key generation in node-forge is slow; share one test CA per process.
+let sharedCA
+export function testCA() {
+  sharedCA ??= makeCA('cmux tls tests CA')
+  return sharedCA
+}
+
+/** A PKCS#8 ("BEGIN PRIVATE KEY") rendering of any PEM private key. */
+export function pkcs8(keyPem) {
+  return crypto.createPrivateKey(keyPem).export({ type: 'pkcs8', format: 'pem' })
+}
+
+export function fingerprint(pem) {
+  return new crypto.X509Certificate(pem).fingerprint256
+}
+
+function trackSockets(server, event = 'connection') {
+  const sockets = new Set()
+  server.on(event, (socket) => {
+    sockets.add(socket)
+    socket.on('close', () => sockets.delete(socket))
+  })
+  return sockets
+}
+
+async function listen(server) {
+  await new Promise((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      server.off('error', reject)
+      resolve()
+    })
+  })
+  return server.address().port
+}
+
+function closer(server, sockets, extra = () => {}) {
+  let closing
+  return () => {
+    closing ??= new Promise((resolve) => {
+      extra()
+      server.close(() => resolve())
+      for (const socket of sockets) socket.destroy()
+    })
+    return closing
+  }
+}
+
+/**
+ * An HTTPS server with a leaf for `names` signed by `ca` (default: the shared
+ * test CA). `h2`: an http2 secure server with allowHTTP1. Counts TCP
+ * connections; `requests` records { method, url, host, httpVersion, headers, socket, session }.
+ */
+export async function startTlsServer(handler, { names = [DEV_HOST], ca = testCA(), h2 = false } = {}) {
+  const leaf = makeLeaf(ca, names)
+  const server = h2
+    ? http2.createSecureServer({ key: leaf.key, cert: leaf.cert, allowHTTP1: true })
+    : https.createServer({ key: leaf.key, cert: leaf.cert })
+  const stats = { connections: 0, secureConnections: 0 }
+  const requests = []
+  const sessions = new Set()
+  server.on('connection', () => stats.connections++)
+  server.on('secureConnection', () => stats.secureConnections++)
+  if (h2) {
+    server.on('session', (s) => {
+      sessions.add(s)
+      s.on('close', () => sessions.delete(s))
+      s.on('error', () => {})
+    })
+  }
+  server.on('request', (req, res) => {
+    requests.push({
+      method: req.method,
+      url: req.url,
+      host: req.headers.host ?? req.headers[':authority'],
+      httpVersion: req.httpVersion,
+      headers: req.headers,
+      socket: req.socket,
+      // HTTP/2 only: the session (one per TCP connection) the stream came on.
+      session: req.stream?.session,
+    })
+    handler(req, res)
+  })
+  server.on('tlsClientError', () => {})
+  const sockets = trackSockets(server)
+  const port = await listen(server)
+  const close = closer(server, sockets, () => {
+    for (const s of sessions) s.destroy()
+  })
+  return { server, port, close, stats, requests, sessions, leaf }
+}
+
+/**
+ * Opens a CONNECT tunnel and resolves with the raw net.Socket once the proxy
+ * answered 200 (any bytes after the head are unshifted back). Rejects with
+ * the status line otherwise.
+ */
+export function connectTunnel(proxyPort, authority, auth, { extraHeaders = [] } = {}) {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(proxyPort, '127.0.0.1')
+    let buf = Buffer.alloc(0)
+    const fail = (err) => {
+      socket.destroy()
+      reject(err)
+    }
+    const onData = (d) => {
+      buf = Buffer.concat([buf, d])
+      const i = buf.indexOf('\r\n\r\n')
+      if (i < 0) return
+      socket.off('data', onData)
+      socket.off('error', fail)
+      const head = buf.subarray(0, i).toString('latin1')
+      const rest = buf.subarray(i + 4)
+      const status = Number(/^HTTP\/1\.[01] (\d{3})/.exec(head)?.[1])
+      if (status !== 200) {
+        const err = new Error(`CONNECT ${authority} failed: ${head.split('\r\n')[0]}`)
+        err.status = status
+        err.head = head
+        socket.destroy()
+        return reject(err)
+      }
+      if (rest.length) socket.unshift(rest)
+      resolve(socket)
+    }
+    socket.on('data', onData)
+    socket.on('error', fail)
+    socket.on('connect', () => {
+      let head = `CONNECT ${authority} HTTP/1.1\r\nHost: ${authority}\r\n`
+      if (auth) head += `Proxy-Authorization: ${auth}\r\n`
+      for (const [k, v] of extraHeaders) head += `${k}: ${v}\r\n`
+      socket.write(head + '\r\n')
+    })
+  })
+}
+
+/**
+ * TLS over an already open socket; resolves with the TLSSocket after the
+ * handshake, rejects on any TLS error. `opts` go to tls.connect.
+ */
+export function tlsOver(socket, opts) {
+  return new Promise((resolve, reject) => {
+    const t = tls.connect({ socket, ...opts })
+    const onError = (err) => {
+      t.destroy()
+      reject(err)
+    }
+    t.once('error', onError)
+    t.once('secureConnect', () => {
+      t.off('error', onError)
+      t.on('error', () => {})
+      resolve(t)
+    })
+  })
+}
+
+/** CONNECT `authority` then TLS with `opts`; resolves the TLSSocket. */
+export async function tlsTunnel(proxyPort, authority, auth, opts) {
+  const raw = await connectTunnel(proxyPort, authority, auth)
+  try {
+    return await tlsOver(raw, opts)
+  } catch (e) {
+    raw.destroy()
+    throw e
+  }
+}
+
+/**
+ * One HTTP/1.1 request on an existing (TLS) socket with Node's http client.
+ * Resolves { status, headers, rawHeaders, body, text }. `body` may be a
+ * Buffer/string or an async iterable of chunks.
+ */
+export function requestOver(socket, { method = 'GET', path = '/', headers = {}, body } = {}) {
+  return new Promise((resolve, reject) => {
+    const req = http.request({
+      method,
+      path,
+      headers: { host: 'localhost:3000', ...headers },
+      createConnection: () => socket,
+    }, (res) => {
+      const chunks = []
+      res.on('data', (c) => chunks.push(c))
+      res.on('error', reject)
+      res.on('end', () => {
+        const buf = Buffer.concat(chunks)
+        resolve({ status: res.statusCode, headers: res.headers, rawHeaders: res.rawHeaders, body: buf, text: buf.toString() })
+      })
+    })
+    req.on('error', reject)
+    if (body === undefined || typeof body === 'string' || Buffer.isBuffer(body)) {
+      req.end(body)
+    } else {
+      ;(async () => {
+        for await (const chunk of body) {
+          if (!req.write(chunk)) await new Promise((r) => req.once('drain', r))
+        }
+        req.end()
+      })().catch(reject)
+    }
+  })
+}
+
+/**
+ * An https.Agent whose connections are CONNECT tunnels through the proxy
+ * with TLS on top (`tlsOptions`, e.g. { ca, servername }): what a browser
+ * does for https:// and wss:// URLs through a proxy.
+ */
+export class TlsTunnelAgent extends https.Agent {
+  constructor({ proxyPort, auth, tlsOptions }) {
+    super({ keepAlive: false })
+    this.proxyPort = proxyPort
+    this.auth = auth
+    this.tlsOptions = tlsOptions
+  }
+
+  createConnection(options, callback) {
+    const host = options.host.includes(':') ? `[${options.host}]` : options.host
+    tlsTunnel(this.proxyPort, `${host}:${options.port}`, this.auth, {
+      servername: net.isIP(options.host) ? undefined : options.host,
+      ALPNProtocols: ['http/1.1'],
+      ...this.tlsOptions,
+    }).then((socket) => callback(null, socket), (err) => callback(err))
+    return undefined
+  }
+}
+
+/** http2.connect over an already negotiated TLS socket (ALPN h2). */
+export function h2Over(tlsSocket, authority = 'https://localhost:3000') {
+  const session = http2.connect(authority, { createConnection: () => tlsSocket })
+  session.on('error', () => {})
+  return session
+}
+
+/** One request on an HTTP/2 session; resolves { status, headers, body, text }. */
+export function h2request(session, headers, body) {
+  return new Promise((resolve, reject) => {
+    const stream = session.request(headers, { endStream: body === undefined })
+    const chunks = []
+    let responseHeaders
+    stream.on('response', (h) => (responseHeaders = h))
+    stream.on('data', (c) => chunks.push(c))
+    stream.on('end', () => {
+      const buf = Buffer.concat(chunks)
+      resolve({ status: responseHeaders?.[':status'], headers: responseHeaders, body: buf, text: buf.toString() })
+    })
+    stream.on('error', reject)
+    if (body !== undefined) stream.end(body)
+  })
+}
+
+/**
+ * Resolves with the first remote SETTINGS of an HTTP/2 session; call it
+ * right after creating the session.
+ */
+export function remoteSettings(session) {
+  return new Promise((resolve, reject) => {
+    session.once('remoteSettings', resolve)
+    session.once('error', reject)
+    session.once('close', () => reject(new Error('session closed before its SETTINGS arrived')))
+  })
+}
+
+export { makeLeaf }
