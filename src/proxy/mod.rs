@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod forward;
+pub mod pool;
 pub mod prefixed;
 pub mod reply;
 pub mod routing;
@@ -23,8 +24,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use auth::{Context, Contexts};
+use pool::UpstreamClient;
 use routing::Route;
-use upstream::{Connector, PooledClient, UpstreamOptions};
+use upstream::{Connector, UpstreamOptions};
 
 use crate::tls::ca::CertificateAuthority;
 use crate::tls::intercept::Interceptor;
@@ -89,7 +91,7 @@ impl Default for Limits {
 /// Everything a connection task needs, shared by all of them.
 pub struct Shared {
     pub contexts: Contexts,
-    pub client: PooledClient,
+    pub client: UpstreamClient,
     pub connector: Connector,
     pub stats: Stats,
     pub log: Log,
@@ -158,7 +160,7 @@ impl Proxy {
         let shutdown = CancellationToken::new();
         let shared = Arc::new(Shared {
             contexts: Contexts::new(shutdown.clone()),
-            client: upstream::pooled_client(connector.clone()),
+            client: UpstreamClient::new(connector.clone()),
             connector,
             stats: Stats::default(),
             log: Log(AtomicBool::new(options.logging)),

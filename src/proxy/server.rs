@@ -224,7 +224,7 @@ async fn handle(
 /// Sends a plain request through the pooled client and streams the answer back.
 async fn forward(shared: &Shared, req: Request<Incoming>, upstream: &Upstream) -> Response<Body> {
     let req = upstream_request(req.map(|body| body.boxed()), upstream, None);
-    let sent = tokio::time::timeout(shared.limits.response_timeout, shared.client.request(req)).await;
+    let sent = tokio::time::timeout(shared.limits.response_timeout, shared.client.send(req)).await;
     match sent {
         Ok(Ok(response)) => client_response(response.map(|body| body.boxed())),
         Ok(Err(e)) => upstream_failure(shared, upstream, &e),

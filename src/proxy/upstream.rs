@@ -12,14 +12,13 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use super::reply::Body;
+use super::pool::Origins;
 use super::routing::{HostPort, Scheme};
 
 /// Why an upstream could not be reached; decides between 502 and 504.
@@ -65,6 +64,7 @@ pub struct Connector {
 }
 
 struct ConnectorInner {
+    origins: Arc<Origins>,
     resolve: HashMap<String, SocketAddr>,
     tls_any: tokio_rustls::TlsConnector,
     tls_http1: tokio_rustls::TlsConnector,
@@ -97,12 +97,18 @@ impl Connector {
         };
         Ok(Connector {
             inner: Arc::new(ConnectorInner {
+                origins: Arc::default(),
                 resolve: options.resolve,
                 tls_any: tls_config(&[b"h2", b"http/1.1"])?,
                 tls_http1: tls_config(&[b"http/1.1"])?,
                 connect_timeout: options.connect_timeout,
             }),
         })
+    }
+
+    /// The origins this connector has connected to (for the pool's first-connection gate).
+    pub fn origins(&self) -> Arc<Origins> {
+        self.inner.origins.clone()
     }
 
     /// A TCP connection to `addr`, through the `resolve` overrides, else DNS.
@@ -157,18 +163,6 @@ impl Connector {
     }
 }
 
-/// The pooled client every plain request goes through.
-pub type PooledClient = Client<Connector, Body>;
-
-pub fn pooled_client(connector: Connector) -> PooledClient {
-    Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .set_host(false)
-        .build(connector)
-}
-
 impl tower_service::Service<http::Uri> for Connector {
     type Response = TokioIo<UpstreamStream>;
     type Error = ConnectError;
@@ -183,7 +177,9 @@ impl tower_service::Service<http::Uri> for Connector {
         Box::pin(async move {
             let (scheme, addr) = super::routing::target_of_uri(&uri)
                 .map_err(|e| ConnectError { timed_out: false, message: format!("bad upstream URI {uri}: {e}") })?;
-            Ok(TokioIo::new(connector.connect(scheme, &addr, Alpn::Any).await?))
+            let stream = connector.connect(scheme, &addr, Alpn::Any).await?;
+            connector.inner.origins.connected(&addr.host_header(scheme));
+            Ok(TokioIo::new(stream))
         })
     }
 }
@@ -194,18 +190,19 @@ pub enum UpstreamStream {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
+impl UpstreamStream {
+    /// Whether TLS negotiated HTTP/2 by ALPN.
+    pub fn is_h2(&self) -> bool {
+        matches!(self, UpstreamStream::Tls(tls) if tls.get_ref().1.alpn_protocol() == Some(b"h2"))
+    }
+}
+
 impl Connection for UpstreamStream {
     fn connected(&self) -> Connected {
-        match self {
-            UpstreamStream::Plain(_) => Connected::new(),
-            UpstreamStream::Tls(tls) => {
-                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                if h2 {
-                    Connected::new().negotiated_h2()
-                } else {
-                    Connected::new()
-                }
-            }
+        if self.is_h2() {
+            Connected::new().negotiated_h2()
+        } else {
+            Connected::new()
         }
     }
 }

@@ -1,0 +1,107 @@
+//! The client plain requests go through: hyper-util's pool, keep-alive for
+//! HTTP/1.1 and one multiplexed connection for origins that choose HTTP/2 by
+//! ALPN. In front of it, the first connection to an origin is opened once:
+//! a burst of first requests waits for it instead of racing to open its own
+//! (the pool only learns from ALPN, once connected, that the origin
+//! multiplexes).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use super::reply::Body;
+use super::upstream::Connector;
+
+/// Origins remembered at most; past it the memory starts over (it is only an optimisation).
+const MAX_ORIGINS: usize = 4096;
+
+pub type SendError = hyper_util::client::legacy::Error;
+
+/// Which origins have been connected to, shared with the connector that learns it.
+#[derive(Default)]
+pub struct Origins {
+    by_authority: Mutex<HashMap<String, Arc<Origin>>>,
+}
+
+#[derive(Default)]
+pub struct Origin {
+    /// The first connection exists, or its attempt is over: requests go straight to the pool.
+    settled: AtomicBool,
+    connected: Notify,
+    /// Held by the request that opens the first connection.
+    first: tokio::sync::Mutex<()>,
+}
+
+impl Origins {
+    fn get(&self, authority: &str) -> Arc<Origin> {
+        let mut map = self.by_authority.lock();
+        if map.len() >= MAX_ORIGINS && !map.contains_key(authority) {
+            map.clear();
+        }
+        map.entry(authority.to_owned()).or_default().clone()
+    }
+
+    /// Called by the connector for every new upstream connection.
+    pub fn connected(&self, authority: &str) {
+        if let Some(origin) = self.by_authority.lock().get(authority) {
+            origin.settled.store(true, Ordering::Release);
+            origin.connected.notify_waiters();
+        }
+    }
+}
+
+pub struct UpstreamClient {
+    pool: Client<Connector, Body>,
+    origins: Arc<Origins>,
+}
+
+impl UpstreamClient {
+    pub fn new(connector: Connector) -> Self {
+        let origins = connector.origins();
+        let pool = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .http2_adaptive_window(true)
+            .set_host(false)
+            .build(connector);
+        UpstreamClient { pool, origins }
+    }
+
+    /// Sends `req` (absolute URI) and returns the response head; the body streams.
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, SendError> {
+        let authority = req.uri().authority().map_or("", |a| a.as_str()).to_ascii_lowercase();
+        let origin = self.origins.get(&authority);
+        if origin.settled.load(Ordering::Acquire) {
+            return self.pool.request(req).await;
+        }
+        let first = origin.first.lock().await;
+        if origin.settled.load(Ordering::Acquire) {
+            drop(first);
+            return self.pool.request(req).await;
+        }
+        // This request opens the origin's first connection; the others may go once it exists.
+        let connected = origin.connected.notified();
+        let response = self.pool.request(req);
+        tokio::pin!(connected, response);
+        tokio::select! {
+            result = &mut response => {
+                // Even a failed attempt opens the gate: waiters must not fail one after another.
+                origin.settled.store(true, Ordering::Release);
+                result
+            }
+            _ = &mut connected => {
+                drop(first);
+                response.await
+            }
+        }
+    }
+}
