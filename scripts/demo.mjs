@@ -7,9 +7,10 @@ import net from 'node:net'
 import tls from 'node:tls'
 import { once } from 'node:events'
 import { createRequire } from 'node:module'
-import { buildAddon, installNodePackages, root } from './setup.mjs'
+import { buildAddon, installChromium, installNodePackages, root } from './setup.mjs'
 
 installNodePackages()
+installChromium()
 buildAddon()
 
 const require = createRequire(`${root}/`)
@@ -131,4 +132,74 @@ hmr.close()
 devBox.closeAllConnections()
 devBox.close()
 echo.close()
-console.log('\ndemo finished: proxy stopped')
+console.log('\nproxy stopped')
+
+// ---------------------------------------------------------------------------
+// The same, in a real browser: headless Chromium configured like an Electron
+// preview session (proxy for http and https with loopback not bypassed, the
+// 407 answered with the context's credentials, the proxy CA trusted by its key).
+const { mkdirSync } = await import('node:fs')
+const { join } = await import('node:path')
+const {
+  CHROMIUM_PATH, devHost, inspectPage, launchChromium, newPreviewContext, recordFailures, spkiHash, startDevBox,
+  waitForHmrText,
+} = await import('../__test__/browser-helpers.mjs')
+
+const webRoute = { morphId: 'web', scope: 'base', domainSuffix: 'demo.test' }
+const webHost = devHost(webRoute)
+step(`7. Chromium (${CHROMIUM_PATH}, headless) opens http://localhost:3000/; nothing listens on localhost:3000`)
+const webBox = await startDevBox({ tls: makeLeaf(demoCa, [webHost]) })
+const browserProxy = await ProxyServer.start('127.0.0.1:0', true, {
+  resolve: { [`${webHost}:443`]: `127.0.0.1:${webBox.port}` },
+  upstreamCaPem: [demoCa.certPem],
+})
+const preview = browserProxy.createContext(2, webRoute)
+console.log(`proxy on 127.0.0.1:${browserProxy.port()}; context ${preview.id} as ${preview.username} routes to ${webHost}` +
+  ` (dev box stand-in on 127.0.0.1:${webBox.port})`)
+console.log(`trusting the proxy CA by its SPKI hash ${spkiHash(browserProxy.caCertificatePem())}`)
+start = performance.now()
+const browser = await launchChromium({ caPem: browserProxy.caCertificatePem() })
+const browserContext = await newPreviewContext(browser, browserProxy.port(), preview)
+const browserPage = await browserContext.newPage()
+const failures = recordFailures(browserPage)
+console.log(`${browser.version()} launched (${ms(start)})`)
+try {
+  start = performance.now()
+  const response = await browserPage.goto('http://localhost:3000/')
+  const seen = await inspectPage(browserPage)
+  console.log(`page ${seen.url}: ${response.status()} "${seen.title}", loaded with its assets in ${ms(start)}`)
+  console.log(`  served by:  ${seen.servedBy}  (route from the stylesheet: ${seen.routeFromCss})`)
+  console.log(`  CSS:        #title color ${seen.titleColor}`)
+  console.log(`  JS module:  "${seen.js}"`)
+  console.log(`  image:      ${seen.imgNaturalWidth}x${seen.imgNaturalHeight} px`)
+  console.log('  the dev box saw:')
+  for (const r of webBox.requests) console.log(`    ${r.kind === 'ws' ? 'WS  ' : r.method.padEnd(4)} ${r.path.padEnd(12)} Host=${r.host}`)
+
+  step('8. Hot reload in Chromium: ws://localhost:3000/hmr (a CONNECT tunnel the proxy serves), both ways')
+  start = performance.now()
+  await waitForHmrText(browserPage, 'echo: hello from the page')
+  const upgrade = webBox.requests.find((r) => r.kind === 'ws')
+  console.log(`page socket open and echoed (${ms(start)}); the dev box saw the upgrade GET ${upgrade.path} Host=${upgrade.host}`)
+  await browserPage.evaluate(() => window.hmrSocket.send('file saved: src/App.tsx'))
+  while (!webBox.wsMessages.some((m) => m.data === 'file saved: src/App.tsx')) await new Promise((r) => setTimeout(r, 10))
+  console.log('dev box received from the page:', webBox.wsMessages.map((m) => JSON.stringify(m.data)).join(', '))
+  start = performance.now()
+  webBox.push('update: /src/App.tsx')
+  const lines = await waitForHmrText(browserPage, 'update: /src/App.tsx')
+  console.log(`pushed "update: /src/App.tsx", shown by the page after ${ms(start)}`)
+  console.log('page HMR log:', lines.map((l) => JSON.stringify(l)).join(', '))
+
+  const outputDir = join(root, '__test__', 'output')
+  mkdirSync(outputDir, { recursive: true })
+  const screenshot = join(outputDir, 'demo.png')
+  await browserPage.screenshot({ path: screenshot, fullPage: true })
+  console.log(`screenshot: ${screenshot}`)
+  console.log('failed requests:', failures.length ? failures : 'none')
+  console.log('stats:', browserProxy.stats())
+} finally {
+  await browserContext.close()
+  await browser.close()
+  await browserProxy.stop()
+  await webBox.close()
+}
+console.log('\ndemo finished: browser closed, proxies stopped')

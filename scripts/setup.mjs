@@ -26,12 +26,14 @@ export function installNodePackages() {
 }
 
 /**
- * The release build of the addon. Built aside and renamed into place, so a
+ * The release build of the addon (with `testHooks`, the test-only panic hook
+ * compiled in, for the integration suite). Built aside and renamed into place, so a
  * process that still has the old .node mapped keeps running.
  */
-export function buildAddon() {
+export function buildAddon({ testHooks = false } = {}) {
   const out = mkdtempSync(join(root, '.addon-build-'))
-  run('npx', ['napi', 'build', '--platform', '--release', '--output-dir', out])
+  const features = testHooks ? ['--features', 'test-hooks'] : []
+  run('npx', ['napi', 'build', '--platform', '--release', ...features, '--output-dir', out])
   for (const file of readdirSync(out)) {
     if (file.endsWith('.node')) renameSync(join(out, file), join(root, file))
     else copyFileSync(join(out, file), join(root, file))

@@ -5,5 +5,5 @@ import { buildAddon, installChromium, installNodePackages, run } from './setup.m
 installNodePackages()
 installChromium()
 run('cargo', ['test', '--locked'])
-buildAddon()
+buildAddon({ testHooks: true })
 run('npx', ['vitest', 'run'])

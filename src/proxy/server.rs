@@ -3,10 +3,12 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use http::{header, Method, Request, Response, StatusCode};
+use futures_util::FutureExt;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
@@ -120,7 +122,7 @@ where
             let shared = shared.clone();
             service_fn(move |req| {
                 let (shared, connection, binding) = (shared.clone(), connection.clone(), binding.clone());
-                async move { Ok::<_, Infallible>(handle(shared, connection, binding, req).await) }
+                async move { Ok::<_, Infallible>(handle_contained(shared, connection, binding, req).await) }
             })
         };
         let limits = &shared.limits;
@@ -177,6 +179,30 @@ async fn reads_h2_preface<I: AsyncRead + Unpin>(
     tokio::time::timeout(timeout, sniffing).await.map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
 }
 
+/// Runs [`handle`] so that a panic in it costs only this connection: the
+/// client gets a 500 and the connection closes; the process lives on.
+async fn handle_contained(
+    shared: Arc<Shared>,
+    connection: Arc<Connection>,
+    binding: Option<Binding>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let closer = connection.closer.clone();
+    let handled = AssertUnwindSafe(handle(shared.clone(), connection, binding, req)).catch_unwind().await;
+    handled.unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        shared.log.event(format_args!("request handler panicked, closing its connection: {message}"));
+        closer.cancel();
+        let mut response = reply::text(StatusCode::INTERNAL_SERVER_ERROR, "internal proxy error");
+        response.headers_mut().insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+        response
+    })
+}
+
 async fn handle(
     shared: Arc<Shared>,
     connection: Arc<Connection>,
@@ -184,6 +210,10 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Response<Body> {
     shared.stats.request_started();
+    #[cfg(feature = "test-hooks")]
+    if req.headers().contains_key("x-cmux-test-panic") {
+        panic!("deliberate panic from the test hook");
+    }
     let context = match &binding {
         Some(binding) => binding.context.clone(),
         None => {
