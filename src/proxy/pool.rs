@@ -70,7 +70,10 @@ impl UpstreamClient {
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
-            .http2_adaptive_window(true)
+            // Fixed, generous windows: h2 sizes its allowance for small unread DATA frames from the
+            // connection window, and a dev server answering a burst of modules sends many of them.
+            .http2_initial_stream_window_size(1 << 20)
+            .http2_initial_connection_window_size(8 << 20)
             .set_host(false)
             .build(connector);
         UpstreamClient { pool, origins }
