@@ -84,7 +84,7 @@ export interface StartOptions {
   upstreamResponseTimeoutMs?: number
   /** A tunnel or WebSocket with no bytes either way for this long is closed (default 600000). */
   idleTunnelTimeoutMs?: number
-  /** Client connections beyond this get 503 and a close (default 4096). */
+  /** Client connections (tunnels included) beyond this get 503 and a close (default 4096). */
   maxConnections?: number
   /** Restricts CONNECT to hosts that are not rewritten to these ports (default: any port). */
   connectPorts?: Array<number>

@@ -45,6 +45,10 @@ export async function launchChromium({ caPem, args = [] } = {}) {
   const executablePath = requireChromium()
   const { chromium } = await import('playwright-core')
   const spki = caPem ? [`--ignore-certificate-errors-spki-list=${spkiHash(caPem)}`] : []
+  // Debugging aid: CMUX_CHROMIUM_NETLOG=/tmp/netlog.json records Chromium's network events (HTTP/2 frames included).
+  const netlog = process.env.CMUX_CHROMIUM_NETLOG
+    ? [`--log-net-log=${process.env.CMUX_CHROMIUM_NETLOG}`, '--net-log-capture-mode=Everything']
+    : []
   return chromium.launch({
     executablePath,
     headless: true,
@@ -57,6 +61,7 @@ export async function launchChromium({ caPem, args = [] } = {}) {
       '--disable-component-update',
       '--disable-sync',
       ...spki,
+      ...netlog,
       ...args,
     ],
   })
@@ -253,12 +258,29 @@ document.getElementById('burst').textContent = 'burst: ' + ok + '/' + n + (error
  *
  * requests: { seq, kind: 'http'|'ws', method, path, host, route, httpVersion }
  * wsMessages: { route, data }; ws: open sockets with their route.
+ * h2Goaways: GOAWAY frames the stand-in received from its client (the proxy), { code, lastStreamId }.
+ *
+ * `batchMs`: module responses (/mods/*) are held and released together, every
+ * `batchMs` ms after the first held one, the way a dev server answers a burst
+ * of module requests after one transform pass; 0 answers at once.
  */
-export async function startDevBox({ tls, h2 = false } = {}) {
+export async function startDevBox({ tls, h2 = false, batchMs = 0 } = {}) {
   const requests = []
   const wsMessages = []
   const wsClients = new Set()
   const counters = { tcp: 0, tls: 0, h2Sessions: 0 }
+  const h2Goaways = []
+  let held = []
+  const hold = (fn) => {
+    held.push(fn)
+    if (held.length === 1) {
+      setTimeout(() => {
+        const batch = held
+        held = []
+        for (const f of batch) f()
+      }, batchMs)
+    }
+  }
   const sockets = new Set()
   const sessions = new Set()
   let seq = 0
@@ -279,6 +301,7 @@ export async function startDevBox({ tls, h2 = false } = {}) {
       counters.h2Sessions++
       sessions.add(s)
       s.on('close', () => sessions.delete(s))
+      s.on('goaway', (code, lastStreamId) => h2Goaways.push({ code, lastStreamId }))
       s.on('error', () => {})
     })
   }
@@ -303,7 +326,10 @@ export async function startDevBox({ tls, h2 = false } = {}) {
     if (pathname === '/whoami') return send(200, 'text/plain', `whoami: ${host} (${req.httpVersion})`)
     if (pathname === '/burst.html') return send(200, 'text/html; charset=utf-8', burstHtml(BURST_MODULES))
     const mod = /^\/mods\/m(\d+)\.js$/.exec(pathname)
-    if (mod) return send(200, 'text/javascript', `export default ${Number(mod[1])}\n`)
+    if (mod) {
+      const reply = () => send(200, 'text/javascript', `export default ${Number(mod[1])}\n`)
+      return batchMs > 0 ? hold(reply) : reply()
+    }
     if (pathname === '/echo' && req.method === 'POST') {
       const hash = crypto.createHash('sha256')
       let length = 0
@@ -369,6 +395,7 @@ export async function startDevBox({ tls, h2 = false } = {}) {
     wsMessages,
     wsClients,
     counters,
+    h2Goaways,
     /** Sends `text` to every open HMR socket (optionally of one route); returns how many got it. */
     push(text, route) {
       let n = 0

@@ -40,12 +40,30 @@ async function preview(webContentsId, route) {
   return { ctx, context }
 }
 
+// A setup failure (above all: no Chromium) fails every test with its message; nothing is skipped.
+let setupError
+function browserTest(name, fn, timeout) {
+  test(name, async () => {
+    if (setupError) throw setupError
+    await fn()
+  }, timeout)
+}
+
 beforeAll(async () => {
-  requireChromium() // fails every test of the file with a clear message, never skips
+  try {
+    await setup()
+  } catch (error) {
+    setupError = error
+  }
+}, 60000)
+
+async function setup() {
+  requireChromium()
   ca = makeCA('cmux browser tests CA')
   const leaf = makeLeaf(ca, [devHost(R1), devHost(R2), devHost(R4)])
   devBox = await startDevBox({ tls: leaf })
-  devBoxH2 = await startDevBox({ tls: leaf, h2: true })
+  // Module responses leave the h2 stand-in in batches, as a dev server's transform pass answers a burst.
+  devBoxH2 = await startDevBox({ tls: leaf, h2: true, batchMs: 150 })
   proxy = await ProxyServer.start('127.0.0.1:0', true, {
     resolve: {
       [`${devHost(R1)}:443`]: `127.0.0.1:${devBox.port}`,
@@ -56,7 +74,7 @@ beforeAll(async () => {
     logging: !!process.env.CMUX_PROXY_LOG,
   })
   browser = await launchChromium({ caPem: proxy.caCertificatePem() })
-}, 60000)
+}
 
 afterAll(async () => {
   for (const context of contexts) await context.close().catch(() => {})
@@ -71,7 +89,7 @@ describe('Chromium through the preview proxy', () => {
   let context1
   let context4 // scenario 4's session (https, h2), reused by 4b
 
-  test('1. http://localhost:3000/ loads page, CSS, JS module and image from the dev box', async () => {
+  browserTest('1. http://localhost:3000/ loads page, CSS, JS module and image from the dev box', async () => {
     const { context } = await preview(101, R1)
     context1 = context
     const page = await context.newPage()
@@ -109,7 +127,7 @@ describe('Chromium through the preview proxy', () => {
     }
   }, 30000)
 
-  test('2. hot reload: ws://localhost:3000/hmr carries messages both ways', async () => {
+  browserTest('2. hot reload: ws://localhost:3000/hmr carries messages both ways', async () => {
     expect(page1, 'scenario 1 page').toBeTruthy()
     const page = page1
     // The page's client opened the socket itself after the (authenticated) page load.
@@ -140,7 +158,34 @@ describe('Chromium through the preview proxy', () => {
       'echo: file saved: src/App.tsx', 'update: /src/App.tsx']))
   }, 30000)
 
-  test(`3. burst: ${BURST_MODULES} ES modules in parallel all load`, async () => {
+  browserTest('2b. hot reload over server-sent events: each event arrives while the stream stays open', async () => {
+    expect(context1, 'scenario 1 context').toBeTruthy()
+    const page = await context1.newPage()
+    await page.goto('http://localhost:3000/', { timeout: 20000 })
+    await inspectPage(page)
+    // Ticks are 250 ms apart: a proxy that buffered the streamed body would deliver none (or all at once at the end).
+    const events = await page.evaluate(() => new Promise((resolve) => {
+      const t0 = performance.now()
+      const got = []
+      const source = new EventSource('/events')
+      const done = (extra) => {
+        source.close()
+        resolve(extra ? [...got, extra] : got)
+      }
+      source.onmessage = (e) => {
+        got.push({ data: e.data, at: Math.round(performance.now() - t0) })
+        if (got.length === 3) done()
+      }
+      source.onerror = () => done({ data: 'error' })
+      setTimeout(() => done({ data: 'timeout' }), 5000)
+    }))
+    console.log('[scenario 2b] server-sent events', events)
+    await page.close()
+    expect(events.map((e) => e.data)).toEqual(['tick 1 from m1-base', 'tick 2 from m1-base', 'tick 3 from m1-base'])
+    expect(events[2].at - events[0].at).toBeGreaterThanOrEqual(350)
+  }, 30000)
+
+  browserTest(`3. burst: ${BURST_MODULES} ES modules in parallel all load`, async () => {
     expect(context1, 'scenario 1 context').toBeTruthy()
     const page = await context1.newPage()
     const failures = recordFailures(page, isStandIn)
@@ -188,7 +233,7 @@ describe('Chromium through the preview proxy', () => {
     expect(report.proxyTotalRequestsDelta).toBeGreaterThanOrEqual(BURST_MODULES + 1)
   }, 60000)
 
-  test('4. https://localhost:3000/ over h2 (intercepted TLS) with a wss:// HMR socket', async () => {
+  browserTest('4. https://localhost:3000/ over h2 (intercepted TLS) with a wss:// HMR socket', async () => {
     const { context } = await preview(104, R4)
     context4 = context
     const page = await context.newPage()
@@ -227,15 +272,19 @@ describe('Chromium through the preview proxy', () => {
       expect(log.map((r) => r.path)).toContain(p)
     }
     for (const r of log) expect(r.host).toBe(devHost(R4))
+    // Upstream: HTTP/2 by ALPN for requests, an HTTP/1.1 upgrade for the WebSocket.
+    expect(log.find((r) => r.path === '/').httpVersion).toBe('2.0')
+    expect(log.find((r) => r.kind === 'ws').httpVersion).toBe('1.1')
   }, 40000)
 
-  test(`4b. burst over https/h2: ${BURST_MODULES} ES modules multiplexed through the intercepted tunnel`, async () => {
+  browserTest(`4b. burst over https/h2: ${BURST_MODULES} ES modules multiplexed through the intercepted tunnel`, async () => {
     expect(context4, 'scenario 4 context').toBeTruthy()
     const page = await context4.newPage()
     const failures = recordFailures(page, isStandIn)
     const statsBefore = proxy.stats()
     const upstreamBefore = { ...devBoxH2.counters }
     const modsBefore = devBoxH2.requests.filter((r) => r.path.startsWith('/mods/')).length
+    const goawaysBefore = devBoxH2.h2Goaways.length
     const start = performance.now()
     await page.goto('https://localhost:3000/burst.html', { timeout: 30000 })
     await page.waitForFunction(() => !document.getElementById('burst').textContent.endsWith('loading'), null, {
@@ -252,9 +301,15 @@ describe('Chromium through the preview proxy', () => {
       proxyAfter: statsAfter,
       upstreamTcpConnections: devBoxH2.counters.tcp - upstreamBefore.tcp,
       upstreamH2Sessions: devBoxH2.counters.h2Sessions - upstreamBefore.h2Sessions,
-      failures,
+      upstreamGoaways: devBoxH2.h2Goaways.slice(goawaysBefore),
+      failures: failures.length,
+      failureKinds: [...new Set(failures.map((f) => f.error))],
     })
     await page.close()
+    // The proxy's upstream HTTP/2 client must not tear the multiplexed connection down under a burst
+    // (code 11 = ENHANCE_YOUR_CALM): every stream in flight on it would fail in the page.
+    const errorGoaways = devBoxH2.h2Goaways.slice(goawaysBefore).filter((g) => g.code !== 0)
+    expect(errorGoaways, 'GOAWAY frames with an error code the proxy sent to the dev box').toEqual([])
     expect(failures).toEqual([])
     expect(text).toBe(`burst: ${BURST_MODULES}/${BURST_MODULES}`)
     expect(protocols).toEqual(['h2'])
@@ -263,7 +318,7 @@ describe('Chromium through the preview proxy', () => {
     expect(mods.every((r) => r.host === devHost(R4))).toBe(true)
   }, 60000)
 
-  test('5. two sessions, two proxy contexts: each page only ever sees its own route', async () => {
+  browserTest('5. two sessions, two proxy contexts: each page only ever sees its own route', async () => {
     const a = await preview(105, R1)
     const b = await preview(106, R2)
     const [pageA, pageB] = await Promise.all([a.context.newPage(), b.context.newPage()])
@@ -296,7 +351,7 @@ describe('Chromium through the preview proxy', () => {
     expect(docs.map((r) => `${r.path} ${r.route}`).sort()).toEqual(['/?who=a m1-base', '/?who=b m2-base'])
   }, 40000)
 
-  test('6. after releaseContext the session is refused and nothing reaches the dev box', async () => {
+  browserTest('6. after releaseContext the session is refused and nothing reaches the dev box', async () => {
     const { ctx, context } = await preview(107, R1)
     const page = await context.newPage()
     const response = await page.goto('http://localhost:3000/?who=released', { timeout: 20000 })
@@ -333,7 +388,7 @@ describe('Chromium through the preview proxy', () => {
     expect(devBox.requests.slice(seenBefore)).toEqual([])
   }, 60000)
 
-  test('7. screenshot of scenario 1', async () => {
+  browserTest('7. screenshot of scenario 1', async () => {
     expect(page1, 'scenario 1 page').toBeTruthy()
     mkdirSync(OUTPUT_DIR, { recursive: true })
     const file = join(OUTPUT_DIR, 'scenario-1.png')

@@ -5,243 +5,256 @@
 pub mod proxy;
 pub mod tls;
 
-use std::collections::HashMap;
-use std::sync::Arc;
+// The napi surface is left out when the crate is used as a plain library (the fuzz targets).
+#[cfg(feature = "addon")]
+pub use addon::*;
 
-use napi::bindgen_prelude::*;
-use napi_derive::napi;
-use parking_lot::Mutex;
+#[cfg(feature = "addon")]
+mod addon {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::time::Duration;
 
-/// Where a WebContents' loopback traffic goes: `https://cmux-<morphId>-<scope>-<port>.<domainSuffix>`.
-#[napi(object)]
-pub struct ProxyRoute {
-    /// `[a-z0-9-]+`
-    pub morph_id: String,
-    /// `[a-z0-9-]+`
-    pub scope: String,
-    /// A hostname, e.g. `cmux.app`.
-    pub domain_suffix: String,
-    /// e.g. `https://port-39379-morphvm-abc.http.cloud.morph.so`: loopback traffic goes there instead,
-    /// with `X-Cmux-Port-Internal` and `X-Cmux-Host-Override`.
-    pub cmux_proxy_origin: Option<String>,
-}
+    use napi::bindgen_prelude::*;
+    use napi_derive::napi;
+    use parking_lot::Mutex;
 
-#[napi(object)]
-pub struct ProxyContext {
-    pub id: String,
-    pub username: String,
-    pub password: String,
-    pub web_contents_id: u32,
-}
+    use crate::proxy;
 
-#[napi(object)]
-pub struct ProxyCredentials {
-    pub username: String,
-    pub password: String,
-}
+    /// Where a WebContents' loopback traffic goes: `https://cmux-<morphId>-<scope>-<port>.<domainSuffix>`.
+    #[napi(object)]
+    pub struct ProxyRoute {
+        /// `[a-z0-9-]+`
+        pub morph_id: String,
+        /// `[a-z0-9-]+`
+        pub scope: String,
+        /// A hostname, e.g. `cmux.app`.
+        pub domain_suffix: String,
+        /// e.g. `https://port-39379-morphvm-abc.http.cloud.morph.so`: loopback traffic goes there instead,
+        /// with `X-Cmux-Port-Internal` and `X-Cmux-Host-Override`.
+        pub cmux_proxy_origin: Option<String>,
+    }
 
-#[napi(object)]
-#[derive(Default)]
-pub struct StartOptions {
-    /// `"host:port" -> "ip:port"`, consulted before DNS (like curl --resolve).
-    pub resolve: Option<HashMap<String, String>>,
-    /// Extra PEM roots trusted for upstream TLS, on top of the public web roots.
-    pub upstream_ca_pem: Option<Vec<String>>,
-    /// Event log on stderr, prefix `[cmux-preview-proxy]`.
-    pub logging: Option<bool>,
-    /// Terminate TLS inside `CONNECT` tunnels to loopback hosts of routed contexts (default true).
-    pub tls_interception: Option<bool>,
-    /// Use this CA (with `caKeyPem`) for intercepted hosts instead of generating one.
-    pub ca_cert_pem: Option<String>,
-    pub ca_key_pem: Option<String>,
-    /// A request head must arrive within this many ms, else the connection closes (default 30000).
-    pub header_read_timeout_ms: Option<u32>,
-    /// Larger request heads get 431 (default 65536, at least 8192).
-    pub max_head_bytes: Option<u32>,
-    /// Connecting to an upstream (TCP and TLS) longer than this gives 504 (default 10000).
-    pub upstream_connect_timeout_ms: Option<u32>,
-    /// An upstream's response head later than this gives 504 (default 60000).
-    pub upstream_response_timeout_ms: Option<u32>,
-    /// A tunnel or WebSocket with no bytes either way for this long is closed (default 600000).
-    pub idle_tunnel_timeout_ms: Option<u32>,
-    /// Client connections beyond this get 503 and a close (default 4096).
-    pub max_connections: Option<u32>,
-    /// Restricts CONNECT to hosts that are not rewritten to these ports (default: any port).
-    pub connect_ports: Option<Vec<u32>>,
-}
+    #[napi(object)]
+    pub struct ProxyContext {
+        pub id: String,
+        pub username: String,
+        pub password: String,
+        pub web_contents_id: u32,
+    }
 
-/// The limits `options` asks for, on top of the defaults.
-fn limits_from(options: &StartOptions) -> Result<proxy::Limits> {
-    let mut limits = proxy::Limits::default();
-    let positive = |name: &str, value: Option<u32>| -> Result<Option<u64>> {
+    #[napi(object)]
+    pub struct ProxyCredentials {
+        pub username: String,
+        pub password: String,
+    }
+
+    #[napi(object)]
+    #[derive(Default)]
+    pub struct StartOptions {
+        /// `"host:port" -> "ip:port"`, consulted before DNS (like curl --resolve).
+        pub resolve: Option<HashMap<String, String>>,
+        /// Extra PEM roots trusted for upstream TLS, on top of the public web roots.
+        pub upstream_ca_pem: Option<Vec<String>>,
+        /// Event log on stderr, prefix `[cmux-preview-proxy]`.
+        pub logging: Option<bool>,
+        /// Terminate TLS inside `CONNECT` tunnels to loopback hosts of routed contexts (default true).
+        pub tls_interception: Option<bool>,
+        /// Use this CA (with `caKeyPem`) for intercepted hosts instead of generating one.
+        pub ca_cert_pem: Option<String>,
+        pub ca_key_pem: Option<String>,
+        /// A request head must arrive within this many ms, else the connection closes (default 30000).
+        pub header_read_timeout_ms: Option<f64>,
+        /// Larger request heads get 431 (default 65536, at least 8192).
+        pub max_head_bytes: Option<f64>,
+        /// Connecting to an upstream (TCP and TLS) longer than this gives 504 (default 10000).
+        pub upstream_connect_timeout_ms: Option<f64>,
+        /// An upstream's response head later than this gives 504 (default 60000).
+        pub upstream_response_timeout_ms: Option<f64>,
+        /// A tunnel or WebSocket with no bytes either way for this long is closed (default 600000).
+        pub idle_tunnel_timeout_ms: Option<f64>,
+        /// Client connections (tunnels included) beyond this get 503 and a close (default 4096).
+        pub max_connections: Option<f64>,
+        /// Restricts CONNECT to hosts that are not rewritten to these ports (default: any port).
+        pub connect_ports: Option<Vec<f64>>,
+    }
+
+    /// The limits `options` asks for, on top of the defaults.
+    fn limits_from(options: &StartOptions) -> Result<proxy::Limits> {
+        const DAY_MS: f64 = 86_400_000.0;
+        let mut limits = proxy::Limits::default();
+        let millis = |name, value| Ok::<_, Error>(whole_number(name, value, 1.0, DAY_MS)?.map(Duration::from_millis));
+        if let Some(timeout) = millis("headerReadTimeoutMs", options.header_read_timeout_ms)? {
+            limits.header_read_timeout = timeout;
+        }
+        if let Some(timeout) = millis("upstreamConnectTimeoutMs", options.upstream_connect_timeout_ms)? {
+            limits.connect_timeout = timeout;
+            limits.tls_handshake_timeout = timeout;
+        }
+        if let Some(timeout) = millis("upstreamResponseTimeoutMs", options.upstream_response_timeout_ms)? {
+            limits.response_timeout = timeout;
+        }
+        if let Some(timeout) = millis("idleTunnelTimeoutMs", options.idle_tunnel_timeout_ms)? {
+            limits.idle_tunnel_timeout = timeout;
+        }
+        if let Some(n) = whole_number("maxConnections", options.max_connections, 1.0, 1_000_000.0)? {
+            limits.max_connections = n as usize;
+        }
+        if let Some(bytes) = whole_number("maxHeadBytes", options.max_head_bytes, 8192.0, 16_777_216.0)? {
+            limits.max_head_bytes = bytes as usize;
+        }
+        if let Some(ports) = &options.connect_ports {
+            let ports = ports
+                .iter()
+                .map(|&port| Ok(whole_number("connectPorts[]", Some(port), 1.0, 65535.0)?.unwrap_or_default() as u16))
+                .collect::<Result<Vec<u16>>>()?;
+            limits.connect_ports = Some(ports);
+        }
+        Ok(limits)
+    }
+
+    /// `value` when it is a whole number within `min..=max` (NaN and fractions are refused).
+    fn whole_number(name: &str, value: Option<f64>, min: f64, max: f64) -> Result<Option<u64>> {
         match value {
-            Some(0) => Err(Error::new(Status::InvalidArg, format!("{name} must be greater than 0"))),
-            other => Ok(other.map(u64::from)),
+            None => Ok(None),
+            Some(v) if v.fract() == 0.0 && (min..=max).contains(&v) => Ok(Some(v as u64)),
+            Some(v) => Err(Error::new(
+                Status::InvalidArg,
+                format!("{name} must be a whole number from {min} to {max}, got {v}"),
+            )),
         }
-    };
-    let millis = std::time::Duration::from_millis;
-    if let Some(ms) = positive("headerReadTimeoutMs", options.header_read_timeout_ms)? {
-        limits.header_read_timeout = millis(ms);
     }
-    if let Some(ms) = positive("upstreamConnectTimeoutMs", options.upstream_connect_timeout_ms)? {
-        limits.connect_timeout = millis(ms);
-        limits.tls_handshake_timeout = millis(ms);
-    }
-    if let Some(ms) = positive("upstreamResponseTimeoutMs", options.upstream_response_timeout_ms)? {
-        limits.response_timeout = millis(ms);
-    }
-    if let Some(ms) = positive("idleTunnelTimeoutMs", options.idle_tunnel_timeout_ms)? {
-        limits.idle_tunnel_timeout = millis(ms);
-    }
-    if let Some(n) = positive("maxConnections", options.max_connections)? {
-        limits.max_connections = n as usize;
-    }
-    if let Some(bytes) = options.max_head_bytes {
-        if bytes < 8192 {
-            return Err(Error::new(Status::InvalidArg, "maxHeadBytes must be at least 8192"));
-        }
-        limits.max_head_bytes = bytes as usize;
-    }
-    if let Some(ports) = &options.connect_ports {
-        let ports = ports
-            .iter()
-            .map(|&p| u16::try_from(p).ok().filter(|&p| p > 0))
-            .collect::<Option<Vec<u16>>>()
-            .ok_or_else(|| Error::new(Status::InvalidArg, "connectPorts must hold ports between 1 and 65535"))?;
-        limits.connect_ports = Some(ports);
-    }
-    Ok(limits)
-}
 
-#[napi(object)]
-pub struct ProxyStats {
-    pub contexts: u32,
-    pub active_connections: u32,
-    pub active_tunnels: u32,
-    pub total_requests: i64,
-}
+    #[napi(object)]
+    pub struct ProxyStats {
+        pub contexts: u32,
+        pub active_connections: u32,
+        pub active_tunnels: u32,
+        pub total_requests: i64,
+    }
 
-/// The local proxy in front of preview WebContents.
-#[napi]
-pub struct ProxyServer {
-    // `None` once stopped.
-    proxy: Mutex<Option<Arc<proxy::Proxy>>>,
-}
-
-fn stopped() -> Error {
-    Error::new(Status::GenericFailure, "ProxyServer is stopped")
-}
-
-fn clamp_u32(n: usize) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX)
-}
-
-#[napi]
-impl ProxyServer {
-    /// Binds `listenAddr` (`"127.0.0.1:0"` picks a free port) and starts serving.
+    /// The local proxy in front of preview WebContents.
     #[napi]
-    pub async fn start(
-        listen_addr: String,
-        enable_http2: Option<bool>,
-        options: Option<StartOptions>,
-    ) -> Result<ProxyServer> {
-        let options = options.unwrap_or_default();
-        let limits = limits_from(&options)?;
-        let ca_pem = match (options.ca_cert_pem, options.ca_key_pem) {
-            (Some(cert), Some(key)) => Some((cert, key)),
-            (None, None) => None,
-            _ => return Err(Error::new(Status::InvalidArg, "caCertPem and caKeyPem must be given together")),
-        };
-        let options = proxy::Options {
-            limits,
-            tls_interception: options.tls_interception.unwrap_or(true),
-            ca_pem,
-            http2: enable_http2.unwrap_or(false),
-            resolve: options.resolve.unwrap_or_default(),
-            upstream_ca_pem: options.upstream_ca_pem.unwrap_or_default(),
-            logging: options.logging.unwrap_or(false),
-        };
-        let started = proxy::runtime().spawn(async move { proxy::Proxy::start(&listen_addr, options).await });
-        match started.await {
-            Ok(Ok(proxy)) => Ok(ProxyServer { proxy: Mutex::new(Some(Arc::new(proxy))) }),
-            Ok(Err(e)) => Err(Error::new(Status::GenericFailure, e.to_string())),
-            Err(e) => Err(Error::new(Status::GenericFailure, format!("proxy failed to start: {e}"))),
+    pub struct ProxyServer {
+        // `None` once stopped.
+        proxy: Mutex<Option<Arc<proxy::Proxy>>>,
+    }
+
+    fn stopped() -> Error {
+        Error::new(Status::GenericFailure, "ProxyServer is stopped")
+    }
+
+    fn clamp_u32(n: usize) -> u32 {
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    #[napi]
+    impl ProxyServer {
+        /// Binds `listenAddr` (`"127.0.0.1:0"` picks a free port) and starts serving.
+        #[napi]
+        pub async fn start(
+            listen_addr: String,
+            enable_http2: Option<bool>,
+            options: Option<StartOptions>,
+        ) -> Result<ProxyServer> {
+            let options = options.unwrap_or_default();
+            let limits = limits_from(&options)?;
+            let ca_pem = match (options.ca_cert_pem, options.ca_key_pem) {
+                (Some(cert), Some(key)) => Some((cert, key)),
+                (None, None) => None,
+                _ => return Err(Error::new(Status::InvalidArg, "caCertPem and caKeyPem must be given together")),
+            };
+            let options = proxy::Options {
+                limits,
+                tls_interception: options.tls_interception.unwrap_or(true),
+                ca_pem,
+                http2: enable_http2.unwrap_or(false),
+                resolve: options.resolve.unwrap_or_default(),
+                upstream_ca_pem: options.upstream_ca_pem.unwrap_or_default(),
+                logging: options.logging.unwrap_or(false),
+            };
+            let started = proxy::runtime().spawn(async move { proxy::Proxy::start(&listen_addr, options).await });
+            match started.await {
+                Ok(Ok(proxy)) => Ok(ProxyServer { proxy: Mutex::new(Some(Arc::new(proxy))) }),
+                Ok(Err(e)) => Err(Error::new(Status::GenericFailure, e.to_string())),
+                Err(e) => Err(Error::new(Status::GenericFailure, format!("proxy failed to start: {e}"))),
+            }
         }
-    }
 
-    fn running(&self) -> Result<Arc<proxy::Proxy>> {
-        self.proxy.lock().clone().ok_or_else(stopped)
-    }
+        fn running(&self) -> Result<Arc<proxy::Proxy>> {
+            self.proxy.lock().clone().ok_or_else(stopped)
+        }
 
-    /// The CA the app must trust for intercepted hosts (PEM).
-    #[napi(catch_unwind)]
-    pub fn ca_certificate_pem(&self) -> Result<String> {
-        Ok(self.running()?.ca_cert_pem().to_owned())
-    }
+        /// The CA the app must trust for intercepted hosts (PEM).
+        #[napi(catch_unwind)]
+        pub fn ca_certificate_pem(&self) -> Result<String> {
+            Ok(self.running()?.ca_cert_pem().to_owned())
+        }
 
-    #[napi(catch_unwind)]
-    pub fn port(&self) -> Result<u32> {
-        Ok(u32::from(self.running()?.port()))
-    }
+        #[napi(catch_unwind)]
+        pub fn port(&self) -> Result<u32> {
+            Ok(u32::from(self.running()?.port()))
+        }
 
-    /// New credentials for a WebContents; replaces any earlier context of the same WebContents.
-    #[napi(catch_unwind)]
-    pub fn create_context(&self, web_contents_id: u32, route: Option<ProxyRoute>) -> Result<ProxyContext> {
-        let proxy = self.running()?;
-        let route = route
-            .map(|r| {
-                proxy::routing::Route::new(&r.morph_id, &r.scope, &r.domain_suffix, r.cmux_proxy_origin.as_deref())
+        /// New credentials for a WebContents; replaces any earlier context of the same WebContents.
+        #[napi(catch_unwind)]
+        pub fn create_context(&self, web_contents_id: u32, route: Option<ProxyRoute>) -> Result<ProxyContext> {
+            let proxy = self.running()?;
+            let route = route
+                .map(|r| {
+                    proxy::routing::Route::new(&r.morph_id, &r.scope, &r.domain_suffix, r.cmux_proxy_origin.as_deref())
+                })
+                .transpose()
+                .map_err(|e| Error::new(Status::InvalidArg, e.to_string()))?;
+            let context = proxy.create_context(web_contents_id, route);
+            Ok(ProxyContext {
+                id: context.id.clone(),
+                username: context.username.clone(),
+                password: context.password().to_owned(),
+                web_contents_id,
             })
-            .transpose()
-            .map_err(|e| Error::new(Status::InvalidArg, e.to_string()))?;
-        let context = proxy.create_context(web_contents_id, route);
-        Ok(ProxyContext {
-            id: context.id.clone(),
-            username: context.username.clone(),
-            password: context.password().to_owned(),
-            web_contents_id,
-        })
-    }
+        }
 
-    /// Revokes a context's credentials and closes its connections and tunnels.
-    #[napi(catch_unwind)]
-    pub fn release_context(&self, id: String) -> Result<bool> {
-        Ok(self.running()?.release_context(&id))
-    }
+        /// Revokes a context's credentials and closes its connections and tunnels.
+        #[napi(catch_unwind)]
+        pub fn release_context(&self, id: String) -> Result<bool> {
+            Ok(self.running()?.release_context(&id))
+        }
 
-    /// The credentials to answer the proxy's 407 with, for `app.on('login')`.
-    #[napi(catch_unwind)]
-    pub fn credentials_for_web_contents(&self, web_contents_id: u32) -> Result<Option<ProxyCredentials>> {
-        Ok(self
-            .running()?
-            .context_for_web_contents(web_contents_id)
-            .map(|c| ProxyCredentials { username: c.username.clone(), password: c.password().to_owned() }))
-    }
+        /// The credentials to answer the proxy's 407 with, for `app.on('login')`.
+        #[napi(catch_unwind)]
+        pub fn credentials_for_web_contents(&self, web_contents_id: u32) -> Result<Option<ProxyCredentials>> {
+            Ok(self
+                .running()?
+                .context_for_web_contents(web_contents_id)
+                .map(|c| ProxyCredentials { username: c.username.clone(), password: c.password().to_owned() }))
+        }
 
-    #[napi(catch_unwind)]
-    pub fn set_logging_enabled(&self, enabled: bool) -> Result<()> {
-        self.running()?.set_logging(enabled);
-        Ok(())
-    }
+        #[napi(catch_unwind)]
+        pub fn set_logging_enabled(&self, enabled: bool) -> Result<()> {
+            self.running()?.set_logging(enabled);
+            Ok(())
+        }
 
-    #[napi(catch_unwind)]
-    pub fn stats(&self) -> Result<ProxyStats> {
-        let stats = self.running()?.stats();
-        Ok(ProxyStats {
-            contexts: clamp_u32(stats.contexts),
-            active_connections: clamp_u32(stats.active_connections),
-            active_tunnels: clamp_u32(stats.active_tunnels),
-            total_requests: i64::try_from(stats.total_requests).unwrap_or(i64::MAX),
-        })
-    }
+        #[napi(catch_unwind)]
+        pub fn stats(&self) -> Result<ProxyStats> {
+            let stats = self.running()?.stats();
+            Ok(ProxyStats {
+                contexts: clamp_u32(stats.contexts),
+                active_connections: clamp_u32(stats.active_connections),
+                active_tunnels: clamp_u32(stats.active_tunnels),
+                total_requests: i64::try_from(stats.total_requests).unwrap_or(i64::MAX),
+            })
+        }
 
-    /// Stops accepting, closes every connection and tunnel; resolves once the port is free. Idempotent.
-    #[napi]
-    pub async fn stop(&self) -> Result<()> {
-        let Some(proxy) = self.proxy.lock().take() else { return Ok(()) };
-        proxy::runtime()
-            .spawn(async move { proxy.stop().await })
-            .await
-            .map_err(|e| Error::new(Status::GenericFailure, format!("stop failed: {e}")))
+        /// Stops accepting, closes every connection and tunnel; resolves once the port is free. Idempotent.
+        #[napi]
+        pub async fn stop(&self) -> Result<()> {
+            let Some(proxy) = self.proxy.lock().take() else { return Ok(()) };
+            proxy::runtime()
+                .spawn(async move { proxy.stop().await })
+                .await
+                .map_err(|e| Error::new(Status::GenericFailure, format!("stop failed: {e}")))
+        }
     }
 }

@@ -88,6 +88,10 @@ impl Default for Limits {
     }
 }
 
+/// A client connection's place under `max_connections`, shared by the tunnels
+/// and WebSockets it turns into: the place frees when the last of them ends.
+pub type Slot = Option<Arc<tokio::sync::OwnedSemaphorePermit>>;
+
 /// Everything a connection task needs, shared by all of them.
 pub struct Shared {
     pub contexts: Contexts,

@@ -7,8 +7,8 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use http::{header, Method, Request, Response, StatusCode};
 use futures_util::FutureExt;
+use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
@@ -26,7 +26,7 @@ use super::reply::{self, Body};
 use super::routing::{target_of_uri, upstream_for, HostPort, Scheme, Upstream};
 use super::sniff::{sniff, Protocol};
 use super::upstream::ConnectError;
-use super::{tunnel, Shared};
+use super::{tunnel, Shared, Slot};
 
 /// What a tunnel's inner HTTP server already knows: who opened the tunnel and
 /// to where, so the requests inside need no credentials and no absolute URI.
@@ -51,11 +51,7 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                     continue;
                 };
                 let closer = shared.shutdown.child_token();
-                let served = serve_stream(shared.clone(), stream, None, closer);
-                shared.tasks.spawn(async move {
-                    served.await;
-                    drop(slot);
-                });
+                shared.tasks.spawn(serve_stream(shared.clone(), stream, None, closer, Some(Arc::new(slot))));
             }
             // Out of file descriptors and the like: back off instead of spinning.
             Err(e) => {
@@ -81,6 +77,9 @@ async fn refuse_over_capacity(mut stream: tokio::net::TcpStream) {
 struct Connection {
     /// Cancelling it closes the connection at once.
     closer: CancellationToken,
+    /// Cancelling it closes the connection once the responses under way are sent.
+    drain: CancellationToken,
+    slot: Slot,
     /// Contexts whose revocation already closes this connection.
     watched: Mutex<Vec<Arc<Context>>>,
 }
@@ -110,6 +109,7 @@ pub fn serve_stream<I>(
     io: I,
     binding: Option<Binding>,
     closer: CancellationToken,
+    slot: Slot,
 ) -> Pin<Box<dyn Future<Output = ()> + Send>>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -117,7 +117,13 @@ where
     Box::pin(async move {
         let _active = shared.stats.connection_opened();
         let _close_on_exit = closer.clone().drop_guard();
-        let connection = Arc::new(Connection { closer: closer.clone(), watched: Mutex::new(Vec::new()) });
+        let drain = CancellationToken::new();
+        let connection = Arc::new(Connection {
+            closer: closer.clone(),
+            drain: drain.clone(),
+            slot,
+            watched: Mutex::new(Vec::new()),
+        });
         let service = {
             let shared = shared.clone();
             service_fn(move |req| {
@@ -137,14 +143,16 @@ where
                     .timer(TokioTimer::new())
                     .enable_connect_protocol()
                     .max_header_list_size(u32::try_from(limits.max_head_bytes).unwrap_or(u32::MAX));
-                builder.serve_connection(io, service).await.map_err(Into::into)
+                let served = builder.serve_connection(io, service);
+                until_drained(served, &drain, |c| c.graceful_shutdown()).await.map_err(Into::into)
             } else {
                 let mut builder = http1::Builder::new();
                 builder
                     .timer(TokioTimer::new())
                     .header_read_timeout(limits.header_read_timeout)
                     .max_header_size(limits.max_head_bytes);
-                builder.serve_connection(io, service).with_upgrades().await.map_err(Into::into)
+                let served = builder.serve_connection(io, service).with_upgrades();
+                until_drained(served, &drain, |c| c.graceful_shutdown()).await.map_err(Into::into)
             }
         };
         tokio::select! {
@@ -157,6 +165,20 @@ where
             _ = closer.cancelled() => {}
         }
     })
+}
+
+/// Drives a connection; once `drain` fires it finishes what is under way and closes.
+async fn until_drained<C: Future>(
+    connection: C,
+    drain: &CancellationToken,
+    shut_down: impl FnOnce(Pin<&mut C>),
+) -> C::Output {
+    tokio::pin!(connection);
+    tokio::select! {
+        output = connection.as_mut() => return output,
+        _ = drain.cancelled() => shut_down(connection.as_mut()),
+    }
+    connection.await
 }
 
 /// Reads until the first bytes tell HTTP/2's preface from anything else
@@ -187,7 +209,7 @@ async fn handle_contained(
     binding: Option<Binding>,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    let closer = connection.closer.clone();
+    let drain = connection.drain.clone();
     let handled = AssertUnwindSafe(handle(shared.clone(), connection, binding, req)).catch_unwind().await;
     handled.unwrap_or_else(|panic| {
         let message = panic
@@ -196,7 +218,7 @@ async fn handle_contained(
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_default();
         shared.log.event(format_args!("request handler panicked, closing its connection: {message}"));
-        closer.cancel();
+        drain.cancel();
         let mut response = reply::text(StatusCode::INTERNAL_SERVER_ERROR, "internal proxy error");
         response.headers_mut().insert(header::CONNECTION, http::HeaderValue::from_static("close"));
         response
@@ -226,7 +248,7 @@ async fn handle(
     connection.watch(&shared, &context);
 
     if req.method() == Method::CONNECT && req.extensions().get::<hyper::ext::Protocol>().is_none() {
-        return tunnel::connect(shared, context, req).await;
+        return tunnel::connect(shared, context, req, connection.slot.clone()).await;
     }
     let (scheme, target) = match &binding {
         Some(binding) => (binding.scheme, binding.target.clone()),
@@ -243,10 +265,10 @@ async fn handle(
     }
     if req.method() == Method::CONNECT {
         // An extended CONNECT (RFC 8441): a WebSocket over an HTTP/2 stream.
-        return tunnel::websocket_over_h2(shared, context, req, upstream).await;
+        return tunnel::websocket_over_h2(shared, context, req, upstream, connection.slot.clone()).await;
     }
     if let Some(protocol) = upgrade_protocol(req.headers()) {
-        return tunnel::upgrade(shared, context, req, upstream, protocol).await;
+        return tunnel::upgrade(shared, context, req, upstream, protocol, connection.slot.clone()).await;
     }
     forward(&shared, req, &upstream).await
 }

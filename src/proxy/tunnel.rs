@@ -25,7 +25,7 @@ use super::routing::{is_loopback_host, parse_authority, upstream_for, HostPort, 
 use super::server::{response_timed_out, serve_stream, upstream_failure, Binding};
 use super::sniff::{sniff, Protocol};
 use super::upstream::Alpn;
-use super::Shared;
+use super::{Shared, Slot};
 
 /// Any byte stream a tunnel can carry.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -33,7 +33,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
 
 /// Answers a `CONNECT`. Loopback targets of a routed context are looked into;
 /// everything else is relayed blindly once the target accepted the connection.
-pub async fn connect(shared: Arc<Shared>, context: Arc<Context>, mut req: Request<Incoming>) -> Response<Body> {
+pub async fn connect(
+    shared: Arc<Shared>,
+    context: Arc<Context>,
+    mut req: Request<Incoming>,
+    slot: Slot,
+) -> Response<Body> {
     let target = match req.uri().authority().map(|a| parse_authority(a.as_str(), None)) {
         Some(Ok(target)) => target,
         Some(Err(e)) => return reply::text(StatusCode::BAD_REQUEST, &format!("bad CONNECT target: {e}")),
@@ -50,16 +55,16 @@ pub async fn connect(shared: Arc<Shared>, context: Arc<Context>, mut req: Reques
                 Ok(stream) => stream,
                 Err(reason) => return reply::text(StatusCode::BAD_GATEWAY, &reason),
             };
-            spawn_tunnel(shared, cancel, async move {
+            spawn_tunnel(shared, cancel, slot, async move {
                 let client = TokioIo::new(client.await.map_err(io::Error::other)?);
                 relay(client, upstream_stream, idle).await
             });
             return established();
         }
         shared.log.event(format_args!("CONNECT {target}: looking inside"));
-        spawn_tunnel(shared.clone(), cancel.clone(), async move {
+        spawn_tunnel(shared.clone(), cancel.clone(), slot.clone(), async move {
             let client = TokioIo::new(client.await.map_err(io::Error::other)?);
-            look_inside(shared, context, target, client, cancel).await
+            look_inside(shared, context, target, client, cancel, slot).await
         });
         return established();
     }
@@ -71,7 +76,7 @@ pub async fn connect(shared: Arc<Shared>, context: Arc<Context>, mut req: Reques
         Err(e) => return upstream_failure(&shared, &upstream_for(None, Scheme::Https, &target), &e),
     };
     shared.log.event(format_args!("CONNECT {target}: tunnel open"));
-    spawn_tunnel(shared, cancel, async move {
+    spawn_tunnel(shared, cancel, slot, async move {
         let client = TokioIo::new(client.await.map_err(io::Error::other)?);
         relay(client, upstream, idle).await
     });
@@ -85,13 +90,14 @@ fn established() -> Response<Body> {
 }
 
 /// Runs a tunnel's work as a tracked task that ends when `cancel` fires.
-fn spawn_tunnel<F>(shared: Arc<Shared>, cancel: CancellationToken, work: F)
+fn spawn_tunnel<F>(shared: Arc<Shared>, cancel: CancellationToken, slot: Slot, work: F)
 where
     F: std::future::Future<Output = io::Result<()>> + Send + 'static,
 {
     let tasks = shared.tasks.clone();
     tasks.spawn(async move {
         let _active = shared.stats.tunnel_opened();
+        let _slot = slot;
         tokio::select! {
             result = work => {
                 if let Err(e) = result {
@@ -189,22 +195,32 @@ async fn look_inside(
     target: HostPort,
     mut client: impl Stream,
     cancel: CancellationToken,
+    slot: Slot,
 ) -> io::Result<()> {
     let mut first = Vec::with_capacity(512);
-    let protocol = loop {
-        if let Some(protocol) = sniff(&first) {
-            break protocol;
+    let sniffing = async {
+        loop {
+            if let Some(protocol) = sniff(&first) {
+                return Ok(Some(protocol));
+            }
+            if client.read_buf(&mut first).await? == 0 {
+                return Ok::<_, io::Error>(None);
+            }
         }
-        if client.read_buf(&mut first).await? == 0 {
-            return Ok(());
-        }
+    };
+    // A tunnel that stays silent is idle like any other.
+    let Some(protocol) = tokio::time::timeout(shared.limits.idle_tunnel_timeout, sniffing)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "tunnel idle before its first byte"))??
+    else {
+        return Ok(());
     };
     let client = Prefixed::new(first, client);
     let interceptor = shared.interceptor.as_ref();
     match protocol {
         Protocol::Http1 | Protocol::Http2 => {
             let binding = Binding { context, target, scheme: Scheme::Http };
-            serve_stream(shared, client, Some(binding), cancel).await;
+            serve_stream(shared, client, Some(binding), cancel, slot).await;
             Ok(())
         }
         Protocol::Tls if interceptor.is_some() => {
@@ -212,7 +228,7 @@ async fn look_inside(
             let tls = interceptor.expect("checked above").accept(client, &target.host, timeout).await?;
             shared.log.event(format_args!("CONNECT {target}: TLS intercepted"));
             let binding = Binding { context, target, scheme: Scheme::Https };
-            serve_stream(shared, tls, Some(binding), cancel).await;
+            serve_stream(shared, tls, Some(binding), cancel, slot).await;
             Ok(())
         }
         Protocol::Tls | Protocol::Opaque => {
@@ -290,6 +306,7 @@ pub async fn upgrade(
     mut req: Request<Incoming>,
     upstream: Upstream,
     protocol: HeaderValue,
+    slot: Slot,
 ) -> Response<Body> {
     let client = hyper::upgrade::on(&mut req);
     let req = upstream_request(req.map(|body| body.boxed()), &upstream, Some(protocol));
@@ -300,7 +317,7 @@ pub async fn upgrade(
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         return client_response(response.map(|body| body.boxed()));
     }
-    join_when_upgraded(&shared, &context, client, hyper::upgrade::on(&mut response));
+    join_when_upgraded(&shared, &context, slot, client, hyper::upgrade::on(&mut response));
     client_response(response.map(|_| empty_body()))
 }
 
@@ -311,6 +328,7 @@ pub async fn websocket_over_h2(
     context: Arc<Context>,
     mut req: Request<Incoming>,
     upstream: Upstream,
+    slot: Slot,
 ) -> Response<Body> {
     let protocol = req.extensions().get::<hyper::ext::Protocol>().map(|p| p.as_str().to_owned());
     if !protocol.as_deref().is_some_and(|p| p.eq_ignore_ascii_case("websocket")) {
@@ -335,7 +353,7 @@ pub async fn websocket_over_h2(
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         return client_response(response.map(|body| body.boxed()));
     }
-    join_when_upgraded(&shared, &context, client, hyper::upgrade::on(&mut response));
+    join_when_upgraded(&shared, &context, slot, client, hyper::upgrade::on(&mut response));
     let mut accepted = client_response(response.map(|_| empty_body()));
     *accepted.status_mut() = StatusCode::OK;
     for name in [header::UPGRADE, header::CONNECTION, header::SEC_WEBSOCKET_ACCEPT] {
@@ -347,11 +365,12 @@ pub async fn websocket_over_h2(
 fn join_when_upgraded(
     shared: &Arc<Shared>,
     context: &Context,
+    slot: Slot,
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
 ) {
     let idle = shared.limits.idle_tunnel_timeout;
-    spawn_tunnel(shared.clone(), context.revoked.child_token(), async move {
+    spawn_tunnel(shared.clone(), context.revoked.child_token(), slot, async move {
         let (client, upstream) = tokio::try_join!(client, upstream).map_err(io::Error::other)?;
         relay(TokioIo::new(client), TokioIo::new(upstream), idle).await
     });

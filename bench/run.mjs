@@ -1,0 +1,1060 @@
+// `npm run bench`: direct vs this proxy (Rust addon) vs a Node.js peer proxy
+// (npm package `proxy`), in one run, on loopback only. Prints one markdown table of
+// medians and ratios, writes bench/RESULTS.md and bench/results.json.
+//
+// Everything it needs is installed when missing: the npm packages and the addon
+// (scripts/setup.mjs), and wrk, nginx-light, nghttp2-client (h2load), curl and
+// openssl with apt-get. Each proxy runs in a Node child process of its own
+// (bench/child.mjs) so that its CPU time and RSS can be read from /proc/<pid>.
+//
+// Environment knobs (for development; the defaults are the benchmark):
+//   BENCH_SKIP_BUILD=1      do not run the addon build (use the .node already there)
+//   BENCH_QUICK=1           short runs, one round (checks the script, not the proxy)
+//   BENCH_ONLY=s1,s3        run only these scenarios (s6 is measured inside s1)
+//   BENCH_ROUNDS=N          rounds per scenario (default 3)
+import { spawn, spawnSync } from 'node:child_process'
+import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs'
+import { randomBytes } from 'node:crypto'
+import net from 'node:net'
+import os from 'node:os'
+import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { buildAddon, installNodePackages, root } from '../scripts/setup.mjs'
+
+const BENCH = join(root, 'bench')
+const QUICK = process.env.BENCH_QUICK === '1'
+const ONLY = process.env.BENCH_ONLY ? new Set(process.env.BENCH_ONLY.split(',').map((s) => s.trim())) : null
+const CFG = {
+  rounds: Number(process.env.BENCH_ROUNDS || (QUICK ? 1 : 3)),
+  s1Seconds: QUICK ? 2 : 8,
+  s1Connections: 50,
+  s1Threads: 2,
+  s2Seconds: QUICK ? 2 : 6,
+  warmupSeconds: QUICK ? 1 : 2,
+  bulkMiB: QUICK ? 20 : 200,
+  h2Requests: QUICK ? 20000 : 200000,
+  h2Clients: 4,
+  h2Streams: 25,
+  tunnels: QUICK ? 200 : 1000,
+  settleMs: 2000,
+}
+const enabled = (s) => !ONLY || ONLY.has(s)
+const TARGETS = ['direct', 'rust', 'peer']
+const started = Date.now()
+const log = (...args) => console.log(`[bench ${((Date.now() - started) / 1000).toFixed(0).padStart(3)}s]`, ...args)
+
+// ---------------------------------------------------------------------------
+// Child processes: every one in its own process group (killed as a group at the
+// end, also on failure or Ctrl-C), with a raised `ulimit -n`, and with
+// PR_SET_PDEATHSIG (setpriv) so that none outlives this script even if it is
+// SIGKILLed. Node children also exit when their stdin (the lifeline) closes.
+
+const children = new Set()
+const HAVE_SETPRIV = spawnSync('sh', ['-c', 'setpriv --help 2>/dev/null | grep -q pdeathsig']).status === 0
+const NOFILE = 65536
+const RAISE_NOFILE = `ulimit -n ${NOFILE} 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null`
+/** The open-file limit the children get. */
+const NOFILE_EFFECTIVE = Number(spawnSync('sh', ['-c', `${RAISE_NOFILE}; ulimit -n`]).stdout?.toString().trim()) || 0
+
+function cleanEnv(extra = {}) {
+  const env = { ...process.env, ...extra }
+  for (const k of Object.keys(env)) if (/^(https?|all|no|ftp)_proxy$/i.test(k)) delete env[k]
+  return env
+}
+
+function launch(name, cmd, args, { env, pdeathsig = true } = {}) {
+  let argv = ['sh', '-c', `${RAISE_NOFILE}; exec "$@"`, 'sh', cmd, ...args]
+  if (HAVE_SETPRIV && pdeathsig) argv = ['setpriv', '--pdeathsig', 'KILL', '--', ...argv]
+  const proc = spawn(argv[0], argv.slice(1), { cwd: root, env: cleanEnv(env), stdio: ['pipe', 'pipe', 'pipe'], detached: true })
+  const child = { name, proc, pid: proc.pid, stdout: '', stderr: '', lineWaiters: [], lines: [], exit: null }
+  child.exited = new Promise((resolve) => {
+    proc.on('close', (code, signal) => {
+      child.exit = { code, signal }
+      children.delete(child)
+      for (const w of child.lineWaiters.splice(0)) w.reject(new Error(`${name} exited (${signal ?? `code ${code}`}): ${tail(child.stderr || child.stdout)}`))
+      resolve(child.exit)
+    })
+    proc.on('error', (e) => {
+      child.exit = { code: -1, signal: null, error: e }
+      children.delete(child)
+      child.stderr += String(e)
+      for (const w of child.lineWaiters.splice(0)) w.reject(e)
+      resolve(child.exit)
+    })
+  })
+  let partial = ''
+  proc.stdout.on('data', (d) => {
+    const s = d.toString()
+    child.stdout += s
+    if (child.stdout.length > 1 << 20) child.stdout = child.stdout.slice(-(1 << 19))
+    partial += s
+    let nl
+    while ((nl = partial.indexOf('\n')) >= 0) {
+      const line = partial.slice(0, nl)
+      partial = partial.slice(nl + 1)
+      const w = child.lineWaiters.find((x) => x.test(line))
+      if (w) {
+        child.lineWaiters.splice(child.lineWaiters.indexOf(w), 1)
+        w.resolve(line)
+      } else child.lines.push(line)
+    }
+  })
+  proc.stderr.on('data', (d) => {
+    child.stderr += d.toString()
+    if (child.stderr.length > 1 << 20) child.stderr = child.stderr.slice(-(1 << 19))
+  })
+  proc.stdin.on('error', () => {})
+  children.add(child)
+  return child
+}
+
+/** The next stdout line of `child` that parses as a JSON object. */
+function nextJson(child, timeoutMs, what = 'an answer') {
+  const test = (line) => line.trim().startsWith('{')
+  const queued = child.lines.findIndex(test)
+  if (queued >= 0) return Promise.resolve(JSON.parse(child.lines.splice(queued, 1)[0]))
+  if (child.exit) return Promise.reject(new Error(`${child.name} exited: ${tail(child.stderr || child.stdout)}`))
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.lineWaiters.splice(child.lineWaiters.indexOf(waiter), 1)
+      reject(new Error(`${child.name}: no ${what} within ${timeoutMs} ms; stderr: ${tail(child.stderr)}`))
+    }, timeoutMs)
+    const waiter = {
+      test,
+      resolve: (line) => (clearTimeout(timer), resolve(JSON.parse(line))),
+      reject: (e) => (clearTimeout(timer), reject(e)),
+    }
+    child.lineWaiters.push(waiter)
+  })
+}
+
+function killGroup(child, signal) {
+  try {
+    process.kill(-child.pid, signal)
+  } catch {
+    try {
+      process.kill(child.pid, signal)
+    } catch {}
+  }
+}
+
+async function stop(child, graceMs = 2000) {
+  if (!child || child.exit) return
+  try {
+    child.proc.stdin.end()
+  } catch {}
+  killGroup(child, 'SIGTERM')
+  const done = await Promise.race([child.exited, sleep(graceMs).then(() => null)])
+  if (!done) {
+    killGroup(child, 'SIGKILL')
+    await child.exited
+  }
+}
+
+/** Runs a bounded command to completion (killed after `timeoutMs`). */
+async function runTool(name, cmd, args, { timeoutMs = 120000, env } = {}) {
+  const child = launch(name, cmd, args, { env })
+  child.proc.stdin.end()
+  let timedOut = false
+  const timer = setTimeout(() => {
+    timedOut = true
+    killGroup(child, 'SIGKILL')
+  }, timeoutMs)
+  const { code, signal, error } = await child.exited
+  clearTimeout(timer)
+  return { code, signal, error, timedOut, stdout: child.stdout, stderr: child.stderr }
+}
+
+function tail(text, n = 300) {
+  const t = String(text ?? '').trim().replace(/\s+/g, ' ')
+  return t.length > n ? '…' + t.slice(-n) : t
+}
+
+function failure(what, r) {
+  if (r.timedOut) return `${what} timed out`
+  if (r.error) return `${what} could not start: ${r.error.message}`
+  return `${what} failed (${r.signal ?? `exit ${r.code}`}): ${tail(r.stderr || r.stdout)}`
+}
+
+// ---------------------------------------------------------------------------
+// /proc readings
+
+const CLK_TCK = Number(spawnSync('getconf', ['CLK_TCK']).stdout?.toString().trim()) || 100
+
+function cpuSeconds(pid) {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  // fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+  return (Number(fields[11]) + Number(fields[12])) / CLK_TCK
+}
+
+function rssKiB(pid) {
+  return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))[1])
+}
+
+// ---------------------------------------------------------------------------
+// Tools
+
+const TOOLS = { wrk: 'wrk', nginx: 'nginx-light', h2load: 'nghttp2-client', curl: 'curl', openssl: 'openssl' }
+const toolPath = {}
+
+function which(cmd) {
+  const r = spawnSync('sh', ['-c', `command -v ${cmd}`])
+  if (r.status === 0) return r.stdout.toString().trim()
+  for (const dir of ['/usr/sbin', '/usr/local/sbin', '/sbin']) if (existsSync(join(dir, cmd))) return join(dir, cmd)
+  return null
+}
+
+function ensureTools() {
+  for (const cmd of Object.keys(TOOLS)) toolPath[cmd] = which(cmd)
+  const missing = Object.keys(TOOLS).filter((c) => !toolPath[c])
+  if (missing.length === 0) return
+  const packages = [...new Set(missing.map((c) => TOOLS[c]))]
+  log(`installing ${packages.join(' ')} with apt-get (missing: ${missing.join(', ')})`)
+  const asRoot = process.getuid?.() === 0
+  const apt = asRoot ? ['apt-get'] : ['sudo', '-n', 'apt-get']
+  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' }
+  // Keep the package's own nginx service from starting on port 80 while it installs.
+  const policy = '/usr/sbin/policy-rc.d'
+  const addedPolicy = asRoot && !existsSync(policy)
+  if (addedPolicy) writeFileSync(policy, '#!/bin/sh\nexit 101\n', { mode: 0o755 })
+  try {
+    const opts = { env, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }
+    for (const args of [['update', '-qq'], ['install', '-y', '-qq', '--no-install-recommends', ...packages]]) {
+      const r = spawnSync(apt[0], [...apt.slice(1), ...args], opts)
+      if (r.status !== 0) log(`${apt.join(' ')} ${args[0]} failed (${r.signal ?? `exit ${r.status}`}): ${tail(r.stderr || r.stdout, 600)}`)
+    }
+  } finally {
+    if (addedPolicy) rmSync(policy, { force: true })
+  }
+  for (const cmd of missing) toolPath[cmd] = which(cmd)
+}
+
+function need(cmd) {
+  if (!toolPath[cmd]) throw new Error(`${cmd} is not installed (apt-get install ${TOOLS[cmd]} failed)`)
+  return toolPath[cmd]
+}
+
+function versionOf(cmd, args, re) {
+  if (!toolPath[cmd]) return 'missing'
+  const r = spawnSync(toolPath[cmd], args)
+  const text = `${r.stdout ?? ''}${r.stderr ?? ''}`
+  return (re.exec(text)?.[1] ?? tail(text, 60)).trim()
+}
+
+// ---------------------------------------------------------------------------
+// Fixtures: certificates, the 200 MiB file, nginx
+
+function openssl(args) {
+  const r = spawnSync(need('openssl'), args, { encoding: 'utf8' })
+  if (r.status !== 0) throw new Error(`openssl ${args[0]} failed: ${tail(r.stderr)}`)
+}
+
+// The routed context rewrites a loopback CONNECT to localhost:<port> to this dev box
+// name; the resolve option sends it to nginx: port 3000 to the TLS + HTTP/2 server
+// (the upstream pool speaks h2), port 3001 to the TLS server without HTTP/2 (the
+// upstream pool speaks HTTP/1.1).
+const DEV_BOX = 'cmux-b-s-3000.bench.test'
+const DEV_BOX_H1 = 'cmux-b-s-3001.bench.test'
+
+function makeCerts(dir) {
+  const ca = { cert: join(dir, 'ca.pem'), key: join(dir, 'ca.key') }
+  const leaf = { cert: join(dir, 'leaf.pem'), key: join(dir, 'leaf.key'), csr: join(dir, 'leaf.csr') }
+  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes']
+  openssl(['req', '-x509', ...ec, '-keyout', ca.key, '-out', ca.cert, '-days', '2', '-subj', '/CN=cmux bench CA',
+    '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign'])
+  openssl(['req', '-new', ...ec, '-keyout', leaf.key, '-out', leaf.csr, '-subj', '/CN=localhost'])
+  const ext = join(dir, 'leaf.ext')
+  writeFileSync(ext, [
+    `subjectAltName=DNS:localhost,IP:127.0.0.1,DNS:${DEV_BOX},DNS:${DEV_BOX_H1}`,
+    'basicConstraints=critical,CA:FALSE',
+    'keyUsage=critical,digitalSignature',
+    'extendedKeyUsage=serverAuth',
+  ].join('\n') + '\n')
+  openssl(['x509', '-req', '-in', leaf.csr, '-CA', ca.cert, '-CAkey', ca.key, '-CAcreateserial', '-days', '2',
+    '-sha256', '-extfile', ext, '-out', leaf.cert])
+  return { ca, leaf, caPem: readFileSync(ca.cert, 'utf8') }
+}
+
+function makeBulkFile(path, mib) {
+  const chunk = randomBytes(1 << 20)
+  const fd = openSync(path, 'w')
+  try {
+    for (let i = 0; i < mib; i++) writeSync(fd, chunk)
+  } finally {
+    closeSync(fd)
+  }
+}
+
+async function freePort() {
+  const server = net.createServer()
+  await new Promise((resolve, reject) => server.once('error', reject).listen(0, '127.0.0.1', resolve))
+  const { port } = server.address()
+  await new Promise((resolve) => server.close(resolve))
+  return port
+}
+
+async function waitForPort(port, timeoutMs, isAlive) {
+  const deadline = Date.now() + timeoutMs
+  while (Date.now() < deadline) {
+    if (isAlive && !isAlive()) return false
+    const ok = await new Promise((resolve) => {
+      const s = net.connect({ host: '127.0.0.1', port })
+      s.once('connect', () => (s.destroy(), resolve(true)))
+      s.once('error', () => resolve(false))
+    })
+    if (ok) return true
+    await sleep(50)
+  }
+  return false
+}
+
+async function startNginx(dir, certs) {
+  const nginx = need('nginx')
+  const ports = { http: await freePort(), tls: await freePort(), h2: await freePort() }
+  for (const d of ['www', 'tmp']) mkdirSync(join(dir, d), { recursive: true })
+  const small = 'location = /small { return 200 "ok"; }'
+  const tls = `ssl_certificate ${certs.leaf.cert}; ssl_certificate_key ${certs.leaf.key}; ssl_protocols TLSv1.2 TLSv1.3;`
+  const conf = `
+${process.getuid?.() === 0 ? 'user root;' : ''}
+worker_processes ${Math.min(2, os.availableParallelism())};
+worker_rlimit_nofile ${NOFILE_EFFECTIVE || NOFILE};
+daemon off;
+master_process on;
+pid ${dir}/nginx.pid;
+error_log ${dir}/nginx-error.log info;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  default_type application/octet-stream;
+  client_body_temp_path ${dir}/tmp/body;
+  proxy_temp_path ${dir}/tmp/proxy;
+  fastcgi_temp_path ${dir}/tmp/fastcgi;
+  uwsgi_temp_path ${dir}/tmp/uwsgi;
+  scgi_temp_path ${dir}/tmp/scgi;
+  sendfile on;
+  tcp_nopush on;
+  tcp_nodelay on;
+  keepalive_timeout 300s;
+  keepalive_requests 1000000000;
+  client_header_timeout 300s;
+  root ${dir}/www;
+  server { listen 127.0.0.1:${ports.http}; ${small} }
+  server { listen 127.0.0.1:${ports.tls} ssl; ${tls} ${small} }
+  server { listen 127.0.0.1:${ports.h2} ssl http2; ${tls} http2_max_concurrent_streams 256; ${small} }
+}
+`
+  const confPath = join(dir, 'nginx.conf')
+  writeFileSync(confPath, conf)
+  const test = spawnSync(nginx, ['-t', '-q', '-p', dir, '-c', confPath], { encoding: 'utf8' })
+  if (test.status !== 0) throw new Error(`nginx -t failed: ${tail(test.stderr)}`)
+  // nginx's workers would outlive a SIGKILLed master: a shell leads the process group,
+  // runs nginx in the background and, once its stdin (our lifeline) closes, signals the
+  // whole group.
+  const child = launch('nginx', 'sh', ['-c', '"$@" & read _; kill -TERM 0', 'sh', nginx, '-p', dir, '-c', confPath], { pdeathsig: false })
+  for (const port of Object.values(ports)) {
+    if (!(await waitForPort(port, 10000, () => !child.exit))) {
+      const errLog = existsSync(join(dir, 'nginx-error.log')) ? readFileSync(join(dir, 'nginx-error.log'), 'utf8') : ''
+      await stop(child)
+      throw new Error(`nginx did not listen on ${port}: ${tail(child.stderr + errLog)}`)
+    }
+  }
+  return { child, ports, errorLog: join(dir, 'nginx-error.log') }
+}
+
+/** Distinct reasons nginx gave for rejecting requests ("client sent ..."), logged after byte `offset`. */
+function nginxRejections(nginx, offset) {
+  let text = ''
+  try {
+    text = readFileSync(nginx.errorLog).subarray(offset).toString()
+  } catch {}
+  const reasons = new Set()
+  for (const m of text.matchAll(/\[info\] [^:]*: \*\d+ (client sent [^\n]*?)(?:, client: |\n)/g)) reasons.add(m[1])
+  return [...reasons]
+}
+
+function fileSize(path) {
+  try {
+    return statSync(path).size
+  } catch {
+    return 0
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The proxies under test
+
+async function startProxy(mode, options = {}) {
+  const child = launch(`${mode} child`, process.execPath, [join(BENCH, 'child.mjs'), mode, JSON.stringify(options)])
+  try {
+    child.info = await nextJson(child, 20000, 'ready line')
+    if (child.info.error) {
+      const hint = /Cannot find (module|package) 'proxy'/.test(child.info.error)
+        ? ' (the peer is the npm package `proxy`, a devDependency: npm install)'
+        : ''
+      throw new Error(child.info.error + hint)
+    }
+  } catch (e) {
+    await stop(child)
+    throw e
+  }
+  const { username, password } = child.info
+  if (username) child.auth = 'Basic ' + Buffer.from(`${username}:${password}`).toString('base64')
+  if (child.info.routed) {
+    const r = child.info.routed
+    child.routedAuth = 'Basic ' + Buffer.from(`${r.username}:${r.password}`).toString('base64')
+  }
+  return child
+}
+
+async function childStats(child) {
+  child.proc.stdin.write('stats\n')
+  return nextJson(child, 5000, 'stats')
+}
+
+// ---------------------------------------------------------------------------
+// Measurements. Each returns numbers or throws an Error whose message is the footnote.
+
+async function wrk({ target, proxy, nginx, connections, threads, seconds }) {
+  const wrkPath = need('wrk')
+  const url = target === 'direct' ? `http://127.0.0.1:${nginx.ports.http}/small` : `http://127.0.0.1:${proxy.info.port}/`
+  const env = {
+    BENCH_PATH: target === 'direct' ? '/small' : `http://127.0.0.1:${nginx.ports.http}/small`,
+    BENCH_HOST: `127.0.0.1:${nginx.ports.http}`,
+    BENCH_AUTH: target === 'direct' ? '' : proxy.auth,
+  }
+  const args = ['-t', String(threads), '-c', String(connections), '-d', `${seconds}s`, '--timeout', '5s', '-s', join(BENCH, 'wrk.lua'), url]
+  const r = await runTool('wrk', wrkPath, args, { env, timeoutMs: (seconds + 30) * 1000 })
+  if (r.code !== 0 || r.timedOut) throw new Error(failure('wrk', r))
+  const m = /BENCH_RESULT (\{.*\})/.exec(r.stdout)
+  if (!m) throw new Error(`wrk printed no result: ${tail(r.stdout + r.stderr)}`)
+  const res = JSON.parse(m[1])
+  if (res.requests === 0) throw new Error(`wrk completed no request: ${tail(r.stdout)}`)
+  if (res.status_errors > 0) throw new Error(`wrk: ${res.status_errors} of ${res.requests} responses were not 2xx/3xx`)
+  const socketErrors = res.connect_errors + res.read_errors + res.write_errors + res.timeouts
+  if (res.connect_errors > 0 || socketErrors > res.requests * 0.001)
+    throw new Error(`wrk socket errors: connect ${res.connect_errors}, read ${res.read_errors}, write ${res.write_errors}, timeout ${res.timeouts}`)
+  res.rps = res.requests / (res.duration_us / 1e6)
+  return res
+}
+
+async function curlDownload({ target, proxy, nginx, tunnel, certs, expectBytes }) {
+  const curlPath = need('curl')
+  const url = tunnel ? `https://127.0.0.1:${nginx.ports.tls}/bulk` : `http://127.0.0.1:${nginx.ports.http}/bulk`
+  const args = ['-sS', '-o', '/dev/null', '--max-time', '120', '-w', '%{http_code} %{size_download} %{speed_download}']
+  if (target === 'direct') args.push('--noproxy', '*')
+  else {
+    args.push('--proxy', `http://127.0.0.1:${proxy.info.port}`, '--proxy-user', `${proxy.info.username}:${proxy.info.password}`)
+    if (tunnel) args.push('-p')
+  }
+  if (tunnel) args.push('--cacert', certs.ca.cert)
+  args.push(url)
+  const r = await runTool('curl', curlPath, args, { timeoutMs: 130000 })
+  if (r.code !== 0 || r.timedOut) throw new Error(failure('curl', r))
+  const [code, size, speed] = r.stdout.trim().split(/\s+/).map(Number)
+  if (code !== 200) throw new Error(`curl got HTTP ${code}`)
+  if (size !== expectBytes) throw new Error(`curl got ${size} bytes, expected ${expectBytes}`)
+  return { mibps: speed / 1048576, bytes: size }
+}
+
+/** A local TCP forwarder for h2load: each connection becomes a CONNECT tunnel through the proxy. */
+async function startForwarder(proxyPort, auth, connectTarget) {
+  const state = { failures: [], connections: 0 }
+  const onConnection = (client) => {
+    state.connections++
+    client.setNoDelay(true)
+    client.pause()
+    const up = net.connect({ host: '127.0.0.1', port: proxyPort })
+    up.setNoDelay(true)
+    const kill = () => (client.destroy(), up.destroy())
+    client.on('error', kill)
+    up.on('error', kill)
+    client.on('close', () => up.destroy())
+    up.on('close', () => client.destroy())
+    up.on('connect', () =>
+      up.write(`CONNECT ${connectTarget} HTTP/1.1\r\nHost: ${connectTarget}\r\nProxy-Authorization: ${auth}\r\n\r\n`),
+    )
+    let head = Buffer.alloc(0)
+    const onData = (chunk) => {
+      head = Buffer.concat([head, chunk])
+      const end = head.indexOf('\r\n\r\n')
+      if (end < 0) return
+      up.removeListener('data', onData)
+      up.pause()
+      const status = head.subarray(0, head.indexOf('\r\n')).toString('latin1')
+      if (!/^HTTP\/1\.[01] 200\b/.test(status)) {
+        state.failures.push(status)
+        return kill()
+      }
+      const rest = head.subarray(end + 4)
+      if (rest.length) client.write(rest)
+      client.pipe(up)
+      up.pipe(client)
+      client.resume()
+      up.resume()
+    }
+    up.on('data', onData)
+  }
+  const v4 = net.createServer(onConnection)
+  await new Promise((resolve, reject) => v4.once('error', reject).listen(0, '127.0.0.1', resolve))
+  const port = v4.address().port
+  // `localhost` may resolve to ::1 first: listen there too when possible.
+  const v6 = net.createServer(onConnection)
+  await new Promise((resolve) => v6.once('error', () => resolve()).listen(port, '::1', resolve))
+  state.port = port
+  state.close = () => {
+    v4.close()
+    v6.close()
+  }
+  return state
+}
+
+async function h2load(url, requests) {
+  const h2Path = need('h2load')
+  const args = ['-n', String(requests), '-c', String(CFG.h2Clients), '-m', String(CFG.h2Streams), url]
+  const r = await runTool('h2load', h2Path, args, { timeoutMs: 150000 })
+  if (r.code !== 0 || r.timedOut) throw new Error(failure('h2load', r))
+  const out = r.stdout
+  const proto = /Application protocol:\s*(\S+)/.exec(out)?.[1]
+  if (proto !== 'h2') throw new Error(`h2load negotiated ${proto ?? 'nothing'} instead of h2: ${tail(out)}`)
+  const fin = /finished in ([\d.]+)(m?s), ([\d.]+) req\/s/.exec(out)
+  const req = /requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout/.exec(out)
+  const codes = /status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx/.exec(out)
+  if (!fin || !req || !codes) throw new Error(`unexpected h2load output: ${tail(out)}`)
+  const succeeded = Number(req[4])
+  const ok2xx = Number(codes[1])
+  if (succeeded !== requests || ok2xx !== requests)
+    throw new Error(`h2load: ${succeeded} of ${requests} requests succeeded; status codes ${codes[1]} 2xx, ${codes[2]} 3xx, ${codes[3]} 4xx, ${codes[4]} 5xx; ${req[6]} errored, ${req[7]} timed out`)
+  const seconds = Number(fin[1]) / (fin[2] === 'ms' ? 1000 : 1)
+  return { rps: Number(fin[3]), seconds, succeeded }
+}
+
+// ---------------------------------------------------------------------------
+// Results
+
+const raw = {} // scenario -> list of round records
+const values = {} // metric -> target -> [numbers]
+const errors = {} // metric -> target -> [messages]
+
+function record(scenario, entry) {
+  ;(raw[scenario] ??= []).push(entry)
+}
+function put(metric, target, value) {
+  ;((values[metric] ??= {})[target] ??= []).push(value)
+}
+function putError(metric, target, message) {
+  ;((errors[metric] ??= {})[target] ??= []).push(message)
+}
+
+/** Runs one measurement; on failure, every metric it feeds gets the error. */
+async function attempt(scenario, round, target, metrics, fn) {
+  try {
+    const res = await fn()
+    record(scenario, { round, target, ...res })
+    return res
+  } catch (e) {
+    const message = String(e?.message ?? e)
+    log(`  ${scenario} round ${round} ${target}: ERROR ${message}`)
+    record(scenario, { round, target, error: message })
+    for (const m of metrics) putError(m, target, message)
+    return null
+  }
+}
+
+function median(xs) {
+  if (!xs || xs.length === 0) return null
+  const s = [...xs].sort((a, b) => a - b)
+  const mid = s.length >> 1
+  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2
+}
+
+const rotate = (list, n) => list.map((_, i) => list[(i + n) % list.length])
+
+// ---------------------------------------------------------------------------
+// Scenarios
+
+async function scenarioSmall(ctx) {
+  const { nginx, rust, peer } = ctx
+  const proxies = { rust, peer }
+  const s1 = { connections: CFG.s1Connections, threads: CFG.s1Threads, seconds: CFG.s1Seconds }
+  const s2 = { connections: 1, threads: 1, seconds: CFG.s2Seconds }
+  if (enabled('s1')) {
+    log(`s1/s6: small responses, ${s1.connections} connections, ${s1.threads} threads, ${s1.seconds} s, ${CFG.rounds} rounds`)
+    for (const target of ['rust', 'peer']) {
+      if (!proxies[target]) continue
+      // Warm-up, not recorded: fills the upstream pools and lets V8 optimise the peer.
+      await wrk({ target, proxy: proxies[target], nginx, ...s1, seconds: CFG.warmupSeconds }).catch(() => {})
+    }
+    for (let round = 1; round <= CFG.rounds; round++) {
+      for (const target of rotate(TARGETS, round - 1)) {
+        const proxy = proxies[target]
+        if (target !== 'direct' && !proxy) {
+          for (const m of ['s1_rps', 's1_p50', 's1_p99', 's6_cpu']) putError(m, target, ctx.proxyErrors[target])
+          continue
+        }
+        await attempt('s1', round, target, ['s1_rps', 's1_p50', 's1_p99', 's6_cpu'], async () => {
+          const stats0 = target === 'rust' ? await childStats(proxy).catch(() => null) : null
+          const cpu0 = proxy ? cpuSeconds(proxy.pid) : null
+          const res = await wrk({ target, proxy, nginx, ...s1 })
+          const cpu1 = proxy ? cpuSeconds(proxy.pid) : null
+          if (stats0) {
+            // Sanity check: the proxy itself counted the requests wrk sent through it.
+            const stats1 = await childStats(proxy).catch(() => null)
+            if (stats1) res.proxy_counted_requests = stats1.stats.totalRequests - stats0.stats.totalRequests
+          }
+          put('s1_rps', target, res.rps)
+          put('s1_p50', target, res.p50_us)
+          put('s1_p99', target, res.p99_us)
+          if (proxy) {
+            res.proxy_cpu_s = cpu1 - cpu0
+            res.proxy_rss_kib = rssKiB(proxy.pid)
+            res.cpu_s_per_100k = (res.proxy_cpu_s / res.requests) * 100000
+            put('s6_cpu', target, res.cpu_s_per_100k)
+          }
+          log(`  s1 round ${round} ${target}: ${res.rps.toFixed(0)} req/s, p50 ${res.p50_us} µs, p99 ${res.p99_us} µs` +
+            (proxy ? `, proxy CPU ${res.proxy_cpu_s.toFixed(2)} s for ${res.requests} requests` : ''))
+          return res
+        })
+        await sleep(300)
+      }
+    }
+  }
+  if (enabled('s2')) {
+    log(`s2: small responses, 1 connection, 1 thread, ${s2.seconds} s, ${CFG.rounds} rounds`)
+    for (let round = 1; round <= CFG.rounds; round++) {
+      for (const target of rotate(TARGETS, round - 1)) {
+        const proxy = proxies[target]
+        if (target !== 'direct' && !proxy) {
+          for (const m of ['s2_p50', 's2_p99']) putError(m, target, ctx.proxyErrors[target])
+          continue
+        }
+        await attempt('s2', round, target, ['s2_p50', 's2_p99'], async () => {
+          const res = await wrk({ target, proxy, nginx, ...s2 })
+          put('s2_p50', target, res.p50_us)
+          put('s2_p99', target, res.p99_us)
+          log(`  s2 round ${round} ${target}: p50 ${res.p50_us} µs, p99 ${res.p99_us} µs (${res.rps.toFixed(0)} req/s)`)
+          return res
+        })
+        await sleep(300)
+      }
+    }
+  }
+}
+
+async function scenarioBulk(ctx) {
+  const { nginx, rust, peer, certs } = ctx
+  const proxies = { rust, peer }
+  log(`s3: ${CFG.bulkMiB} MiB download, TLS through CONNECT and plain forwarding, ${CFG.rounds} rounds`)
+  for (let round = 1; round <= CFG.rounds; round++) {
+    for (const [tunnel, metric] of [[true, 's3_tunnel'], [false, 's3_forward']]) {
+      for (const target of rotate(TARGETS, round - 1)) {
+        const proxy = proxies[target]
+        if (target !== 'direct' && !proxy) {
+          putError(metric, target, ctx.proxyErrors[target])
+          continue
+        }
+        await attempt(metric, round, target, [metric], async () => {
+          const res = await curlDownload({ target, proxy, nginx, tunnel, certs, expectBytes: CFG.bulkMiB * 1048576 })
+          put(metric, target, res.mibps)
+          log(`  s3 ${tunnel ? 'tunnel ' : 'forward'} round ${round} ${target}: ${res.mibps.toFixed(1)} MiB/s`)
+          return res
+        })
+      }
+    }
+  }
+}
+
+async function scenarioH2(ctx) {
+  const { nginx, rust } = ctx
+  log(`s4: HTTP/2 in an intercepted tunnel, h2load -n ${CFG.h2Requests} -c ${CFG.h2Clients} -m ${CFG.h2Streams}, ${CFG.rounds} rounds`)
+  // Two upstream flavours behind the same intercepted h2 tunnel: nginx over h2 (the
+  // scenario as specified) and nginx over HTTP/1.1 (TLS port without http2).
+  const variants = [
+    { metric: 's4_rps', connect: 'localhost:3000', upstream: 'h2' },
+    { metric: 's4h1_rps', connect: 'localhost:3001', upstream: 'http/1.1' },
+  ]
+  for (const v of variants) putError(v.metric, 'peer', null) // n/a, see footnote
+  if (rust) {
+    for (const v of variants) {
+      v.forwarder = await startForwarder(rust.info.port, rust.routedAuth, v.connect)
+      ctx.cleanups.push(() => v.forwarder.close())
+      // Warm-up, not recorded: the leaf certificate for localhost and the upstream connections.
+      await h2load(`https://localhost:${v.forwarder.port}/small`, Math.min(2000, CFG.h2Requests)).catch((e) =>
+        log(`  s4 warm-up (upstream ${v.upstream}): ${e.message}`),
+      )
+    }
+  }
+  const runRust = async (round, v) => {
+    if (!rust) return putError(v.metric, 'rust', ctx.proxyErrors.rust)
+    await attempt(v.metric, round, 'rust', [v.metric], async () => {
+      const failuresBefore = v.forwarder.failures.length
+      const logOffset = fileSize(nginx.errorLog)
+      let res
+      try {
+        res = await h2load(`https://localhost:${v.forwarder.port}/small`, CFG.h2Requests)
+      } catch (e) {
+        const refused = v.forwarder.failures.slice(failuresBefore)
+        if (refused.length) e.message += `; the proxy answered the forwarder's CONNECT with "${refused[0]}"`
+        const rejections = nginxRejections(nginx, logOffset)
+        if (rejections.length) e.message += `; nginx's log: ${rejections.map((r) => r.replace(/ while reading client request headers$/, '')).join('; ')}`
+        if (rejections.some((r) => r.includes('duplicate host header')))
+          e.message += ' (the proxy sends a `host` header next to `:authority` on its upstream HTTP/2 requests, which this nginx rejects with 400)'
+        throw e
+      }
+      put(v.metric, 'rust', res.rps)
+      log(`  s4 round ${round} rust (upstream ${v.upstream}): ${res.rps.toFixed(0)} req/s`)
+      return { ...res, upstream: v.upstream }
+    })
+  }
+  const runDirect = (round) =>
+    attempt('s4', round, 'direct', variants.map((v) => v.metric), async () => {
+      const res = await h2load(`https://127.0.0.1:${nginx.ports.h2}/small`, CFG.h2Requests)
+      for (const v of variants) put(v.metric, 'direct', res.rps)
+      log(`  s4 round ${round} direct: ${res.rps.toFixed(0)} req/s`)
+      return res
+    })
+  for (let round = 1; round <= CFG.rounds; round++) {
+    const steps = [() => runDirect(round), ...variants.map((v) => () => runRust(round, v))]
+    for (const step of rotate(steps, round - 1)) await step()
+  }
+}
+
+async function scenarioMemory(ctx) {
+  const { nginx, proxyOptions } = ctx
+  log(`s5: idle RSS and RSS per idle CONNECT tunnel (${CFG.tunnels} tunnels), fresh processes, ${CFG.rounds} rounds`)
+  for (let round = 1; round <= CFG.rounds; round++) {
+    for (const mode of rotate(['bare', 'rust', 'peer'], round - 1)) {
+      const target = mode === 'bare' ? 'direct' : mode
+      const metrics = mode === 'bare' ? ['s5_idle'] : ['s5_idle', 's5_tunnel']
+      let child = null
+      let tunnels = null
+      await attempt('s5', round, target, metrics, async () => {
+        try {
+          child = await startProxy(mode, mode === 'rust' ? proxyOptions : {})
+          await sleep(CFG.settleMs)
+          const idle = rssKiB(child.pid)
+          put('s5_idle', target, idle / 1024)
+          metrics.splice(metrics.indexOf('s5_idle'), 1) // a later failure is the tunnels' only
+          if (mode === 'bare') {
+            log(`  s5 round ${round} bare node: idle RSS ${(idle / 1024).toFixed(1)} MiB`)
+            return { idle_rss_kib: idle }
+          }
+          tunnels = launch('tunnels', process.execPath, [join(BENCH, 'tunnels.mjs'), JSON.stringify({
+            port: child.info.port, auth: child.auth, target: `127.0.0.1:${nginx.ports.http}`, count: CFG.tunnels, concurrency: 50,
+          })])
+          const opened = await nextJson(tunnels, 90000, 'tunnel count')
+          if (opened.failed > 0) {
+            const low = NOFILE_EFFECTIVE < 2 * CFG.tunnels + 256 ? `; \`ulimit -n\` could only be raised to ${NOFILE_EFFECTIVE} (hard limit), which is too few for ${CFG.tunnels} tunnels` : ''
+            throw new Error(`${opened.failed} of ${CFG.tunnels} CONNECTs failed: ${JSON.stringify(opened.errors)}${low}`)
+          }
+          await sleep(1000)
+          const loaded = rssKiB(child.pid)
+          tunnels.proc.stdin.write('status\n')
+          const { open } = await nextJson(tunnels, 5000, 'tunnel status')
+          if (open !== CFG.tunnels) throw new Error(`only ${open} of ${CFG.tunnels} tunnels were still open when RSS was read`)
+          const stats = await childStats(child).catch(() => null)
+          const perTunnel = (loaded - idle) / CFG.tunnels
+          put('s5_tunnel', target, perTunnel)
+          log(`  s5 round ${round} ${mode}: idle RSS ${(idle / 1024).toFixed(1)} MiB, with ${CFG.tunnels} tunnels ${(loaded / 1024).toFixed(1)} MiB → ${perTunnel.toFixed(1)} KiB/tunnel`)
+          return { idle_rss_kib: idle, loaded_rss_kib: loaded, kib_per_tunnel: perTunnel, proxy_stats: stats?.stats ?? null }
+        } finally {
+          await stop(tunnels)
+          await stop(child)
+        }
+      })
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Report
+
+const fmt = {
+  int: (v) => Math.round(v).toLocaleString('en-US'),
+  us: (v) => Math.round(v).toLocaleString('en-US'),
+  d1: (v) => v.toFixed(1),
+  d2: (v) => v.toFixed(2),
+  d3: (v) => v.toFixed(3),
+}
+
+function buildReport(machine, ctx) {
+  const med = {}
+  for (const metric of Object.keys({ ...values, ...errors })) {
+    med[metric] = {}
+    for (const t of TARGETS) med[metric][t] = median(values[metric]?.[t])
+  }
+  // Derived metrics (from medians).
+  const diff = (a, b) => (a == null || b == null ? null : a - b)
+  med.s2_added = { direct: null, rust: diff(med.s2_p50?.rust, med.s2_p50?.direct), peer: diff(med.s2_p50?.peer, med.s2_p50?.direct) }
+  med.s5_cost = { direct: null, rust: diff(med.s5_idle?.rust, med.s5_idle?.direct), peer: diff(med.s5_idle?.peer, med.s5_idle?.direct) }
+
+  const notes = []
+  const noteFor = (text) => {
+    let i = notes.indexOf(text)
+    if (i < 0) i = notes.push(text) - 1
+    return `[${i + 1}]`
+  }
+  const NA_S4 = 'n/a: the `proxy` package relays a CONNECT blindly; it cannot terminate TLS inside a tunnel, serve HTTP/2 there or rewrite to the dev box, so it has no counterpart of this scenario.'
+  const NA_DIRECT = '—'
+
+  function cell(metric, target, format, { derivedFrom } = {}) {
+    if (metric.startsWith('s4') && target === 'peer') return `n/a ${noteFor(NA_S4)}`
+    const v = med[metric]?.[target]
+    const errs = (errors[derivedFrom ?? metric]?.[target] ?? []).filter(Boolean)
+    const derivedErrs = derivedFrom
+      ? [...errs, ...(errors[derivedFrom]?.direct ?? []).filter(Boolean)]
+      : errs
+    if (v == null) {
+      if (derivedErrs.length) return `error ${noteFor(`${metricTitle(metric)}, ${target}: ${derivedErrs[0]}`)}`
+      return NA_DIRECT
+    }
+    const n = values[derivedFrom ?? metric]?.[target]?.length ?? 0
+    let text = format(v)
+    if (errs.length && !derivedFrom) text += ` ${noteFor(`${metricTitle(metric)}, ${target}: median of ${n} rounds; ${errs.length} failed: ${errs[0]}`)}`
+    return text
+  }
+  function ratio(metric, a, b) {
+    const x = med[metric]?.[a]
+    const y = med[metric]?.[b]
+    if (x == null || y == null || y === 0) return '—'
+    return `${(x / y).toFixed(2)}×`
+  }
+
+  const rows = [
+    { metric: 's1_rps', title: 's1 small GET, 50 conns: req/s', f: fmt.int },
+    { metric: 's1_p50', title: 's1 small GET, 50 conns: p50 latency (µs)', f: fmt.us },
+    { metric: 's1_p99', title: 's1 small GET, 50 conns: p99 latency (µs)', f: fmt.us },
+    { metric: 's2_p50', title: 's2 small GET, 1 conn: p50 latency (µs)', f: fmt.us },
+    { metric: 's2_p99', title: 's2 small GET, 1 conn: p99 latency (µs)', f: fmt.us },
+    { metric: 's2_added', title: 's2 p50 added over direct (µs)', f: fmt.us, derivedFrom: 's2_p50', noDirectRatio: true },
+    { metric: 's3_tunnel', title: `s3a ${CFG.bulkMiB} MiB over TLS through CONNECT (MiB/s)`, f: fmt.d1 },
+    { metric: 's3_forward', title: `s3b ${CFG.bulkMiB} MiB plain forwarding (MiB/s)`, f: fmt.d1 },
+    { metric: 's4_rps', title: 's4 HTTP/2 in intercepted tunnel, h2 upstream: req/s', f: fmt.int, noPeerRatio: true },
+    { metric: 's4h1_rps', title: 's4 HTTP/2 in intercepted tunnel, HTTP/1.1 upstream: req/s', f: fmt.int, noPeerRatio: true },
+    { metric: 's5_idle', title: 's5 idle RSS (MiB; direct = bare Node)', f: fmt.d1 },
+    { metric: 's5_cost', title: 's5 idle RSS over bare Node (MiB)', f: fmt.d1, derivedFrom: 's5_idle', noDirectRatio: true },
+    { metric: 's5_tunnel', title: 's5 RSS per idle CONNECT tunnel (KiB)', f: fmt.d1, noDirectRatio: true },
+    { metric: 's6_cpu', title: 's6 proxy CPU per 100k small requests (s)', f: fmt.d2, noDirectRatio: true },
+  ]
+  function metricTitle(metric) {
+    return rows.find((r) => r.metric === metric)?.title ?? metric
+  }
+  const shown = rows.filter((r) => {
+    const src = r.derivedFrom ?? r.metric
+    return values[src] || errors[src]
+  })
+  const lines = [
+    '| metric (median of rounds) | direct | rust proxy | node peer | rust ÷ direct | rust ÷ peer |',
+    '| --- | ---: | ---: | ---: | ---: | ---: |',
+  ]
+  for (const r of shown) {
+    const d = r.derivedFrom ? NA_DIRECT : cell(r.metric, 'direct', r.f)
+    lines.push(`| ${r.title} | ${d} | ${cell(r.metric, 'rust', r.f, r)} | ${cell(r.metric, 'peer', r.f, r)} | ` +
+      `${r.noDirectRatio ? '—' : ratio(r.metric, 'rust', 'direct')} | ${r.noPeerRatio ? '—' : ratio(r.metric, 'rust', 'peer')} |`)
+  }
+
+  // Targets.
+  const targets = []
+  const check = (name, value, ok, shownValue) => targets.push({ name, value, met: value == null ? null : ok, shown: value == null ? 'error' : shownValue })
+  if (med.s1_rps) {
+    const r = med.s1_rps.rust != null && med.s1_rps.peer ? med.s1_rps.rust / med.s1_rps.peer : null
+    check('s1: rust ≥ 4× peer req/s', r, r >= 4, r != null && `${r.toFixed(2)}×`)
+  }
+  if (med.s2_p50) {
+    const a = med.s2_added.rust
+    check('s2: added p50 ≤ 50 µs', a, a <= 50, a != null && `${a.toFixed(0)} µs`)
+  }
+  for (const [metric, what] of [['s3_tunnel', 's3a: TLS through CONNECT ≥ 90 % of direct'], ['s3_forward', 's3b: plain forwarding ≥ 90 % of direct']]) {
+    if (!med[metric]) continue
+    const r = med[metric].rust != null && med[metric].direct ? med[metric].rust / med[metric].direct : null
+    check(what, r, r >= 0.9, r != null && `${(r * 100).toFixed(1)} %`)
+  }
+  if (med.s4_rps) check('s4: ≥ 30,000 req/s (h2 upstream)', med.s4_rps.rust, med.s4_rps.rust >= 30000, med.s4_rps.rust != null && `${fmt.int(med.s4_rps.rust)} req/s`)
+  if (med.s4h1_rps) check('s4 (extra): ≥ 30,000 req/s with an HTTP/1.1 upstream', med.s4h1_rps.rust, med.s4h1_rps.rust >= 30000, med.s4h1_rps.rust != null && `${fmt.int(med.s4h1_rps.rust)} req/s`)
+  if (med.s5_tunnel) check('s5: ≤ 8 KiB per idle tunnel', med.s5_tunnel.rust, med.s5_tunnel.rust <= 8, med.s5_tunnel.rust != null && `${med.s5_tunnel.rust.toFixed(1)} KiB`)
+  if (med.s5_idle) check('s5: addon idle cost ≤ 10 MiB over bare Node', med.s5_cost.rust, med.s5_cost.rust <= 10, med.s5_cost.rust != null && `${med.s5_cost.rust.toFixed(1)} MiB`)
+  const targetLines = targets.map((t) => `- ${t.met == null ? '❔ unknown' : t.met ? '✅ met' : '❌ missed'} — ${t.name}: ${t.shown}`)
+
+  const how = [
+    `Each scenario ran ${CFG.rounds} round(s), alternating direct / rust proxy / node peer (order rotated each round); the table shows medians. Ratios are of medians; "rust ÷ direct" above 1 means more (of req/s, MiB/s) or slower (of latency).`,
+    `s1/s2: wrk against nginx \`return 200 "ok"\` (keep-alive; ${CFG.s1Connections} connections, ${CFG.s1Threads} threads, ${CFG.s1Seconds} s; then 1 connection, 1 thread, ${CFG.s2Seconds} s). Through a proxy wrk connects to the proxy and sends absolute-form \`GET http://127.0.0.1:<nginx>/small\` with Proxy-Authorization (bench/wrk.lua). One unrecorded ${CFG.warmupSeconds} s warm-up per proxy before s1.`,
+    `s3: curl \`%{speed_download}\` for a ${CFG.bulkMiB} MiB file from nginx: (a) https through a CONNECT tunnel (\`curl -p\`, TLS end to end, context without route, so relayed blindly), direct = curl to nginx's TLS port; (b) http, absolute-form forwarding.`,
+    `s4: h2load -n ${CFG.h2Requests} -c ${CFG.h2Clients} -m ${CFG.h2Streams} (${CFG.h2Clients * CFG.h2Streams} concurrent streams) → a Node TCP forwarder (each connection opens \`CONNECT localhost:3000\` on the proxy with a routed context) → the proxy terminates TLS (its own CA, ALPN h2) and rewrites to \`https://${DEV_BOX}\`, resolved to nginx's TLS + HTTP/2 port (bench CA trusted), so its upstream pool speaks h2. The extra row does the same with \`CONNECT localhost:3001\` → \`https://${DEV_BOX_H1}\`, resolved to nginx's TLS port without HTTP/2, so the upstream pool speaks HTTP/1.1. Direct (both rows) = h2load straight to nginx's h2 port, so the rust column also pays for the Node forwarder and a second TLS session. All ${CFG.h2Requests} requests must get a 2xx, else the cell is an error.`,
+    `s5: fresh processes of bench/child.mjs: "bare" (Node, no addon), "rust" (addon loaded, proxy started, contexts created), "peer" (\`proxy\` package listening). VmRSS from /proc/<pid>/status ${CFG.settleMs / 1000} s after start; then ${CFG.tunnels} idle CONNECT tunnels to nginx's HTTP port are opened from another process, and (RSS with tunnels − idle RSS) / ${CFG.tunnels} is reported per tunnel. The "direct" column of the idle row is the bare Node process.`,
+    `s6: utime+stime of the proxy process (/proc/<pid>/stat ÷ CLK_TCK) across each s1 run, divided by the requests wrk completed, × 100k. The proxy child is a Node process: its main thread is idle during the run.`,
+  ]
+
+  const table = lines.join('\n')
+  const footnotes = notes.map((n, i) => `[${i + 1}] ${n}`)
+  return { med, table, footnotes, targets, targetLines, how }
+}
+
+function machineDescription() {
+  const cpuinfo = existsSync('/proc/cpuinfo') ? readFileSync('/proc/cpuinfo', 'utf8') : ''
+  const meminfo = existsSync('/proc/meminfo') ? readFileSync('/proc/meminfo', 'utf8') : ''
+  const nproc = spawnSync('nproc').stdout?.toString().trim()
+  let peerVersion = 'not installed'
+  try {
+    peerVersion = JSON.parse(readFileSync(join(root, 'node_modules', 'proxy', 'package.json'), 'utf8')).version
+  } catch {}
+  return {
+    nproc: Number(nproc) || os.availableParallelism(),
+    cpuModel: /model name\s*:\s*(.*)/.exec(cpuinfo)?.[1]?.trim() ?? os.cpus()[0]?.model ?? 'unknown',
+    memTotal: /MemTotal:\s*(.*)/.exec(meminfo)?.[1]?.trim() ?? `${os.totalmem()} B`,
+    kernel: `${os.type()} ${os.release()} ${os.version()}`,
+    node: process.version,
+    loadAverageAtStart: os.loadavg().map((x) => x.toFixed(2)).join(' '),
+    childrenNofile: NOFILE_EFFECTIVE,
+    tools: {
+      wrk: versionOf('wrk', ['-v'], /wrk (\S+)/),
+      nginx: versionOf('nginx', ['-v'], /nginx\/(\S+)/),
+      h2load: versionOf('h2load', ['--version'], /nghttp2\/(\S+)/),
+      curl: versionOf('curl', ['--version'], /curl (\S+)/),
+      openssl: versionOf('openssl', ['version'], /OpenSSL (\S+)/),
+      proxyPackage: peerVersion,
+    },
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Main
+
+const ctx = { cleanups: [], proxyErrors: {} }
+let tmpDir = null
+let shuttingDown = false
+
+async function shutdown() {
+  if (shuttingDown) return
+  shuttingDown = true
+  for (const fn of ctx.cleanups.splice(0)) {
+    try {
+      fn()
+    } catch {}
+  }
+  await Promise.all([...children].map((c) => stop(c, 1500)))
+  if (tmpDir) rmSync(tmpDir, { recursive: true, force: true })
+}
+
+process.on('exit', () => {
+  for (const c of children) killGroup(c, 'SIGKILL')
+  if (tmpDir) rmSync(tmpDir, { recursive: true, force: true })
+})
+for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
+  process.on(sig, () => {
+    console.error(`\n${sig}: stopping every child process`)
+    shutdown().finally(() => process.exit(130))
+  })
+}
+
+async function main() {
+  installNodePackages()
+  if (process.env.BENCH_SKIP_BUILD !== '1') buildAddon()
+  ensureTools()
+  const machine = machineDescription()
+  const benchStarted = Date.now()
+  log(`machine: ${machine.nproc} CPUs (${machine.cpuModel}), ${machine.memTotal}, ${machine.kernel}, node ${machine.node}; load ${machine.loadAverageAtStart}`)
+  log(`config: ${JSON.stringify(CFG)}${ONLY ? ` only ${[...ONLY].join(',')}` : ''}; children's ulimit -n: ${NOFILE_EFFECTIVE}`)
+
+  tmpDir = mkdtempSync(join(os.tmpdir(), 'cmux-bench-'))
+  chmodSync(tmpDir, 0o755)
+  ctx.certs = makeCerts(tmpDir)
+  mkdirSync(join(tmpDir, 'www'), { recursive: true })
+  if (enabled('s3')) makeBulkFile(join(tmpDir, 'www', 'bulk'), CFG.bulkMiB)
+  ctx.nginx = await startNginx(tmpDir, ctx.certs)
+  log(`nginx: http ${ctx.nginx.ports.http}, https ${ctx.nginx.ports.tls}, h2 ${ctx.nginx.ports.h2}`)
+
+  ctx.proxyOptions = {
+    resolve: { [`${DEV_BOX}:443`]: `127.0.0.1:${ctx.nginx.ports.h2}`, [`${DEV_BOX_H1}:443`]: `127.0.0.1:${ctx.nginx.ports.tls}` },
+    upstreamCaPem: [ctx.certs.caPem],
+    route: { morphId: 'b', scope: 's', domainSuffix: 'bench.test' },
+  }
+  const perf = ['s1', 's2', 's3', 's4'].some(enabled)
+  if (perf) {
+    for (const mode of ['rust', 'peer']) {
+      try {
+        ctx[mode] = await startProxy(mode, mode === 'rust' ? ctx.proxyOptions : {})
+        log(`${mode} proxy: pid ${ctx[mode].pid}, port ${ctx[mode].info.port}`)
+      } catch (e) {
+        ctx.proxyErrors[mode] = `the ${mode} proxy did not start: ${e.message}`
+        log(ctx.proxyErrors[mode])
+      }
+    }
+  }
+  const scenarioTimes = {}
+  const timed = async (name, fn) => {
+    const t = Date.now()
+    try {
+      await fn(ctx)
+    } catch (e) {
+      log(`${name}: ERROR ${e.message}`)
+      record(name, { error: e.message })
+    }
+    scenarioTimes[name] = (Date.now() - t) / 1000
+  }
+  if (enabled('s1') || enabled('s2')) await timed('s1+s2', scenarioSmall)
+  if (enabled('s3')) await timed('s3', scenarioBulk)
+  if (enabled('s4')) await timed('s4', scenarioH2)
+  await stop(ctx.rust)
+  await stop(ctx.peer)
+  if (enabled('s5')) await timed('s5', scenarioMemory)
+  const benchSeconds = (Date.now() - benchStarted) / 1000
+  machine.loadAverageAtEnd = os.loadavg().map((x) => x.toFixed(2)).join(' ')
+
+  const report = buildReport(machine, ctx)
+  const date = new Date().toISOString()
+  const machineLines = [
+    `- CPUs (nproc): ${machine.nproc}, ${machine.cpuModel}`,
+    `- MemTotal: ${machine.memTotal}`,
+    `- kernel: ${machine.kernel}`,
+    `- node: ${machine.node}; \`proxy\` package ${machine.tools.proxyPackage}`,
+    `- tools: wrk ${machine.tools.wrk}, nginx ${machine.tools.nginx}, h2load (nghttp2) ${machine.tools.h2load}, curl ${machine.tools.curl}, OpenSSL ${machine.tools.openssl}`,
+    `- load average (1, 5, 15 min) when the run started: ${machine.loadAverageAtStart}; when it ended: ${machine.loadAverageAtEnd}`,
+    `- open-file limit of the child processes: ${machine.childrenNofile}`,
+  ]
+  const md = [
+    '# Benchmark: direct vs this proxy (Rust addon) vs a Node.js peer (`proxy` package)',
+    '',
+    `Command: \`npm run bench\` (\`node bench/run.mjs\`)${QUICK ? ' with BENCH_QUICK=1 (short runs: not representative)' : ''}${ONLY ? `, BENCH_ONLY=${[...ONLY].join(',')}` : ''}  `,
+    `Date: ${date}; the measurements took ${benchSeconds.toFixed(0)} s.`,
+    '',
+    report.table,
+    '',
+    ...report.footnotes.map((f) => `${f}  `),
+    '',
+    '## Targets',
+    '',
+    ...report.targetLines,
+    '',
+    '## Machine',
+    '',
+    ...machineLines,
+    '',
+    '## How each number is measured',
+    '',
+    ...report.how.map((h) => `- ${h}`),
+    '',
+  ].join('\n')
+  writeFileSync(join(BENCH, 'RESULTS.md'), md)
+  writeFileSync(join(BENCH, 'results.json'), JSON.stringify({
+    date, command: 'npm run bench', quick: QUICK, only: ONLY ? [...ONLY] : null, config: CFG, machine,
+    seconds: { total: benchSeconds, ...scenarioTimes },
+    medians: report.med, values, errors, rounds: raw, targets: report.targets, footnotes: report.footnotes,
+  }, null, 2) + '\n')
+
+  console.log('\n' + report.table + '\n')
+  for (const f of report.footnotes) console.log(f)
+  console.log('\nTargets:')
+  for (const t of report.targetLines) console.log(t)
+  console.log(`\nMeasurements took ${benchSeconds.toFixed(0)} s. Wrote bench/RESULTS.md and bench/results.json.`)
+}
+
+let exitCode = 0
+try {
+  await main()
+} catch (e) {
+  console.error(`bench failed: ${e?.stack ?? e}`)
+  exitCode = 1
+} finally {
+  await shutdown()
+}
+process.exit(exitCode)
