@@ -1,7 +1,7 @@
 // Brings a fresh clone to a runnable state: npm packages from the lockfile and
 // the release build of the addon. Used by `npm test` and `npm run demo`.
 import { spawnSync } from 'node:child_process'
-import { copyFileSync, existsSync, mkdtempSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs'
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
@@ -25,18 +25,28 @@ export function installNodePackages() {
   }
 }
 
+/** The addon the integration suite loads (through NAPI_RS_NATIVE_LIBRARY_PATH, see vitest.config.mjs). */
+export const TEST_ADDON = join(root, '.test-addon', 'cmux-preview-proxy.node')
+
 /**
- * The release build of the addon (with `testHooks`, the test-only panic hook
- * compiled in, for the integration suite). Built aside and renamed into place, so a
- * process that still has the old .node mapped keeps running.
+ * The release build of the addon, next to index.js. With `testHooks`, the
+ * build for the integration suite instead: the test-only panic hook compiled
+ * in, written to TEST_ADDON so that it never stands in for the real addon.
+ * Built aside and renamed into place, so a process that still has the old
+ * .node mapped keeps running.
  */
 export function buildAddon({ testHooks = false } = {}) {
   const out = mkdtempSync(join(root, '.addon-build-'))
   const features = testHooks ? ['--features', 'test-hooks'] : []
   run('npx', ['napi', 'build', '--platform', '--release', ...features, '--output-dir', out])
   for (const file of readdirSync(out)) {
-    if (file.endsWith('.node')) renameSync(join(out, file), join(root, file))
-    else copyFileSync(join(out, file), join(root, file))
+    if (file.endsWith('.node')) {
+      const target = testHooks ? TEST_ADDON : join(root, file)
+      mkdirSync(dirname(target), { recursive: true })
+      renameSync(join(out, file), target)
+    } else {
+      copyFileSync(join(out, file), join(root, file))
+    }
   }
   rmSync(out, { recursive: true, force: true })
 }
