@@ -13,6 +13,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::ext::ReasonPhrase;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
@@ -46,7 +47,6 @@ pub async fn connect(
     };
     let client = hyper::upgrade::on(&mut req);
     let cancel = context.revoked.child_token();
-    let idle = shared.limits.idle_tunnel_timeout;
     if let Some(route) = context.route.as_ref().filter(|_| is_loopback_host(&target.host)) {
         if route.proxy_origin.is_some() && shared.interceptor.is_none() {
             // Nothing to look into: the cmux-proxy origin carries the tunnel, and its answer is ours.
@@ -55,10 +55,7 @@ pub async fn connect(
                 Ok(stream) => stream,
                 Err(reason) => return reply::text(StatusCode::BAD_GATEWAY, &reason),
             };
-            spawn_tunnel(shared, cancel, slot, async move {
-                let client = TokioIo::new(client.await.map_err(io::Error::other)?);
-                relay(client, upstream_stream, idle).await
-            });
+            spawn_relay(shared, cancel, slot, client, upstream_stream);
             return established();
         }
         shared.log.event(format_args!("CONNECT {target}: looking inside"));
@@ -76,10 +73,7 @@ pub async fn connect(
         Err(e) => return upstream_failure(&shared, &upstream_for(None, Scheme::Https, &target), &e),
     };
     shared.log.event(format_args!("CONNECT {target}: tunnel open"));
-    spawn_tunnel(shared, cancel, slot, async move {
-        let client = TokioIo::new(client.await.map_err(io::Error::other)?);
-        relay(client, upstream, idle).await
-    });
+    spawn_relay(shared, cancel, slot, client, upstream);
     established()
 }
 
@@ -109,12 +103,22 @@ where
     });
 }
 
+/// Once the client's side of the upgrade is handed over, relays it to `upstream`.
+fn spawn_relay(shared: Arc<Shared>, cancel: CancellationToken, slot: Slot, client: OnUpgrade, upstream: impl Stream) {
+    let idle = shared.limits.idle_tunnel_timeout;
+    spawn_tunnel(shared, cancel, slot, async move {
+        let client = TokioIo::new(client.await.map_err(io::Error::other)?);
+        relay(client, upstream, idle).await
+    });
+}
+
 /// Copies both ways until both directions are done; half-closes propagate.
 /// A tunnel silent both ways for `idle_timeout` is closed.
 async fn relay(a: impl Stream, mut b: impl Stream, idle_timeout: Duration) -> io::Result<()> {
     let mut a = Watched { io: a, activity: Arc::new(Activity::default()) };
     let activity = a.activity.clone();
-    let copy = tokio::io::copy_bidirectional(&mut a, &mut b);
+    // 64 KiB each way: bulk transfers through a tunnel take an eighth of the syscalls of the 8 KiB default.
+    let copy = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, 64 << 10, 64 << 10);
     tokio::pin!(copy);
     loop {
         let deadline = activity.last() + idle_timeout;
@@ -362,13 +366,7 @@ pub async fn websocket_over_h2(
     accepted
 }
 
-fn join_when_upgraded(
-    shared: &Arc<Shared>,
-    context: &Context,
-    slot: Slot,
-    client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
-) {
+fn join_when_upgraded(shared: &Arc<Shared>, context: &Context, slot: Slot, client: OnUpgrade, upstream: OnUpgrade) {
     let idle = shared.limits.idle_tunnel_timeout;
     spawn_tunnel(shared.clone(), context.revoked.child_token(), slot, async move {
         let (client, upstream) = tokio::try_join!(client, upstream).map_err(io::Error::other)?;
