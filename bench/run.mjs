@@ -13,8 +13,8 @@
 //   BENCH_ONLY=s1,s3        run only these scenarios (s6 is measured inside s1)
 //   BENCH_ROUNDS=N          rounds per scenario (default 3)
 import { spawn, spawnSync } from 'node:child_process'
-import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs'
-import { randomBytes } from 'node:crypto'
+import { chmodSync, closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs'
+import { createHash, randomBytes } from 'node:crypto'
 import net from 'node:net'
 import os from 'node:os'
 import { join } from 'node:path'
@@ -384,8 +384,30 @@ function fileSize(path) {
 // ---------------------------------------------------------------------------
 // The proxies under test
 
+/**
+ * A copy of the addon taken once at the start, loaded by every rust child (through the
+ * loader's NAPI_RS_NATIVE_LIBRARY_PATH override), so that all scenarios measure the same
+ * binary even if something rebuilds the addon in the work tree during the run.
+ */
+const addon = { env: {} }
+
+function snapshotAddon(dir) {
+  const tag = `${process.platform}-${process.arch}`
+  const candidates = readdirSync(root).filter((f) => f.endsWith('.node'))
+  const file = candidates.length === 1 ? candidates[0] : candidates.find((f) => f.includes(tag))
+  if (!file) return
+  const copy = join(dir, file)
+  copyFileSync(join(root, file), copy)
+  const bytes = readFileSync(copy)
+  addon.file = file
+  addon.built = statSync(join(root, file)).mtime.toISOString()
+  addon.sha256 = createHash('sha256').update(bytes).digest('hex').slice(0, 16)
+  addon.env = { NAPI_RS_NATIVE_LIBRARY_PATH: copy }
+}
+
 async function startProxy(mode, options = {}) {
-  const child = launch(`${mode} child`, process.execPath, [join(BENCH, 'child.mjs'), mode, JSON.stringify(options)])
+  const env = mode === 'rust' ? addon.env : {}
+  const child = launch(`${mode} child`, process.execPath, [join(BENCH, 'child.mjs'), mode, JSON.stringify(options)], { env })
   try {
     child.info = await nextJson(child, 20000, 'ready line')
     if (child.info.error) {
@@ -957,6 +979,9 @@ async function main() {
 
   tmpDir = mkdtempSync(join(os.tmpdir(), 'cmux-bench-'))
   chmodSync(tmpDir, 0o755)
+  snapshotAddon(tmpDir)
+  machine.addon = addon.file ? `${addon.file} (built ${addon.built}, sha256 ${addon.sha256}…)` : 'as index.js finds it'
+  log(`addon: ${machine.addon}`)
   ctx.certs = makeCerts(tmpDir)
   mkdirSync(join(tmpDir, 'www'), { recursive: true })
   if (enabled('s3')) makeBulkFile(join(tmpDir, 'www', 'bulk'), CFG.bulkMiB)
@@ -1007,6 +1032,7 @@ async function main() {
     `- MemTotal: ${machine.memTotal}`,
     `- kernel: ${machine.kernel}`,
     `- node: ${machine.node}; \`proxy\` package ${machine.tools.proxyPackage}`,
+    `- addon measured: ${machine.addon}`,
     `- tools: wrk ${machine.tools.wrk}, nginx ${machine.tools.nginx}, h2load (nghttp2) ${machine.tools.h2load}, curl ${machine.tools.curl}, OpenSSL ${machine.tools.openssl}`,
     `- load average (1, 5, 15 min) when the run started: ${machine.loadAverageAtStart}; when it ended: ${machine.loadAverageAtEnd}`,
     `- open-file limit of the child processes: ${machine.childrenNofile}`,

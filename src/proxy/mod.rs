@@ -5,6 +5,7 @@ pub mod auth;
 pub mod forward;
 pub mod pool;
 pub mod prefixed;
+pub mod relay;
 pub mod reply;
 pub mod routing;
 pub mod server;

@@ -74,13 +74,18 @@ impl UpstreamClient {
             // connection window, and a dev server answering a burst of modules sends many of them.
             .http2_initial_stream_window_size(1 << 20)
             .http2_initial_connection_window_size(8 << 20)
-            .set_host(false)
+            // Host from the URI, on HTTP/1.1 connections only: see `send`.
+            .set_host(true)
             .build(connector);
         UpstreamClient { pool, origins }
     }
 
     /// Sends `req` (absolute URI) and returns the response head; the body streams.
-    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, SendError> {
+    pub async fn send(&self, mut req: Request<Body>) -> Result<Response<Incoming>, SendError> {
+        // HTTP/2 names the host in `:authority`; a `Host` beside it makes some servers (nginx
+        // before 1.27) answer 400. The pool adds `Host` on HTTP/1.1 connections, from the URI,
+        // which carries the same authority.
+        req.headers_mut().remove(http::header::HOST);
         let authority = req.uri().authority().map_or("", |a| a.as_str()).to_ascii_lowercase();
         let origin = self.origins.get(&authority);
         if origin.settled.load(Ordering::Acquire) {

@@ -163,11 +163,10 @@ pub fn is_loopback_host(host: &str) -> bool {
     if host.eq_ignore_ascii_case("localhost") {
         return true;
     }
-    if host.len() > ".localhost".len() {
-        let (_, tail) = host.split_at(host.len() - ".localhost".len());
-        if tail.eq_ignore_ascii_case(".localhost") {
-            return true;
-        }
+    // Bytes, not a str slice: the cut may fall inside a multi-byte character (found by fuzzing).
+    let suffix = b".localhost";
+    if host.len() > suffix.len() && host.as_bytes()[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix) {
+        return true;
     }
     match host.parse::<IpAddr>() {
         Ok(IpAddr::V4(v4)) => v4.is_loopback() || v4.is_unspecified(),

@@ -2,11 +2,7 @@
 //! into), WebSocket upgrades over HTTP/1.1 and over HTTP/2 (RFC 8441).
 
 use std::io;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll};
-use std::time::{Duration, Instant};
 
 use base64::Engine;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
@@ -15,12 +11,13 @@ use hyper::body::Incoming;
 use hyper::ext::ReasonPhrase;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 use super::auth::Context;
 use super::forward::{client_response, upstream_request};
 use super::prefixed::Prefixed;
+use super::relay::relay;
 use super::reply::{self, empty_body, Body};
 use super::routing::{is_loopback_host, parse_authority, upstream_for, HostPort, Scheme, Upstream};
 use super::server::{response_timed_out, serve_stream, upstream_failure, Binding};
@@ -110,85 +107,6 @@ fn spawn_relay(shared: Arc<Shared>, cancel: CancellationToken, slot: Slot, clien
         let client = TokioIo::new(client.await.map_err(io::Error::other)?);
         relay(client, upstream, idle).await
     });
-}
-
-/// Copies both ways until both directions are done; half-closes propagate.
-/// A tunnel silent both ways for `idle_timeout` is closed.
-async fn relay(a: impl Stream, mut b: impl Stream, idle_timeout: Duration) -> io::Result<()> {
-    let mut a = Watched { io: a, activity: Arc::new(Activity::default()) };
-    let activity = a.activity.clone();
-    // 64 KiB each way: bulk transfers through a tunnel take an eighth of the syscalls of the 8 KiB default.
-    let copy = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, 64 << 10, 64 << 10);
-    tokio::pin!(copy);
-    loop {
-        let deadline = activity.last() + idle_timeout;
-        tokio::select! {
-            copied = &mut copy => return copied.map(|_| ()),
-            _ = tokio::time::sleep_until(deadline.into()) => {
-                if activity.last() + idle_timeout <= Instant::now() {
-                    return Err(io::Error::new(io::ErrorKind::TimedOut, "tunnel idle"));
-                }
-            }
-        }
-    }
-}
-
-/// When bytes last moved, as milliseconds since the tunnel opened.
-struct Activity {
-    opened: Instant,
-    last_ms: AtomicU64,
-}
-
-impl Default for Activity {
-    fn default() -> Self {
-        Activity { opened: Instant::now(), last_ms: AtomicU64::new(0) }
-    }
-}
-
-impl Activity {
-    fn touch(&self) {
-        let elapsed = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(elapsed, Ordering::Relaxed);
-    }
-
-    fn last(&self) -> Instant {
-        self.opened + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
-    }
-}
-
-/// One side of a relay: every byte read from or written to it counts as activity.
-struct Watched<I> {
-    io: I,
-    activity: Arc<Activity>,
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.touch();
-        }
-        polled
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        polled
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
 }
 
 /// Serves plaintext HTTP inside a loopback tunnel itself; TLS and anything
