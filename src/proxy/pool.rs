@@ -43,7 +43,10 @@ pub struct Origin {
 impl Origins {
     fn get(&self, authority: &str) -> Arc<Origin> {
         let mut map = self.by_authority.lock();
-        if map.len() >= MAX_ORIGINS && !map.contains_key(authority) {
+        if let Some(origin) = map.get(authority) {
+            return origin.clone();
+        }
+        if map.len() >= MAX_ORIGINS {
             map.clear();
         }
         map.entry(authority.to_owned()).or_default().clone()
@@ -86,8 +89,8 @@ impl UpstreamClient {
         // before 1.27) answer 400. The pool adds `Host` on HTTP/1.1 connections, from the URI,
         // which carries the same authority.
         req.headers_mut().remove(http::header::HOST);
-        let authority = req.uri().authority().map_or("", |a| a.as_str()).to_ascii_lowercase();
-        let origin = self.origins.get(&authority);
+        // The URI was built from a parsed target: its authority is already lowercase.
+        let origin = self.origins.get(req.uri().authority().map_or("", |a| a.as_str()));
         if origin.settled.load(Ordering::Acquire) {
             return self.pool.request(req).await;
         }
