@@ -16,12 +16,19 @@ export function run(command, args, options = {}) {
   }
 }
 
-/** npm ci when node_modules is missing or older than the lockfile. */
+/**
+ * Installs the locked npm packages when node_modules is missing or older than
+ * the lockfile. `npm install`, not `npm ci`: with Node 20, npm leaves the
+ * other platforms' optional packages of @napi-rs/cli's lzma dependency (which
+ * wants Node 22) out of the lockfile, and `npm ci` then refuses the lockfile
+ * as out of sync; `npm install` installs the same locked versions and leaves
+ * the lockfile as it is.
+ */
 export function installNodePackages() {
   const marker = join(root, 'node_modules', '.package-lock.json')
   const lock = join(root, 'package-lock.json')
   if (!existsSync(marker) || statSync(marker).mtimeMs < statSync(lock).mtimeMs) {
-    run('npm', ['ci', '--no-audit', '--no-fund'])
+    run('npm', ['install', '--no-audit', '--no-fund'])
   }
 }
 

@@ -53,7 +53,7 @@ for (const server of [plain, devBox, echo]) {
 }
 
 // The proxy, in its own process.
-const child = fork(new URL('./soak-proxy.mjs', import.meta.url), [
+const child = fork(new URL('./proxy-process.mjs', import.meta.url), [
   JSON.stringify({
     // A loopback address would be looked into for a routed context: the echo service gets a name.
     resolve: { [`${devBoxHost}:443`]: `127.0.0.1:${devBox.address().port}`, 'echo.soak.test:7': `127.0.0.1:${echo.address().port}`,

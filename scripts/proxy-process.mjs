@@ -1,6 +1,6 @@
-// The proxy under soak, in a process of its own so that its file descriptors
-// and resident memory can be measured apart from the load. Driven over IPC by
-// scripts/soak.mjs.
+// A proxy in a process of its own, so that its file descriptors and resident
+// memory can be measured apart from the load. Driven over IPC by
+// scripts/soak.mjs and __test__/memory.test.mjs; argv[2] is the StartOptions JSON.
 import { readdirSync, readFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 
