@@ -125,7 +125,8 @@ export function makeLeaf(ca, names) {
 // ---------------------------------------------------------------------------
 // Servers
 
-function trackSockets(server, event = 'connection') {
+/** The open sockets of `server`, kept current. */
+export function trackSockets(server, event = 'connection') {
   const sockets = new Set()
   server.on(event, (socket) => {
     sockets.add(socket)
@@ -134,7 +135,8 @@ function trackSockets(server, event = 'connection') {
   return sockets
 }
 
-async function listen(server, host = '127.0.0.1') {
+/** Listens on `host`:0; resolves the port. */
+export async function listen(server, host = '127.0.0.1') {
   await new Promise((resolve, reject) => {
     server.once('error', reject)
     server.listen(0, host, () => {
@@ -145,10 +147,12 @@ async function listen(server, host = '127.0.0.1') {
   return server.address().port
 }
 
-function closer(server, sockets) {
+/** A close() for `server` that also destroys its open `sockets` (and runs `extra` first); idempotent. */
+export function closer(server, sockets, extra = () => {}) {
   let closing
   return () => {
     closing ??= new Promise((resolve) => {
+      extra()
       server.close(() => resolve())
       for (const socket of sockets) socket.destroy()
     })

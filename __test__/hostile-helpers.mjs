@@ -7,42 +7,10 @@ import net from 'node:net'
 import tls from 'node:tls'
 import { expect } from 'vitest'
 import { WebSocketServer } from 'ws'
-import { buildRequest, Conn, proxyRequest, waitFor } from './helpers.mjs'
+import { buildRequest, closer, Conn, listen, proxyRequest, trackSockets as track, waitFor } from './helpers.mjs'
 
 // ---------------------------------------------------------------------------
 // Servers
-
-function track(server) {
-  const sockets = new Set()
-  server.on('connection', (socket) => {
-    sockets.add(socket)
-    socket.on('close', () => sockets.delete(socket))
-  })
-  return sockets
-}
-
-async function listen(server) {
-  await new Promise((resolve, reject) => {
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      server.off('error', reject)
-      resolve()
-    })
-  })
-  return server.address().port
-}
-
-function closer(server, sockets, extra = () => {}) {
-  let closing
-  return () => {
-    closing ??= new Promise((resolve) => {
-      extra()
-      server.close(() => resolve())
-      for (const socket of sockets) socket.destroy()
-    })
-    return closing
-  }
-}
 
 /**
  * An HTTP server that accepts heads up to 1 MiB (Node's default is 16 KiB),

@@ -23,6 +23,19 @@ function call(command, ...args) {
   })
 }
 
+/** Writes 1 GiB into `stream`, chunk by chunk as it drains, then ends it. */
+function writeGiB(stream) {
+  let left = GiB / CHUNK.length
+  const pump = () => {
+    while (left > 0) {
+      left--
+      if (!stream.write(CHUNK)) return stream.once('drain', pump)
+    }
+    stream.end()
+  }
+  pump()
+}
+
 /** Samples the proxy's RSS while `transfer` runs; resolves its result and the peak growth in MiB. */
 async function watchRss(transfer) {
   const before = (await call('measure')).rssKiB
@@ -51,15 +64,7 @@ beforeAll(async () => {
       return
     }
     res.writeHead(200, { 'content-length': String(GiB) })
-    let left = GiB / CHUNK.length
-    const pump = () => {
-      while (left > 0) {
-        left--
-        if (!res.write(CHUNK)) return res.once('drain', pump)
-      }
-      res.end()
-    }
-    pump()
+    writeGiB(res)
   })
   child = fork(new URL('../scripts/proxy-process.mjs', import.meta.url), [
     JSON.stringify({ resolve: { 'upstream.test:80': `127.0.0.1:${upstream.port}` } }),
@@ -100,15 +105,7 @@ describe('large bodies stream through a proxy whose memory stays flat', () => {
             },
           )
           req.on('error', reject)
-          let left = GiB / CHUNK.length
-          const pump = () => {
-            while (left > 0) {
-              left--
-              if (!req.write(CHUNK)) return req.once('drain', pump)
-            }
-            req.end()
-          }
-          pump()
+          writeGiB(req)
         }),
     )
     expect(result).toEqual({ status: 200, bytes: GiB })

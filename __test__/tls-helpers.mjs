@@ -8,7 +8,7 @@ import https from 'node:https'
 import http2 from 'node:http2'
 import net from 'node:net'
 import tls from 'node:tls'
-import { makeCA, makeLeaf } from './helpers.mjs'
+import { closer, listen, makeCA, makeLeaf, trackSockets } from './helpers.mjs'
 
 export const DEV_HOST = 'cmux-m1-base-3000.test.local'
 export const ROUTE = { morphId: 'm1', scope: 'base', domainSuffix: 'test.local' }
@@ -27,38 +27,6 @@ export function pkcs8(keyPem) {
 
 export function fingerprint(pem) {
   return new crypto.X509Certificate(pem).fingerprint256
-}
-
-function trackSockets(server, event = 'connection') {
-  const sockets = new Set()
-  server.on(event, (socket) => {
-    sockets.add(socket)
-    socket.on('close', () => sockets.delete(socket))
-  })
-  return sockets
-}
-
-async function listen(server) {
-  await new Promise((resolve, reject) => {
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      server.off('error', reject)
-      resolve()
-    })
-  })
-  return server.address().port
-}
-
-function closer(server, sockets, extra = () => {}) {
-  let closing
-  return () => {
-    closing ??= new Promise((resolve) => {
-      extra()
-      server.close(() => resolve())
-      for (const socket of sockets) socket.destroy()
-    })
-    return closing
-  }
 }
 
 /**
