@@ -1,7 +1,7 @@
 // A proxy in a process of its own, so that its file descriptors and resident
 // memory can be measured apart from the load. Driven over IPC by
 // scripts/soak.mjs and __test__/memory.test.mjs; argv[2] is the StartOptions JSON.
-import { readdirSync, readFileSync } from 'node:fs'
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs'
 import { createRequire } from 'node:module'
 
 const { ProxyServer } = createRequire(import.meta.url)('../index.js')
@@ -10,7 +10,14 @@ const proxy = await ProxyServer.start('127.0.0.1:0', true, options)
 
 function measure() {
   const rssKiB = Number(/VmRSS:\s+(\d+)/.exec(readFileSync('/proc/self/status', 'utf8'))[1])
-  return { stats: proxy.stats(), fds: readdirSync('/proc/self/fd').length, rssKiB }
+  const fds = readdirSync('/proc/self/fd').map((fd) => {
+    try {
+      return readlinkSync(`/proc/self/fd/${fd}`)
+    } catch {
+      return 'closed'
+    }
+  })
+  return { stats: proxy.stats(), fds: fds.length, fdTargets: fds, rssKiB }
 }
 
 process.on('message', async ({ id, command, args }) => {

@@ -221,16 +221,21 @@ async function runUntil(limit, startedAt) {
   await Promise.all(workers)
 }
 
-/** Lets every client and pooled upstream connection close, then measures the proxy. */
-async function settle() {
+/**
+ * Lets every client and pooled upstream connection close (upstreams drop idle
+ * keep-alive connections after 1 s), then measures the proxy. With a baseline,
+ * waits up to 10 s for the descriptors to come back to it: a leak never does.
+ */
+async function settle(baseline) {
   current.agent.destroy()
   for (const context of retiring) context.agent.destroy()
   await releaseIdleContexts()
   let measured
-  for (let i = 0; i < 50; i++) {
+  for (let waited = 0; waited < 10_000; waited += 200) {
     await sleep(200)
     measured = await call('measure')
-    if (measured.stats.activeConnections === 0 && measured.stats.activeTunnels === 0 && i >= 10) break
+    const idle = measured.stats.activeConnections === 0 && measured.stats.activeTunnels === 0
+    if (idle && waited >= 2000 && (!baseline || measured.fds <= baseline.fds)) break
   }
   return measured
 }
@@ -241,7 +246,7 @@ await runUntil(WARM_UP, startedAt)
 const baseline = await settle()
 console.log(`after warm-up (${counts.done} ops): fds ${baseline.fds}, rss ${(baseline.rssKiB / 1024).toFixed(1)} MiB`)
 await runUntil(OPERATIONS, startedAt)
-const end = await settle()
+const end = await settle(baseline)
 const seconds = (Date.now() - startedAt) / 1000
 const rssGrowth = (end.rssKiB - baseline.rssKiB) / baseline.rssKiB
 
@@ -250,6 +255,10 @@ console.log(`contexts created ${webContentsId}, proxy stats ${JSON.stringify(end
 console.log(`wrong responses ${counts.wrong}, lost responses ${counts.lost}`)
 console.log(`fds ${baseline.fds} -> ${end.fds}; rss ${(baseline.rssKiB / 1024).toFixed(1)} -> ${(end.rssKiB / 1024).toFixed(1)} MiB (${(rssGrowth * 100).toFixed(1)} %)`)
 for (const failure of failures) console.log(`  ${failure}`)
+if (end.fds > baseline.fds) {
+  const before = new Set(baseline.fdTargets)
+  console.log(`  descriptors not there after warm-up: ${end.fdTargets.filter((t) => !before.has(t)).join(', ')}`)
+}
 
 const checks = [
   ['all operations ran', counts.done >= OPERATIONS],
