@@ -20,7 +20,7 @@ pub fn text(status: StatusCode, reason: &str) -> Response<Body> {
     response
 }
 
-pub const REALM: &str = "Basic realm=\"Cmux Preview Proxy\"";
+const REALM: &str = "Basic realm=\"Cmux Preview Proxy\"";
 
 pub fn proxy_auth_required() -> Response<Body> {
     let mut response = text(StatusCode::PROXY_AUTHENTICATION_REQUIRED, "proxy authentication required");

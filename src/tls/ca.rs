@@ -21,12 +21,6 @@ pub struct Leaf {
     pub key: PrivateKeyDer<'static>,
 }
 
-impl Clone for Leaf {
-    fn clone(&self) -> Self {
-        Leaf { chain: self.chain.clone(), key: self.key.clone_key() }
-    }
-}
-
 pub struct CertificateAuthority {
     issuer: Issuer<'static, KeyPair>,
     cert_der: CertificateDer<'static>,
