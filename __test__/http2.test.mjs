@@ -3,6 +3,7 @@
 import http2 from 'node:http2'
 import { WebSocketServer } from 'ws'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
+import { h2request } from './tls-helpers.mjs'
 import {
   authOf,
   Conn,
@@ -75,23 +76,6 @@ function connect(port, options) {
   session.on('error', () => {})
   sessions.push(session)
   return session
-}
-
-/** One request on `session`; resolves { status, headers, body }. */
-function h2request(session, headers, body) {
-  return new Promise((resolve, reject) => {
-    const stream = session.request(headers, { endStream: body === undefined })
-    const chunks = []
-    let responseHeaders
-    stream.on('response', (h) => (responseHeaders = h))
-    stream.on('data', (c) => chunks.push(c))
-    stream.on('end', () => {
-      const buf = Buffer.concat(chunks)
-      resolve({ status: responseHeaders?.[':status'], headers: responseHeaders, body: buf, text: buf.toString() })
-    })
-    stream.on('error', reject)
-    if (body !== undefined) stream.end(body)
-  })
 }
 
 const get = (path, auth) => ({
