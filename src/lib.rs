@@ -2,8 +2,16 @@
 //! work happens in [`proxy`].
 #![deny(clippy::all)]
 
-pub mod proxy;
-pub mod tls;
+mod proxy;
+mod tls;
+
+/// The pure parsers, for the fuzz targets only.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::proxy::auth::parse_basic;
+    pub use crate::proxy::routing::{is_loopback_host, parse_authority};
+    pub use crate::proxy::sniff::sniff;
+}
 
 // The napi surface is left out when the crate is used as a plain library (the fuzz targets).
 #[cfg(feature = "addon")]
@@ -77,6 +85,9 @@ mod addon {
         pub max_connections: Option<f64>,
         /// Restricts CONNECT to hosts that are not rewritten to these ports (default: any port).
         pub connect_ports: Option<Vec<f64>>,
+        /// An HTTP/2 client connection with no open stream or tunnel for this many ms gets GOAWAY and
+        /// closes (default 300000).
+        pub http2_idle_timeout_ms: Option<f64>,
     }
 
     /// The limits `options` asks for, on top of the defaults.
@@ -96,6 +107,9 @@ mod addon {
         }
         if let Some(timeout) = millis("idleTunnelTimeoutMs", options.idle_tunnel_timeout_ms)? {
             limits.idle_tunnel_timeout = timeout;
+        }
+        if let Some(timeout) = millis("http2IdleTimeoutMs", options.http2_idle_timeout_ms)? {
+            limits.http2_idle_timeout = timeout;
         }
         if let Some(n) = whole_number("maxConnections", options.max_connections, 1.0, 1_000_000.0)? {
             limits.max_connections = n as usize;
@@ -133,7 +147,8 @@ mod addon {
         pub total_requests: i64,
     }
 
-    /// The local proxy in front of preview WebContents.
+    /// The local proxy in front of preview WebContents. Garbage-collected
+    /// without `stop()`, it stops all the same (see `proxy::Proxy`'s `Drop`).
     #[napi]
     pub struct ProxyServer {
         // `None` once stopped.

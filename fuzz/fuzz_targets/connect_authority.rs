@@ -1,6 +1,6 @@
 #![no_main]
 //! The CONNECT authority parser never panics, and what it accepts round-trips.
-use cmux_preview_proxy::proxy::routing::parse_authority;
+use cmux_preview_proxy::fuzzing::parse_authority;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

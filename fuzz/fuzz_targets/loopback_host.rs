@@ -1,6 +1,6 @@
 #![no_main]
 //! The loopback classifier never panics and ignores case and a trailing dot.
-use cmux_preview_proxy::proxy::routing::is_loopback_host;
+use cmux_preview_proxy::fuzzing::is_loopback_host;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,6 +1,6 @@
 #![no_main]
 //! The `Proxy-Authorization` parser never panics and only yields non-empty parts.
-use cmux_preview_proxy::proxy::auth::parse_basic;
+use cmux_preview_proxy::fuzzing::parse_basic;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

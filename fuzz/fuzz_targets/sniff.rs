@@ -1,7 +1,7 @@
 #![no_main]
 //! The first-bytes sniffer never panics, and its verdict is stable: once it
 //! decides, more bytes do not change the decision.
-use cmux_preview_proxy::proxy::sniff::sniff;
+use cmux_preview_proxy::fuzzing::sniff;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -21,7 +21,7 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 ];
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -34,8 +34,24 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// One `Cookie` line: an HTTP/2 client sends each cookie as its own field
+/// (RFC 9113 §8.2.3), HTTP/1.1 allows a single line (RFC 6265 §5.4), and many
+/// servers read only the first.
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut cookies = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (cookies.next(), cookies.next()) else { return };
+    let mut joined = first.as_bytes().to_vec();
+    for cookie in headers.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(cookie.as_bytes());
+    }
+    if let Ok(joined) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, joined);
+    }
+}
+
 /// Whether a request asks to switch protocols (a WebSocket handshake).
-pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+pub(crate) fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
     let connection_upgrade = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -47,7 +63,7 @@ pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
 
 /// Turns a client's request into the one `upstream` receives. `upgrade` keeps
 /// the protocol switch that hop-by-hop stripping would otherwise drop.
-pub fn upstream_request<B>(req: Request<B>, upstream: &Upstream, upgrade: Option<HeaderValue>) -> Request<B> {
+pub(crate) fn upstream_request<B>(req: Request<B>, upstream: &Upstream, upgrade: Option<HeaderValue>) -> Request<B> {
     let (mut parts, body) = req.into_parts();
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let path_and_query = if path_and_query.starts_with('/') { path_and_query } else { "/" };
@@ -56,6 +72,7 @@ pub fn upstream_request<B>(req: Request<B>, upstream: &Upstream, upgrade: Option
     parts.version = Version::HTTP_11;
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
+    join_cookies(headers);
     headers.remove(HEADER_PORT_INTERNAL);
     headers.remove(HEADER_HOST_OVERRIDE);
     for (name, value) in &upstream.extra_headers {
@@ -74,7 +91,7 @@ pub fn upstream_request<B>(req: Request<B>, upstream: &Upstream, upgrade: Option
 }
 
 /// Cleans an upstream's response for the client; a `101` keeps its handshake headers.
-pub fn client_response<B>(mut response: Response<B>) -> Response<B> {
+pub(crate) fn client_response<B>(mut response: Response<B>) -> Response<B> {
     let upgrade = (response.status() == http::StatusCode::SWITCHING_PROTOCOLS)
         .then(|| response.headers().get(header::UPGRADE).cloned())
         .flatten();
@@ -138,6 +155,15 @@ mod tests {
         assert_eq!(out.headers()["x-cmux-port-internal"], "3000");
         assert_eq!(out.headers()["upgrade"], "websocket");
         assert_eq!(out.headers()["connection"], "upgrade");
+    }
+
+    #[test]
+    fn cookie_fields_become_one_line() {
+        let req = request("http://example.com/", &[("cookie", "a=1"), ("cookie", "b=2"), ("cookie", "c=3")]);
+        let target = HostPort { host: "example.com".into(), port: 80 };
+        let out = upstream_request(req, &upstream_for(None, Scheme::Http, &target), None);
+        let cookies: Vec<_> = out.headers().get_all("cookie").iter().collect();
+        assert_eq!(cookies, ["a=1; b=2; c=3"]);
     }
 
     #[test]

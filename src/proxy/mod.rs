@@ -1,17 +1,19 @@
 //! The proxy: shared state, start and stop. Request handling lives in the
 //! submodules, one concern each.
 
-pub mod auth;
-pub mod forward;
-pub mod pool;
-pub mod prefixed;
-pub mod relay;
-pub mod reply;
-pub mod routing;
-pub mod server;
-pub mod sniff;
-pub mod tunnel;
-pub mod upstream;
+pub(crate) mod auth;
+pub(crate) mod error;
+pub(crate) mod forward;
+mod log;
+pub(crate) mod pool;
+pub(crate) mod prefixed;
+pub(crate) mod relay;
+pub(crate) mod reply;
+pub(crate) mod routing;
+pub(crate) mod server;
+pub(crate) mod sniff;
+pub(crate) mod tunnel;
+pub(crate) mod upstream;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -25,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use auth::{Context, Contexts};
-use pool::UpstreamClient;
+use pool::Pool;
 use routing::Route;
 use upstream::{Connector, UpstreamOptions};
 
@@ -70,6 +72,8 @@ pub struct Limits {
     pub idle_tunnel_timeout: Duration,
     /// Client connections beyond this get `503` and a close.
     pub max_connections: usize,
+    /// An HTTP/2 client connection with no stream for this long gets GOAWAY.
+    pub http2_idle_timeout: Duration,
     /// When set, `CONNECT` to hosts that are not rewritten is allowed to these ports only.
     pub connect_ports: Option<Vec<u16>>,
 }
@@ -84,19 +88,42 @@ impl Default for Limits {
             tls_handshake_timeout: Duration::from_secs(10),
             idle_tunnel_timeout: Duration::from_secs(600),
             max_connections: 4096,
+            http2_idle_timeout: Duration::from_secs(300),
             connect_ports: None,
         }
     }
 }
 
-/// A client connection's place under `max_connections`, shared by the tunnels
-/// and WebSockets it turns into: the place frees when the last of them ends.
-pub type Slot = Option<Arc<tokio::sync::OwnedSemaphorePermit>>;
+/// A client connection's place under `max_connections`. The connection, its
+/// responses under way and the tunnels it turns into each hold a clone: the
+/// place frees when the last of them ends, and a connection whose hold no one
+/// else has is idle. A connection served inside a tunnel holds its parent's.
+pub(crate) type Slot = Arc<Hold>;
+
+pub(crate) struct Hold {
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    _parent: Option<Slot>,
+}
+
+impl Hold {
+    pub(crate) fn listener(permit: tokio::sync::OwnedSemaphorePermit) -> Slot {
+        Arc::new(Hold { _permit: Some(permit), _parent: None })
+    }
+
+    pub(crate) fn inside(parent: Slot) -> Slot {
+        Arc::new(Hold { _permit: None, _parent: Some(parent) })
+    }
+
+    /// Whether anyone but `slot`'s own connection holds it.
+    pub(crate) fn is_busy(slot: &Slot) -> bool {
+        Arc::strong_count(slot) > 1
+    }
+}
 
 /// Everything a connection task needs, shared by all of them.
-pub struct Shared {
+pub(crate) struct Shared {
     pub contexts: Contexts,
-    pub client: UpstreamClient,
+    pub pool: Arc<Pool>,
     pub connector: Connector,
     pub stats: Stats,
     pub log: Log,
@@ -157,15 +184,16 @@ impl Proxy {
         .map_err(StartError::BadOption)?;
         let ca_cert_pem = ca.cert_pem().to_owned();
         let interceptor = options.tls_interception.then(|| Interceptor::new(ca, options.http2));
-        let listener = TcpListener::bind(addr).await.map_err(|e| match e.kind() {
+        let listener = listen(addr).map_err(|e| match e.kind() {
             std::io::ErrorKind::AddrInUse => StartError::AddrInUse(addr.to_string()),
             _ => StartError::Io(format!("cannot listen on {addr}: {e}")),
         })?;
         let addr = listener.local_addr().map_err(|e| StartError::Io(e.to_string()))?;
         let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
         let shared = Arc::new(Shared {
             contexts: Contexts::new(shutdown.clone()),
-            client: UpstreamClient::new(connector.clone()),
+            pool: Pool::new(connector.clone(), tasks.clone(), shutdown.clone()),
             connector,
             stats: Stats::default(),
             log: Log(AtomicBool::new(options.logging)),
@@ -173,7 +201,7 @@ impl Proxy {
             interceptor,
             ca_cert_pem,
             shutdown,
-            tasks: TaskTracker::new(),
+            tasks,
             connection_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
             limits,
         });
@@ -233,6 +261,29 @@ impl Proxy {
     }
 }
 
+/// Connections a burst may queue before the proxy accepts them. Rust's
+/// default (128) overflowed under a browser's burst, and every dropped SYN
+/// costs the client a one-second retry; nginx uses 511, Envoy 1024.
+const LISTEN_BACKLOG: u32 = 1024;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// A proxy dropped without `stop()` (its JavaScript object collected) still
+/// stops: the listener closes and every connection ends, in the background.
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.shared.shutdown.cancel();
+        self.shared.contexts.clear();
+        self.shared.tasks.close();
+    }
+}
+
 /// Counters behind `stats()`.
 #[derive(Default)]
 pub struct Stats {
@@ -274,12 +325,12 @@ impl Stats {
 }
 
 /// The event log on stderr; off unless asked for. Never given credentials.
-pub struct Log(AtomicBool);
+pub(crate) struct Log(AtomicBool);
 
 impl Log {
-    pub fn event(&self, message: fmt::Arguments<'_>) {
+    pub(crate) fn event(&self, message: fmt::Arguments<'_>) {
         if self.0.load(Ordering::Relaxed) {
-            eprintln!("[cmux-preview-proxy] {message}");
+            log::write(format!("[cmux-preview-proxy] {message}\n"));
         }
     }
 }

@@ -1,118 +1,553 @@
-//! The client plain requests go through: hyper-util's pool, keep-alive for
-//! HTTP/1.1 and one multiplexed connection for origins that choose HTTP/2 by
-//! ALPN. In front of it, the first connection to an origin is opened once:
-//! a burst of first requests waits for it instead of racing to open its own
-//! (the pool only learns from ALPN, once connected, that the origin
-//! multiplexes).
+//! The pool plain requests go through, on hyper's connection API: kept-alive
+//! HTTP/1.1 connections, or one multiplexed HTTP/2 connection for an origin
+//! that chose HTTP/2 by ALPN. It behaves as an HTTP/2 client should:
+//!
+//! - an origin with no live connection opens one, and a burst of requests
+//!   waits for it instead of racing to open its own;
+//! - a response is read to its end (`END_STREAM`) even when the client's side
+//!   stopped reading at the last byte, so no completed stream is reset;
+//! - a request the upstream did not process (refused, past a GOAWAY, met a
+//!   connection that was closing) goes again on a fresh connection, and so
+//!   does an idempotent request without a body that met a stale kept-alive
+//!   connection (RFC 9112 §9.3.1); a POST is never replayed.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{ready, Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
 
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, Uri};
+use http_body_util::BodyExt;
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use super::reply::Body;
-use super::upstream::Connector;
+use super::error::ProxyError;
+use super::reply::{empty_body, Body};
+use super::routing::{AddressPolicy, HostPort, Scheme, Upstream};
+use super::upstream::{Alpn, Connector};
 
-/// Origins remembered at most; past it the memory starts over (it is only an optimisation).
-const MAX_ORIGINS: usize = 4096;
+/// A connection unused for this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Kept-alive HTTP/1.1 connections kept per origin; more are closed.
+const MAX_IDLE_PER_ORIGIN: usize = 32;
+/// Tries of one request: the first and up to two retries.
+const MAX_ATTEMPTS: usize = 3;
+/// How long a fully received response may take to deliver its `END_STREAM`.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub type SendError = hyper_util::client::legacy::Error;
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct OriginKey {
+    scheme: Scheme,
+    addr: HostPort,
+    policy: AddressPolicy,
+}
 
-/// Which origins have been connected to, shared with the connector that learns it.
-#[derive(Default)]
-pub struct Origins {
-    by_authority: Mutex<HashMap<String, Arc<Origin>>>,
+pub(crate) struct Pool {
+    connector: Connector,
+    origins: Mutex<HashMap<OriginKey, Arc<Origin>>>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+    next_connection_id: AtomicU64,
+}
+
+struct Origin {
+    key: OriginKey,
+    state: Mutex<OriginState>,
+    /// Fired when an opening attempt is over, to wake the requests that waited for it.
+    opened: Notify,
+    tasks: TaskTracker,
 }
 
 #[derive(Default)]
-pub struct Origin {
-    /// The first connection exists, or its attempt is over: requests go straight to the pool.
-    settled: AtomicBool,
-    connected: Notify,
-    /// Held by the request that opens the first connection.
-    first: tokio::sync::Mutex<()>,
+struct OriginState {
+    multiplexed: Option<Multiplexed>,
+    idle: Vec<Idle>,
+    /// A connection is being opened and the origin may multiplex: others wait for it.
+    opening: bool,
+    /// The last connection negotiated HTTP/1.1: each request may open its own.
+    speaks_http1: bool,
+    /// Counts finished opening attempts; with `failure`, tells waiters theirs failed.
+    attempts: u64,
+    failure: Option<ProxyError>,
 }
 
-impl Origins {
-    fn get(&self, authority: &str) -> Arc<Origin> {
-        let mut map = self.by_authority.lock();
-        if let Some(origin) = map.get(authority) {
-            return origin.clone();
-        }
-        if map.len() >= MAX_ORIGINS {
-            map.clear();
-        }
-        map.entry(authority.to_owned()).or_default().clone()
+#[derive(Clone)]
+struct Multiplexed {
+    id: u64,
+    sender: http2::SendRequest<Body>,
+    in_flight: Arc<AtomicUsize>,
+    last_used: Instant,
+}
+
+struct Idle {
+    sender: http1::SendRequest<Body>,
+    since: Instant,
+}
+
+enum Sender {
+    Http1(http1::SendRequest<Body>),
+    Http2(Multiplexed),
+}
+
+/// A connection taken for one request; `reused` when it carried others before.
+struct Lease {
+    sender: Sender,
+    reused: bool,
+}
+
+/// A request attempt that got no response head.
+struct Failed {
+    error: hyper::Error,
+    /// Handed back by hyper: the request never left.
+    unsent: Option<Request<Body>>,
+    /// The upstream said it did not process the request (REFUSED_STREAM, past a GOAWAY).
+    unprocessed: bool,
+    /// The multiplexed connection it was sent on, if any.
+    multiplexed: Option<u64>,
+}
+
+impl Pool {
+    pub(crate) fn new(connector: Connector, tasks: TaskTracker, shutdown: CancellationToken) -> Arc<Pool> {
+        let pool = Arc::new(Pool {
+            connector,
+            origins: Mutex::default(),
+            tasks,
+            shutdown,
+            next_connection_id: AtomicU64::new(1),
+        });
+        pool.tasks.spawn(sweep_idle(Arc::downgrade(&pool), pool.shutdown.clone()));
+        pool
     }
 
-    /// Called by the connector for every new upstream connection.
-    pub fn connected(&self, authority: &str) {
-        if let Some(origin) = self.by_authority.lock().get(authority) {
-            origin.settled.store(true, Ordering::Release);
-            origin.connected.notify_waiters();
+    /// Sends `req` (absolute URI) to `upstream` and returns the response head; the body streams.
+    pub(crate) async fn send(&self, upstream: &Upstream, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
+        let origin = self.origin(upstream);
+        let (mut parts, body) = req.into_parts();
+        let uri = std::mem::take(&mut parts.uri);
+        let host = parts.headers.remove(header::HOST);
+        // Without a body, the request can be built again for a retry.
+        let replay = body.is_end_stream().then(|| (parts.method.clone(), parts.headers.clone()));
+        let idempotent = is_idempotent(&parts.method);
+        let mut req = Request::from_parts(parts, body);
+        for attempt in 1..=MAX_ATTEMPTS {
+            let lease = self.checkout(&origin).await?;
+            let reused = lease.reused;
+            let failed = match lease.send(&origin, req, &uri, host.as_ref()).await {
+                Ok(response) => return Ok(response),
+                Err(failed) => failed,
+            };
+            let fault = ProxyError::exchange(&upstream.addr, &failed.error);
+            if reused && failed.multiplexed.is_none() {
+                // A stale kept-alive connection is rarely alone: its siblings went idle with it.
+                origin.state.lock().idle.clear();
+            }
+            let retry = match failed.unsent {
+                Some(unsent) => Some(unsent),
+                None if failed.unprocessed || (reused && idempotent) => replay
+                    .as_ref()
+                    .map(|(method, headers)| rebuild(method, headers)),
+                None => None,
+            };
+            match retry {
+                Some(again) if attempt < MAX_ATTEMPTS => req = again,
+                _ => return Err(fault),
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    fn origin(&self, upstream: &Upstream) -> Arc<Origin> {
+        let key = OriginKey { scheme: upstream.scheme, addr: upstream.addr.clone(), policy: upstream.policy };
+        let mut origins = self.origins.lock();
+        origins
+            .entry(key)
+            .or_insert_with_key(|key| {
+                Arc::new(Origin {
+                    key: key.clone(),
+                    state: Mutex::default(),
+                    opened: Notify::new(),
+                    tasks: self.tasks.clone(),
+                })
+            })
+            .clone()
+    }
+
+    /// A live connection of `origin`, or a new one. While an origin that may
+    /// multiplex has none, one request opens it and the others wait.
+    async fn checkout(&self, origin: &Arc<Origin>) -> Result<Lease, ProxyError> {
+        loop {
+            let waiting = {
+                let mut state = origin.state.lock();
+                if let Some(lease) = state.take_live() {
+                    return Ok(lease);
+                }
+                if !state.opening || state.speaks_http1 {
+                    let gated = !state.speaks_http1;
+                    state.opening |= gated;
+                    Err(gated)
+                } else {
+                    Ok((origin.opened.notified(), state.attempts))
+                }
+            };
+            let (opened, attempt) = match waiting {
+                Ok(waiting) => waiting,
+                Err(gated) => return self.open(origin, gated).await,
+            };
+            opened.await;
+            let state = origin.state.lock();
+            if let Some(failure) = state.failure.as_ref().filter(|_| state.attempts != attempt) {
+                // The attempt this request waited for failed: so does the request, at once.
+                return Err(failure.clone());
+            }
+        }
+    }
+
+    /// Opens a connection to `origin`; `gated` when others wait for it.
+    async fn open(&self, origin: &Arc<Origin>, gated: bool) -> Result<Lease, ProxyError> {
+        let mut gate = OpeningGate { origin, gated, failure: None };
+        let key = &origin.key;
+        let opened = async {
+            let stream = self.connector.connect(key.scheme, &key.addr, Alpn::Any, key.policy).await?;
+            let multiplexed = stream.is_h2();
+            let io = TokioIo::new(stream);
+            let handshake_failed = |e: hyper::Error| ProxyError::exchange(&key.addr, &e);
+            if multiplexed {
+                let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    // Fixed, generous windows: h2 sizes its allowance for small unread DATA frames from
+                    // the connection window, and a dev server answering a burst of modules sends many.
+                    .initial_stream_window_size(1 << 20)
+                    .initial_connection_window_size(8 << 20)
+                    .keep_alive_interval(Duration::from_secs(30))
+                    .keep_alive_timeout(Duration::from_secs(20))
+                    .handshake(io)
+                    .await
+                    .map_err(handshake_failed)?;
+                self.run_connection(connection);
+                let connection = Multiplexed {
+                    id: self.next_connection_id.fetch_add(1, Ordering::Relaxed),
+                    sender,
+                    in_flight: Arc::default(),
+                    last_used: Instant::now(),
+                };
+                let mut state = origin.state.lock();
+                state.speaks_http1 = false;
+                state.multiplexed = Some(connection.clone());
+                Ok::<_, ProxyError>(Lease { sender: Sender::Http2(connection), reused: false })
+            } else {
+                let (sender, connection) = http1::Builder::new().handshake(io).await.map_err(handshake_failed)?;
+                self.run_connection(connection);
+                origin.state.lock().speaks_http1 = true;
+                Ok(Lease { sender: Sender::Http1(sender), reused: false })
+            }
+        };
+        let opened = opened.await;
+        if let Err(e) = &opened {
+            gate.failure = Some(e.clone());
+        }
+        opened
+    }
+
+    /// Drives an upstream connection until it ends or the server stops.
+    fn run_connection<C>(&self, connection: C)
+    where
+        C: std::future::Future + Send + 'static,
+    {
+        let shutdown = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = connection => {}
+                _ = shutdown.cancelled() => {}
+            }
+        });
+    }
+}
+
+/// Closes the opening attempt, whatever ends it (a dropped request included),
+/// and wakes the requests that waited for it.
+struct OpeningGate<'a> {
+    origin: &'a Origin,
+    gated: bool,
+    failure: Option<ProxyError>,
+}
+
+impl Drop for OpeningGate<'_> {
+    fn drop(&mut self) {
+        if !self.gated {
+            return;
+        }
+        let mut state = self.origin.state.lock();
+        state.opening = false;
+        state.attempts += 1;
+        state.failure = self.failure.take();
+        drop(state);
+        self.origin.opened.notify_waiters();
+    }
+}
+
+impl OriginState {
+    fn take_live(&mut self) -> Option<Lease> {
+        if let Some(connection) = self.multiplexed.as_mut() {
+            if !connection.sender.is_closed() {
+                connection.last_used = Instant::now();
+                return Some(Lease { sender: Sender::Http2(connection.clone()), reused: true });
+            }
+            self.multiplexed = None;
+        }
+        while let Some(idle) = self.idle.pop() {
+            if !idle.sender.is_closed() && idle.since.elapsed() < IDLE_TIMEOUT {
+                return Some(Lease { sender: Sender::Http1(idle.sender), reused: true });
+            }
+        }
+        None
+    }
+}
+
+impl Origin {
+    /// Stops handing out multiplexed connection `id` (it is going away or gone).
+    fn forget_multiplexed(&self, id: u64) {
+        let mut state = self.state.lock();
+        if state.multiplexed.as_ref().is_some_and(|c| c.id == id) {
+            state.multiplexed = None;
+        }
+    }
+
+    fn keep_idle(&self, sender: http1::SendRequest<Body>) {
+        let mut state = self.state.lock();
+        if state.idle.len() < MAX_IDLE_PER_ORIGIN {
+            state.idle.push(Idle { sender, since: Instant::now() });
         }
     }
 }
 
-pub struct UpstreamClient {
-    pool: Client<Connector, Body>,
-    origins: Arc<Origins>,
+impl Lease {
+    async fn send(
+        self,
+        origin: &Arc<Origin>,
+        mut req: Request<Body>,
+        uri: &Uri,
+        host: Option<&HeaderValue>,
+    ) -> Result<Response<Body>, Failed> {
+        match self.sender {
+            Sender::Http1(mut sender) => {
+                // HTTP/1.1 to an origin: origin-form target and a Host header.
+                *req.uri_mut() = uri.path_and_query().map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
+                if let Some(host) = host {
+                    req.headers_mut().insert(header::HOST, host.clone());
+                }
+                if let Err(error) = sender.ready().await {
+                    return Err(Failed { error, unsent: Some(req), unprocessed: false, multiplexed: None });
+                }
+                match sender.try_send_request(req).await {
+                    Ok(response) => Ok(PooledBody::wrap(response, Release::Http1(origin.clone(), sender))),
+                    Err(mut e) => {
+                        let unsent = e.take_message();
+                        Err(Failed { error: e.into_error(), unsent, unprocessed: false, multiplexed: None })
+                    }
+                }
+            }
+            Sender::Http2(mut connection) => {
+                // HTTP/2 names the host in `:authority`; a `Host` beside it makes some servers
+                // (nginx before 1.27) answer 400.
+                *req.uri_mut() = uri.clone();
+                req.headers_mut().remove(header::HOST);
+                connection.in_flight.fetch_add(1, Ordering::Relaxed);
+                let in_flight = InFlight(connection.in_flight.clone());
+                match connection.sender.try_send_request(req).await {
+                    Ok(response) => Ok(PooledBody::wrap(response, Release::Http2(origin.clone(), in_flight))),
+                    Err(mut e) => {
+                        let unsent = e.take_message();
+                        let error = e.into_error();
+                        let refusal = refusal(&error);
+                        if refusal != Some(Refusal::Stream) {
+                            // Past a GOAWAY or broken: the connection takes no more requests.
+                            origin.forget_multiplexed(connection.id);
+                        }
+                        let unprocessed = refusal.is_some();
+                        Err(Failed { error, unsent, unprocessed, multiplexed: Some(connection.id) })
+                    }
+                }
+            }
+        }
+    }
 }
 
-impl UpstreamClient {
-    pub fn new(connector: Connector) -> Self {
-        let origins = connector.origins();
-        let pool = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            // Fixed, generous windows: h2 sizes its allowance for small unread DATA frames from the
-            // connection window, and a dev server answering a burst of modules sends many of them.
-            .http2_initial_stream_window_size(1 << 20)
-            .http2_initial_connection_window_size(8 << 20)
-            // Host from the URI, on HTTP/1.1 connections only: see `send`.
-            .set_host(true)
-            .build(connector);
-        UpstreamClient { pool, origins }
+/// How an HTTP/2 server said it never processed a request (RFC 9113 §8.7).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Refusal {
+    /// `REFUSED_STREAM`: this stream only.
+    Stream,
+    /// The stream was past the last one a GOAWAY let through, or opened after it.
+    GoAway,
+}
+
+fn refusal(error: &hyper::Error) -> Option<Refusal> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return match () {
+                _ if !h2.is_remote() => None,
+                _ if h2.is_go_away() => Some(Refusal::GoAway),
+                _ if h2.reason() == Some(h2::Reason::REFUSED_STREAM) => Some(Refusal::Stream),
+                _ => None,
+            };
+        }
+        source = e.source();
+    }
+    None
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
+}
+
+fn rebuild(method: &Method, headers: &HeaderMap) -> Request<Body> {
+    let mut req = Request::new(empty_body());
+    *req.method_mut() = method.clone();
+    *req.headers_mut() = headers.clone();
+    req
+}
+
+/// One stream counted on a multiplexed connection until dropped.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What a finished response gives back to the pool.
+enum Release {
+    /// The connection takes its next request once the response was read.
+    Http1(Arc<Origin>, http1::SendRequest<Body>),
+    Http2(Arc<Origin>, InFlight),
+}
+
+/// A pooled response's body. At its end, the connection goes back to the
+/// pool. Dropped with every byte received but the end not yet seen (an
+/// HTTP/1.1 client's connection stops reading at `Content-Length`), it is
+/// read to its end in the background: dropping it there would reset a
+/// stream that completed, which servers count as an attack.
+struct PooledBody {
+    /// Taken by `drop` to read the end in the background.
+    inner: Option<Incoming>,
+    /// Bytes still due by `Content-Length`.
+    remaining: Option<u64>,
+    release: Option<Release>,
+}
+
+impl PooledBody {
+    fn wrap(response: Response<Incoming>, release: Release) -> Response<Body> {
+        let remaining = response.body().size_hint().exact();
+        response.map(|inner| {
+            let mut body = PooledBody { inner: Some(inner), remaining, release: Some(release) };
+            if body.is_end_stream() {
+                body.finish();
+            }
+            body.boxed()
+        })
     }
 
-    /// Sends `req` (absolute URI) and returns the response head; the body streams.
-    pub async fn send(&self, mut req: Request<Body>) -> Result<Response<Incoming>, SendError> {
-        // HTTP/2 names the host in `:authority`; a `Host` beside it makes some servers (nginx
-        // before 1.27) answer 400. The pool adds `Host` on HTTP/1.1 connections, from the URI,
-        // which carries the same authority.
-        req.headers_mut().remove(http::header::HOST);
-        // The URI was built from a parsed target: its authority is already lowercase.
-        let origin = self.origins.get(req.uri().authority().map_or("", |a| a.as_str()));
-        if origin.settled.load(Ordering::Acquire) {
-            return self.pool.request(req).await;
+    /// The body ended: its connection goes back to the pool.
+    fn finish(&mut self) {
+        if let Some(Release::Http1(origin, sender)) = self.release.take() {
+            origin.keep_idle(sender);
         }
-        let first = origin.first.lock().await;
-        if origin.settled.load(Ordering::Acquire) {
-            drop(first);
-            return self.pool.request(req).await;
+    }
+
+    fn inner(self: Pin<&mut Self>) -> Pin<&mut Incoming> {
+        Pin::new(self.get_mut().inner.as_mut().expect("taken only by drop"))
+    }
+}
+
+impl hyper::body::Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let frame = ready!(self.as_mut().inner().poll_frame(cx));
+        match &frame {
+            Some(Ok(frame)) => {
+                if let (Some(remaining), Some(data)) = (self.remaining.as_mut(), frame.data_ref()) {
+                    *remaining = remaining.saturating_sub(data.len() as u64);
+                }
+                if self.is_end_stream() {
+                    self.finish();
+                }
+            }
+            None => self.finish(),
+            // A broken response: its connection is not given back.
+            Some(Err(_)) => self.release = None,
         }
-        // This request opens the origin's first connection; the others may go once it exists.
-        let connected = origin.connected.notified();
-        let response = self.pool.request(req);
-        tokio::pin!(connected, response);
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|inner| inner.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), |inner| inner.size_hint())
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        let Some(release) = self.release.take() else { return };
+        let complete = self.remaining == Some(0);
+        match release {
+            Release::Http1(origin, sender) if complete => origin.keep_idle(sender),
+            // Part of the body unread: the connection closes with it.
+            Release::Http1(..) => {}
+            Release::Http2(origin, in_flight) if complete => {
+                let Some(mut inner) = self.inner.take() else { return };
+                origin.tasks.spawn(async move {
+                    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+                        while let Some(Ok(_)) = inner.frame().await {}
+                    })
+                    .await;
+                    drop(in_flight);
+                });
+            }
+            // The client went away mid-body: the stream is reset, once.
+            Release::Http2(..) => {}
+        }
+    }
+}
+
+/// Closes connections unused for [`IDLE_TIMEOUT`] and forgets origins with none.
+async fn sweep_idle(pool: std::sync::Weak<Pool>, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(IDLE_TIMEOUT / 3);
+    loop {
         tokio::select! {
-            result = &mut response => {
-                // Even a failed attempt opens the gate: waiters must not fail one after another.
-                origin.settled.store(true, Ordering::Release);
-                result
-            }
-            _ = &mut connected => {
-                drop(first);
-                response.await
-            }
+            _ = ticks.tick() => {}
+            _ = shutdown.cancelled() => return,
         }
+        let Some(pool) = pool.upgrade() else { return };
+        pool.origins.lock().retain(|_, origin| {
+            let mut state = origin.state.lock();
+            state.idle.retain(|idle| !idle.sender.is_closed() && idle.since.elapsed() < IDLE_TIMEOUT);
+            let unused = |c: &Multiplexed| {
+                c.sender.is_closed() || (c.in_flight.load(Ordering::Relaxed) == 0 && c.last_used.elapsed() >= IDLE_TIMEOUT)
+            };
+            if state.multiplexed.as_ref().is_some_and(unused) {
+                state.multiplexed = None;
+            }
+            let empty = state.multiplexed.is_none() && state.idle.is_empty() && !state.opening;
+            drop(state);
+            !(empty && Arc::strong_count(origin) == 1)
+        });
     }
 }

@@ -4,18 +4,46 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
+use std::time::Duration;
+
 use bytes::{Buf, Bytes};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+
+use super::sniff::{sniff, Protocol};
+
+/// Reads a stream's first bytes until they tell what it carries, and gives
+/// them back in front of the rest. `None` when the stream ended first;
+/// `TimedOut` when it stayed silent for `timeout`.
+pub(crate) async fn sniff_stream<I: AsyncRead + Unpin>(
+    mut io: I,
+    timeout: Duration,
+) -> io::Result<(Option<Protocol>, Prefixed<I>)> {
+    let mut first = Vec::with_capacity(512);
+    let sniffing = async {
+        loop {
+            if let Some(protocol) = sniff(&first) {
+                return Ok(Some(protocol));
+            }
+            if io.read_buf(&mut first).await? == 0 {
+                return Ok::<_, io::Error>(None);
+            }
+        }
+    };
+    let protocol = tokio::time::timeout(timeout, sniffing)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no first bytes in time"))??;
+    Ok((protocol, Prefixed::new(first, io)))
+}
 
 /// A stream whose first bytes were already read (to sniff them): they are
 /// replayed before the rest.
-pub struct Prefixed<I> {
+pub(crate) struct Prefixed<I> {
     prefix: Bytes,
     io: I,
 }
 
 impl<I> Prefixed<I> {
-    pub fn new(prefix: Vec<u8>, io: I) -> Self {
+    pub(crate) fn new(prefix: Vec<u8>, io: I) -> Self {
         Prefixed { prefix: Bytes::from(prefix), io }
     }
 }

@@ -4,15 +4,18 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 
-/// Every response body the proxy hands to hyper: relayed or its own.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+use super::error::ProxyError;
+use super::Log;
 
-pub fn empty_body() -> Body {
+/// Every response body the proxy hands to hyper: relayed or its own.
+pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
+
+pub(crate) fn empty_body() -> Body {
     Empty::new().map_err(|never| match never {}).boxed()
 }
 
 /// A plain-text answer from the proxy itself; `reason` is one line.
-pub fn text(status: StatusCode, reason: &str) -> Response<Body> {
+pub(crate) fn text(status: StatusCode, reason: &str) -> Response<Body> {
     let mut response =
         Response::new(Full::new(Bytes::from(format!("{reason}\n"))).map_err(|never| match never {}).boxed());
     *response.status_mut() = status;
@@ -20,9 +23,48 @@ pub fn text(status: StatusCode, reason: &str) -> Response<Body> {
     response
 }
 
+/// A response body that keeps `T` alive until the body is sent or dropped.
+pub(crate) struct Holding<T> {
+    body: Body,
+    _held: T,
+}
+
+impl<T> Holding<T> {
+    pub(crate) fn new(body: Body, held: T) -> Self {
+        Holding { body, _held: held }
+    }
+}
+
+impl<T: Unpin> hyper::body::Body for Holding<T> {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The client's answer when the proxy could not get one from upstream (logged).
+pub(crate) fn failure(log: &Log, error: &ProxyError) -> Response<Body> {
+    let reason = error.to_string();
+    log.event(format_args!("{reason}"));
+    text(error.status(), &reason)
+}
+
 const REALM: &str = "Basic realm=\"Cmux Preview Proxy\"";
 
-pub fn proxy_auth_required() -> Response<Body> {
+pub(crate) fn proxy_auth_required() -> Response<Body> {
     let mut response = text(StatusCode::PROXY_AUTHENTICATION_REQUIRED, "proxy authentication required");
     response.headers_mut().insert(header::PROXY_AUTHENTICATE, HeaderValue::from_static(REALM));
     response

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Scheme {
     Http,
     Https,
@@ -36,7 +36,7 @@ impl Scheme {
 
 /// A host and port as the client asked for them. `host` is lowercase, without
 /// brackets around IPv6 literals and without a trailing dot.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct HostPort {
     pub host: String,
     pub port: u16,
@@ -268,6 +268,30 @@ pub struct Upstream {
     pub extra_headers: Vec<(&'static str, String)>,
     /// True when the loopback rewrite applied.
     pub rewritten: bool,
+    /// Which addresses a name may resolve to for this request.
+    pub policy: AddressPolicy,
+}
+
+/// What DNS may send a request to. Addresses the app configured (`resolve`)
+/// are trusted either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AddressPolicy {
+    Any,
+    /// A routed preview's own requests: never an address on the user's machine,
+    /// whatever name leads there (its loopback names go to the dev box instead).
+    RemoteOnly,
+}
+
+/// Addresses that reach the user's machine or its link: loopback,
+/// unspecified (`0.0.0.0` connects to loopback) and link-local.
+pub fn is_local_address(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.is_unspecified() || v4.is_link_local(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_local_address(IpAddr::V4(v4)),
+            None => v6.is_loopback() || v6.is_unspecified() || (v6.segments()[0] & 0xffc0) == 0xfe80,
+        },
+    }
 }
 
 impl Upstream {
@@ -281,9 +305,24 @@ pub const HEADER_HOST_OVERRIDE: &str = "x-cmux-host-override";
 
 /// Decides the upstream of a request for `target` reached with `scheme`.
 pub fn upstream_for(route: Option<&Route>, scheme: Scheme, target: &HostPort) -> Upstream {
-    let Some(route) = route.filter(|_| is_loopback_host(&target.host)) else {
-        return Upstream { scheme, addr: target.clone(), extra_headers: Vec::new(), rewritten: false };
+    let Some(route) = route else {
+        return Upstream {
+            scheme,
+            addr: target.clone(),
+            extra_headers: Vec::new(),
+            rewritten: false,
+            policy: AddressPolicy::Any,
+        };
     };
+    if !is_loopback_host(&target.host) {
+        return Upstream {
+            scheme,
+            addr: target.clone(),
+            extra_headers: Vec::new(),
+            rewritten: false,
+            policy: AddressPolicy::RemoteOnly,
+        };
+    }
     match &route.proxy_origin {
         Some(origin) => Upstream {
             scheme: origin.scheme,
@@ -293,12 +332,14 @@ pub fn upstream_for(route: Option<&Route>, scheme: Scheme, target: &HostPort) ->
                 (HEADER_HOST_OVERRIDE, target.authority()),
             ],
             rewritten: true,
+            policy: AddressPolicy::Any,
         },
         None => Upstream {
             scheme: Scheme::Https,
             addr: HostPort { host: route.dev_box_host(target.port), port: 443 },
             extra_headers: Vec::new(),
             rewritten: true,
+            policy: AddressPolicy::Any,
         },
     }
 }
@@ -309,6 +350,25 @@ mod tests {
 
     fn hp(host: &str, port: u16) -> HostPort {
         HostPort { host: host.into(), port }
+    }
+
+    #[test]
+    fn local_addresses() {
+        for ip in ["127.0.0.1", "127.1.2.3", "0.0.0.0", "169.254.1.1", "::1", "::", "fe80::1", "::ffff:127.0.0.1"] {
+            assert!(is_local_address(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["10.0.0.1", "192.168.1.1", "8.8.8.8", "2001:db8::1", "fec0::1", "::ffff:8.8.8.8"] {
+            assert!(!is_local_address(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn only_a_routed_previews_forwarded_requests_keep_off_local_addresses() {
+        let route = Route::new("m", "s", "cmux.app", None).unwrap();
+        let policy = |route: Option<&Route>, host: &str| upstream_for(route, Scheme::Http, &hp(host, 80)).policy;
+        assert_eq!(policy(Some(&route), "example.com"), AddressPolicy::RemoteOnly);
+        assert_eq!(policy(Some(&route), "localhost"), AddressPolicy::Any);
+        assert_eq!(policy(None, "example.com"), AddressPolicy::Any);
     }
 
     #[test]

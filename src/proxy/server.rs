@@ -5,6 +5,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use futures_util::FutureExt;
@@ -15,29 +16,29 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::Context;
+use super::error::ProxyError;
 use super::forward::{client_response, upgrade_protocol, upstream_request};
-use super::prefixed::Prefixed;
+use super::prefixed::sniff_stream;
 use super::reply::{self, Body};
 use super::routing::{target_of_uri, upstream_for, HostPort, Scheme, Upstream};
-use super::sniff::{sniff, Protocol};
-use super::upstream::ConnectError;
-use super::{tunnel, Shared, Slot};
+use super::sniff::Protocol;
+use super::{tunnel, Hold, Shared, Slot};
 
 /// What a tunnel's inner HTTP server already knows: who opened the tunnel and
 /// to where, so the requests inside need no credentials and no absolute URI.
 #[derive(Clone)]
-pub struct Binding {
-    pub context: Arc<Context>,
-    pub target: HostPort,
-    pub scheme: Scheme,
+pub(crate) struct Binding {
+    pub(crate) context: Arc<Context>,
+    pub(crate) target: HostPort,
+    pub(crate) scheme: Scheme,
 }
 
-pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     loop {
         let accepted = tokio::select! {
             _ = shared.shutdown.cancelled() => break,
@@ -51,7 +52,7 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                     continue;
                 };
                 let closer = shared.shutdown.child_token();
-                shared.tasks.spawn(serve_stream(shared.clone(), stream, None, closer, Some(Arc::new(slot))));
+                shared.tasks.spawn(serve_stream(shared.clone(), stream, None, closer, Hold::listener(slot)));
             }
             // Out of file descriptors and the like: back off instead of spinning.
             Err(e) => {
@@ -62,13 +63,25 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
-/// Past `max_connections`: a short `503` and a close, without reading the request.
+/// Past `max_connections`: a short `503` and a close. The request is read
+/// (a bounded amount) after the answer: closing a socket with unread bytes
+/// resets it, and the client would see the reset instead of the 503.
 async fn refuse_over_capacity(mut stream: tokio::net::TcpStream) {
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 30\r\nConnection: close\r\n\r\nproxy is at its connection cap\n";
+    const READ_AT_MOST: usize = 64 * 1024;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
         stream.write_all(BUSY).await?;
-        stream.shutdown().await
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        let mut read = 0;
+        while read < READ_AT_MOST {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => read += n,
+            }
+        }
+        Ok::<_, std::io::Error>(())
     })
     .await;
 }
@@ -80,11 +93,17 @@ struct Connection {
     /// Cancelling it closes the connection once the responses under way are sent.
     drain: CancellationToken,
     slot: Slot,
+    /// Each response holds `slot` until sent, so that idleness can be seen (HTTP/2).
+    responses_hold_slot: AtomicBool,
     /// Contexts whose revocation already closes this connection.
     watched: Mutex<Vec<Arc<Context>>>,
 }
 
 impl Connection {
+    fn counts_streams(&self) {
+        self.responses_hold_slot.store(true, Ordering::Relaxed);
+    }
+
     /// Makes sure that revoking `context` closes this connection.
     fn watch(&self, shared: &Shared, context: &Arc<Context>) {
         let mut watched = self.watched.lock();
@@ -104,7 +123,7 @@ impl Connection {
 
 /// Serves HTTP/1.1 (and HTTP/2 when enabled) on any byte stream until it ends
 /// or `closer` is cancelled. Boxed: tunnels call it from inside the service.
-pub fn serve_stream<I>(
+pub(crate) fn serve_stream<I>(
     shared: Arc<Shared>,
     io: I,
     binding: Option<Binding>,
@@ -121,11 +140,12 @@ where
         let connection = Arc::new(Connection {
             closer: closer.clone(),
             drain: drain.clone(),
-            slot,
+            slot: Hold::inside(slot),
+            responses_hold_slot: AtomicBool::new(false),
             watched: Mutex::new(Vec::new()),
         });
         let service = {
-            let shared = shared.clone();
+            let (shared, connection) = (shared.clone(), connection.clone());
             service_fn(move |req| {
                 let (shared, connection, binding) = (shared.clone(), connection.clone(), binding.clone());
                 async move { Ok::<_, Infallible>(handle_contained(shared, connection, binding, req).await) }
@@ -133,18 +153,27 @@ where
         };
         let limits = &shared.limits;
         let served = async {
-            let mut io = io;
-            let mut first = Vec::new();
-            let h2 = shared.http2 && reads_h2_preface(&mut io, &mut first, limits.header_read_timeout).await?;
-            let io = TokioIo::new(Prefixed::new(first, io));
-            if h2 {
+            let (protocol, io) = sniff_stream(io, limits.header_read_timeout).await?;
+            let Some(protocol) = protocol else { return Ok(()) };
+            let io = TokioIo::new(io);
+            if shared.http2 && protocol == Protocol::Http2 {
+                connection.counts_streams();
                 let mut builder = http2::Builder::new(TokioExecutor::new());
                 builder
                     .timer(TokioTimer::new())
                     .enable_connect_protocol()
+                    .keep_alive_interval(Some(HTTP2_PING_INTERVAL))
+                    .keep_alive_timeout(HTTP2_PING_TIMEOUT)
                     .max_header_list_size(u32::try_from(limits.max_head_bytes).unwrap_or(u32::MAX));
                 let served = builder.serve_connection(io, service);
-                until_drained(served, &drain, |c| c.graceful_shutdown()).await.map_err(Into::into)
+                let idle = drain_when_idle(&connection, limits.http2_idle_timeout);
+                let served = until_drained(served, &drain, |c| c.graceful_shutdown());
+                tokio::pin!(served);
+                tokio::select! {
+                    result = &mut served => return result.map_err(Into::into),
+                    _ = idle => {}
+                }
+                served.await.map_err(Into::into)
             } else {
                 let mut builder = http1::Builder::new();
                 builder
@@ -167,6 +196,22 @@ where
     })
 }
 
+/// Keep-alive pings on HTTP/2 client connections find peers that vanished.
+const HTTP2_PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+const HTTP2_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Fires `drain` (GOAWAY, then close) once `connection` had no stream and no
+/// tunnel for `timeout`; never returns before that.
+async fn drain_when_idle(connection: &Connection, timeout: std::time::Duration) {
+    let tick = (timeout / 4).max(std::time::Duration::from_millis(10));
+    let mut idle_for = std::time::Duration::ZERO;
+    while idle_for < timeout {
+        tokio::time::sleep(tick).await;
+        idle_for = if Hold::is_busy(&connection.slot) { std::time::Duration::ZERO } else { idle_for + tick };
+    }
+    connection.drain.cancel();
+}
+
 /// Drives a connection; once `drain` fires it finishes what is under way and closes.
 async fn until_drained<C: Future>(
     connection: C,
@@ -181,26 +226,6 @@ async fn until_drained<C: Future>(
     connection.await
 }
 
-/// Reads until the first bytes tell HTTP/2's preface from anything else
-/// (served as HTTP/1.1). `Err` when the client sends nothing in time.
-async fn reads_h2_preface<I: AsyncRead + Unpin>(
-    io: &mut I,
-    first: &mut Vec<u8>,
-    timeout: std::time::Duration,
-) -> std::io::Result<bool> {
-    let sniffing = async {
-        loop {
-            if let Some(protocol) = sniff(first) {
-                return Ok(protocol == Protocol::Http2);
-            }
-            if io.read_buf(first).await? == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-        }
-    };
-    tokio::time::timeout(timeout, sniffing).await.map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
-}
-
 /// Runs [`handle`] so that a panic in it costs only this connection: the
 /// client gets a 500 and the connection closes; the process lives on.
 async fn handle_contained(
@@ -210,8 +235,9 @@ async fn handle_contained(
     req: Request<Incoming>,
 ) -> Response<Body> {
     let drain = connection.drain.clone();
+    let held = connection.responses_hold_slot.load(Ordering::Relaxed).then(|| connection.slot.clone());
     let handled = AssertUnwindSafe(handle(shared.clone(), connection, binding, req)).catch_unwind().await;
-    handled.unwrap_or_else(|panic| {
+    let response = handled.unwrap_or_else(|panic| {
         let message = panic
             .downcast_ref::<&str>()
             .map(|s| s.to_string())
@@ -222,7 +248,11 @@ async fn handle_contained(
         let mut response = reply::text(StatusCode::INTERNAL_SERVER_ERROR, "internal proxy error");
         response.headers_mut().insert(header::CONNECTION, http::HeaderValue::from_static("close"));
         response
-    })
+    });
+    match held {
+        Some(slot) => response.map(|body| reply::Holding::new(body, slot).boxed()),
+        None => response,
+    }
 }
 
 async fn handle(
@@ -255,7 +285,8 @@ async fn handle(
         None => match target_of_uri(req.uri()) {
             Ok(found) => found,
             Err(e) => {
-                return reply::text(StatusCode::BAD_REQUEST, &format!("a proxy request needs an absolute URI: {e}"))
+                let error = ProxyError::BadRequest(format!("a proxy request needs an absolute URI: {e}"));
+                return reply::failure(&shared.log, &error);
             }
         },
     };
@@ -273,44 +304,16 @@ async fn handle(
     forward(&shared, req, &upstream).await
 }
 
-/// Sends a plain request through the pooled client and streams the answer back.
+/// Sends a plain request through the pool and streams the answer back.
 async fn forward(shared: &Shared, req: Request<Incoming>, upstream: &Upstream) -> Response<Body> {
     let req = upstream_request(req.map(|body| body.boxed()), upstream, None);
-    let sent = tokio::time::timeout(shared.limits.response_timeout, shared.client.send(req)).await;
-    match sent {
-        Ok(Ok(response)) => client_response(response.map(|body| body.boxed())),
-        Ok(Err(e)) => upstream_failure(shared, upstream, &e),
-        Err(_) => response_timed_out(shared, upstream),
+    let sent = tokio::time::timeout(shared.limits.response_timeout, shared.pool.send(upstream, req)).await;
+    match sent.unwrap_or_else(|_| Err(response_timed_out(shared, upstream))) {
+        Ok(response) => client_response(response),
+        Err(error) => reply::failure(&shared.log, &error),
     }
 }
 
-pub fn response_timed_out(shared: &Shared, upstream: &Upstream) -> Response<Body> {
-    let reason = format!("{} did not answer within {:?}", upstream.addr, shared.limits.response_timeout);
-    shared.log.event(format_args!("{reason}"));
-    reply::text(StatusCode::GATEWAY_TIMEOUT, &reason)
-}
-
-/// 504 when connecting timed out, else 502, with the deepest reason on one line.
-pub fn upstream_failure(
-    shared: &Shared,
-    upstream: &Upstream,
-    error: &(dyn std::error::Error + 'static),
-) -> Response<Body> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    let mut reason = error.to_string();
-    let mut status = StatusCode::BAD_GATEWAY;
-    while let Some(e) = source {
-        if let Some(connect) = e.downcast_ref::<ConnectError>() {
-            if connect.timed_out {
-                status = StatusCode::GATEWAY_TIMEOUT;
-            }
-            reason = connect.message.clone();
-            break;
-        }
-        reason = e.to_string();
-        source = e.source();
-    }
-    let reason = format!("upstream {} failed: {}", upstream.addr, reason.replace(['\r', '\n'], " "));
-    shared.log.event(format_args!("{reason}"));
-    reply::text(status, &reason)
+pub(crate) fn response_timed_out(shared: &Shared, upstream: &Upstream) -> ProxyError {
+    ProxyError::Timeout(format!("{} did not answer within {:?}", upstream.addr, shared.limits.response_timeout))
 }

@@ -11,27 +11,28 @@ use hyper::body::Incoming;
 use hyper::ext::ReasonPhrase;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 use super::auth::Context;
+use super::error::ProxyError;
 use super::forward::{client_response, upstream_request};
-use super::prefixed::Prefixed;
+use super::prefixed::sniff_stream;
 use super::relay::relay;
 use super::reply::{self, empty_body, Body};
 use super::routing::{is_loopback_host, parse_authority, upstream_for, HostPort, Scheme, Upstream};
-use super::server::{response_timed_out, serve_stream, upstream_failure, Binding};
-use super::sniff::{sniff, Protocol};
+use super::server::{response_timed_out, serve_stream, Binding};
+use super::sniff::Protocol;
 use super::upstream::Alpn;
 use super::{Shared, Slot};
 
 /// Any byte stream a tunnel can carry.
-pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
 
 /// Answers a `CONNECT`. Loopback targets of a routed context are looked into;
 /// everything else is relayed blindly once the target accepted the connection.
-pub async fn connect(
+pub(crate) async fn connect(
     shared: Arc<Shared>,
     context: Arc<Context>,
     mut req: Request<Incoming>,
@@ -39,8 +40,10 @@ pub async fn connect(
 ) -> Response<Body> {
     let target = match req.uri().authority().map(|a| parse_authority(a.as_str(), None)) {
         Some(Ok(target)) => target,
-        Some(Err(e)) => return reply::text(StatusCode::BAD_REQUEST, &format!("bad CONNECT target: {e}")),
-        None => return reply::text(StatusCode::BAD_REQUEST, "bad CONNECT target: expected host:port"),
+        Some(Err(e)) => return reply::failure(&shared.log, &ProxyError::BadRequest(format!("bad CONNECT target: {e}"))),
+        None => {
+            return reply::failure(&shared.log, &ProxyError::BadRequest("bad CONNECT target: expected host:port".into()))
+        }
     };
     let client = hyper::upgrade::on(&mut req);
     let cancel = context.revoked.child_token();
@@ -50,7 +53,7 @@ pub async fn connect(
             let upstream = upstream_for(Some(route), Scheme::Https, &target);
             let upstream_stream = match open_tunnel(&shared, &upstream, &target).await {
                 Ok(stream) => stream,
-                Err(reason) => return reply::text(StatusCode::BAD_GATEWAY, &reason),
+                Err(error) => return reply::failure(&shared.log, &error),
             };
             spawn_relay(shared, cancel, slot, client, upstream_stream);
             return established();
@@ -65,9 +68,10 @@ pub async fn connect(
     if shared.limits.connect_ports.as_ref().is_some_and(|ports| !ports.contains(&target.port)) {
         return reply::text(StatusCode::FORBIDDEN, &format!("CONNECT to port {} is not allowed", target.port));
     }
-    let upstream = match shared.connector.connect_tcp(&target).await {
+    let policy = upstream_for(context.route.as_ref(), Scheme::Https, &target).policy;
+    let upstream = match shared.connector.connect_tcp(&target, policy).await {
         Ok(upstream) => upstream,
-        Err(e) => return upstream_failure(&shared, &upstream_for(None, Scheme::Https, &target), &e),
+        Err(error) => return reply::failure(&shared.log, &error),
     };
     shared.log.event(format_args!("CONNECT {target}: tunnel open"));
     spawn_relay(shared, cancel, slot, client, upstream);
@@ -115,29 +119,13 @@ async fn look_inside(
     shared: Arc<Shared>,
     context: Arc<Context>,
     target: HostPort,
-    mut client: impl Stream,
+    client: impl Stream,
     cancel: CancellationToken,
     slot: Slot,
 ) -> io::Result<()> {
-    let mut first = Vec::with_capacity(512);
-    let sniffing = async {
-        loop {
-            if let Some(protocol) = sniff(&first) {
-                return Ok(Some(protocol));
-            }
-            if client.read_buf(&mut first).await? == 0 {
-                return Ok::<_, io::Error>(None);
-            }
-        }
-    };
     // A tunnel that stays silent is idle like any other.
-    let Some(protocol) = tokio::time::timeout(shared.limits.idle_tunnel_timeout, sniffing)
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "tunnel idle before its first byte"))??
-    else {
-        return Ok(());
-    };
-    let client = Prefixed::new(first, client);
+    let (protocol, client) = sniff_stream(client, shared.limits.idle_tunnel_timeout).await?;
+    let Some(protocol) = protocol else { return Ok(()) };
     let interceptor = shared.interceptor.as_ref();
     match protocol {
         Protocol::Http1 | Protocol::Http2 => {
@@ -163,16 +151,14 @@ async fn look_inside(
 
 /// A raw byte stream to where a routed loopback `target` lives: through the
 /// cmux-proxy origin's own `CONNECT` when the route names one, else the dev box.
-async fn open_tunnel(shared: &Shared, upstream: &Upstream, target: &HostPort) -> Result<Box<dyn Stream>, String> {
+async fn open_tunnel(shared: &Shared, upstream: &Upstream, target: &HostPort) -> Result<Box<dyn Stream>, ProxyError> {
     if upstream.extra_headers.is_empty() {
-        return shared
-            .connector
-            .connect_tcp(&upstream.addr)
-            .await
-            .map(|s| Box::new(s) as Box<dyn Stream>)
-            .map_err(|e| e.to_string());
+        let stream = shared.connector.connect_tcp(&upstream.addr, upstream.policy).await?;
+        return Ok(Box::new(stream));
     }
-    let mut req = Request::connect(target.authority()).body(empty_body()).map_err(|e| e.to_string())?;
+    let mut req = Request::connect(target.authority())
+        .body(empty_body())
+        .map_err(|e| ProxyError::BadRequest(format!("bad CONNECT target {target}: {e}")))?;
     for (name, value) in &upstream.extra_headers {
         if let Ok(value) = HeaderValue::from_str(value) {
             req.headers_mut().insert(*name, value);
@@ -181,30 +167,25 @@ async fn open_tunnel(shared: &Shared, upstream: &Upstream, target: &HostPort) ->
     if let Ok(host) = HeaderValue::from_str(&target.authority()) {
         req.headers_mut().insert(header::HOST, host);
     }
-    let response =
-        send_http1(shared, upstream, req).await.map_err(|_| format!("{} refused the tunnel", upstream.addr))?;
+    let response = send_http1(shared, upstream, req).await?;
     if response.status() != StatusCode::OK {
-        return Err(format!("{} answered CONNECT with {}", upstream.addr, response.status()));
+        return Err(ProxyError::BadGateway(format!("{} answered CONNECT with {}", upstream.addr, response.status())));
     }
-    let upgraded = hyper::upgrade::on(response).await.map_err(|e| e.to_string())?;
+    let upgraded = hyper::upgrade::on(response).await.map_err(|e| ProxyError::exchange(&upstream.addr, &e))?;
     Ok(Box::new(TokioIo::new(upgraded)))
 }
 
 /// Sends one request on a fresh HTTP/1.1 connection that may be upgraded.
-/// Errors are already the client's answer (502/504).
 async fn send_http1(
     shared: &Shared,
     upstream: &Upstream,
     mut req: Request<Body>,
-) -> Result<Response<Incoming>, Response<Body>> {
-    let stream = shared
-        .connector
-        .connect(upstream.scheme, &upstream.addr, Alpn::Http1)
-        .await
-        .map_err(|e| upstream_failure(shared, upstream, &e))?;
+) -> Result<Response<Incoming>, ProxyError> {
+    // Connecting is bounded by the connect timeout, the answer by the response timeout.
+    let stream = shared.connector.connect(upstream.scheme, &upstream.addr, Alpn::Http1, upstream.policy).await?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| upstream_failure(shared, upstream, &e))?;
+        .map_err(|e| ProxyError::exchange(&upstream.addr, &e))?;
     shared.tasks.spawn(async move {
         let _ = connection.with_upgrades().await;
     });
@@ -214,15 +195,38 @@ async fn send_http1(
         *req.uri_mut() = Uri::try_from(origin_form).unwrap_or_else(|_| Uri::from_static("/"));
     }
     match tokio::time::timeout(shared.limits.response_timeout, sender.send_request(req)).await {
-        Ok(Ok(response)) => Ok(response),
-        Ok(Err(e)) => Err(upstream_failure(shared, upstream, &e)),
+        Ok(sent) => sent.map_err(|e| ProxyError::exchange(&upstream.addr, &e)),
         Err(_) => Err(response_timed_out(shared, upstream)),
     }
 }
 
+/// Sends a WebSocket handshake upstream. On `101`, joins the client's side
+/// to the upgraded upstream and returns the cleaned `101`; on anything else,
+/// the answer the client gets instead.
+async fn switch_protocols(
+    shared: &Arc<Shared>,
+    context: &Context,
+    slot: Slot,
+    client: OnUpgrade,
+    upstream: &Upstream,
+    req: Request<Body>,
+) -> Result<Response<Body>, Response<Body>> {
+    let mut response = send_http1(shared, upstream, req).await.map_err(|e| reply::failure(&shared.log, &e))?;
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return Err(client_response(response.map(|body| body.boxed())));
+    }
+    let upgraded = hyper::upgrade::on(&mut response);
+    let idle = shared.limits.idle_tunnel_timeout;
+    spawn_tunnel(shared.clone(), context.revoked.child_token(), slot, async move {
+        let (client, upstream) = tokio::try_join!(client, upgraded).map_err(io::Error::other)?;
+        relay(TokioIo::new(client), TokioIo::new(upstream), idle).await
+    });
+    Ok(client_response(response.map(|_| empty_body())))
+}
+
 /// Relays an HTTP/1.1 upgrade (a WebSocket handshake): the client gets the
 /// upstream's `101` and then both byte streams are joined.
-pub async fn upgrade(
+pub(crate) async fn upgrade(
     shared: Arc<Shared>,
     context: Arc<Context>,
     mut req: Request<Incoming>,
@@ -232,20 +236,12 @@ pub async fn upgrade(
 ) -> Response<Body> {
     let client = hyper::upgrade::on(&mut req);
     let req = upstream_request(req.map(|body| body.boxed()), &upstream, Some(protocol));
-    let mut response = match send_http1(&shared, &upstream, req).await {
-        Ok(response) => response,
-        Err(failure) => return failure,
-    };
-    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return client_response(response.map(|body| body.boxed()));
-    }
-    join_when_upgraded(&shared, &context, slot, client, hyper::upgrade::on(&mut response));
-    client_response(response.map(|_| empty_body()))
+    switch_protocols(&shared, &context, slot, client, &upstream, req).await.unwrap_or_else(|answer| answer)
 }
 
 /// Bridges an HTTP/2 extended `CONNECT` with `:protocol websocket` to the
 /// upstream's HTTP/1.1 WebSocket: same frames, different handshake.
-pub async fn websocket_over_h2(
+pub(crate) async fn websocket_over_h2(
     shared: Arc<Shared>,
     context: Arc<Context>,
     mut req: Request<Incoming>,
@@ -268,28 +264,17 @@ pub async fn websocket_over_h2(
         &upstream,
         Some(HeaderValue::from_static("websocket")),
     );
-    let mut response = match send_http1(&shared, &upstream, req).await {
-        Ok(response) => response,
-        Err(failure) => return failure,
-    };
-    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return client_response(response.map(|body| body.boxed()));
+    match switch_protocols(&shared, &context, slot, client, &upstream, req).await {
+        Ok(mut accepted) => {
+            // RFC 8441: a 200 on the stream stands for the 101.
+            *accepted.status_mut() = StatusCode::OK;
+            for name in [header::UPGRADE, header::CONNECTION, header::SEC_WEBSOCKET_ACCEPT] {
+                accepted.headers_mut().remove(name);
+            }
+            accepted
+        }
+        Err(answer) => answer,
     }
-    join_when_upgraded(&shared, &context, slot, client, hyper::upgrade::on(&mut response));
-    let mut accepted = client_response(response.map(|_| empty_body()));
-    *accepted.status_mut() = StatusCode::OK;
-    for name in [header::UPGRADE, header::CONNECTION, header::SEC_WEBSOCKET_ACCEPT] {
-        accepted.headers_mut().remove(name);
-    }
-    accepted
-}
-
-fn join_when_upgraded(shared: &Arc<Shared>, context: &Context, slot: Slot, client: OnUpgrade, upstream: OnUpgrade) {
-    let idle = shared.limits.idle_tunnel_timeout;
-    spawn_tunnel(shared.clone(), context.revoked.child_token(), slot, async move {
-        let (client, upstream) = tokio::try_join!(client, upstream).map_err(io::Error::other)?;
-        relay(TokioIo::new(client), TokioIo::new(upstream), idle).await
-    });
 }
 
 fn websocket_key() -> HeaderValue {

@@ -1,9 +1,8 @@
-//! Connections to upstreams: name resolution (with `resolve` overrides), TCP
-//! with a connect timeout, rustls with the web roots plus extra CAs, and the
-//! pooled hyper client (HTTP/2 when the upstream offers it by ALPN).
+//! Connections to upstreams: name resolution (with `resolve` overrides and
+//! the address policy), TCP raced across addresses (Happy Eyeballs), and
+//! rustls with the web roots plus extra CAs.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -11,47 +10,29 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::rt::TokioIo;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use super::pool::Origins;
-use super::routing::{HostPort, Scheme};
+use super::error::ProxyError;
+use super::routing::{is_local_address, AddressPolicy, HostPort, Scheme};
 
-/// Why an upstream could not be reached; decides between 502 and 504.
-#[derive(Debug)]
-pub struct ConnectError {
-    pub timed_out: bool,
-    pub message: String,
-}
-
-impl std::fmt::Display for ConnectError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for ConnectError {}
-
-impl ConnectError {
-    fn new(addr: &HostPort, what: impl std::fmt::Display) -> Self {
-        ConnectError { timed_out: false, message: format!("cannot reach {addr}: {what}") }
-    }
-}
+/// How long an attempt to one address runs alone before the next address is
+/// tried beside it (RFC 8305 §5 recommends 250 ms).
+const CONNECTION_ATTEMPT_DELAY: Duration = Duration::from_millis(250);
 
 /// Which application protocols to offer an upstream TLS server.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Alpn {
+pub(crate) enum Alpn {
     /// `h2` and `http/1.1`: for pooled requests.
     Any,
     /// `http/1.1` only: for WebSocket upgrades, which need HTTP/1.1.
     Http1,
 }
 
-pub struct UpstreamOptions {
+pub(crate) struct UpstreamOptions {
     pub resolve: HashMap<String, SocketAddr>,
     pub extra_roots_pem: Vec<String>,
     pub connect_timeout: Duration,
@@ -59,12 +40,11 @@ pub struct UpstreamOptions {
 
 /// Opens connections to upstreams. Cheap to clone.
 #[derive(Clone)]
-pub struct Connector {
+pub(crate) struct Connector {
     inner: Arc<ConnectorInner>,
 }
 
 struct ConnectorInner {
-    origins: Arc<Origins>,
     resolve: HashMap<String, SocketAddr>,
     tls_any: tokio_rustls::TlsConnector,
     tls_http1: tokio_rustls::TlsConnector,
@@ -72,7 +52,7 @@ struct ConnectorInner {
 }
 
 impl Connector {
-    pub fn new(options: UpstreamOptions) -> Result<Self, String> {
+    pub(crate) fn new(options: UpstreamOptions) -> Result<Self, String> {
         let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
         for (i, pem) in options.extra_roots_pem.iter().enumerate() {
             let mut found = false;
@@ -97,7 +77,6 @@ impl Connector {
         };
         Ok(Connector {
             inner: Arc::new(ConnectorInner {
-                origins: Arc::default(),
                 resolve: options.resolve,
                 tls_any: tls_config(&[b"h2", b"http/1.1"])?,
                 tls_http1: tls_config(&[b"http/1.1"])?,
@@ -106,104 +85,135 @@ impl Connector {
         })
     }
 
-    /// The origins this connector has connected to (for the pool's first-connection gate).
-    pub fn origins(&self) -> Arc<Origins> {
-        self.inner.origins.clone()
-    }
-
-    /// A TCP connection to `addr`, through the `resolve` overrides, else DNS.
-    pub async fn connect_tcp(&self, addr: &HostPort) -> Result<TcpStream, ConnectError> {
+    /// A TCP connection to `addr`, through the `resolve` overrides, else DNS
+    /// (whose answers `policy` filters).
+    pub(crate) async fn connect_tcp(&self, addr: &HostPort, policy: AddressPolicy) -> Result<TcpStream, ProxyError> {
         let attempt = async {
-            let overridden = self.inner.resolve.get(&addr.authority()).copied();
-            let candidates: Vec<SocketAddr> = match overridden {
-                Some(socket_addr) => vec![socket_addr],
-                None => tokio::net::lookup_host((addr.host.as_str(), addr.port))
-                    .await
-                    .map_err(|e| ConnectError::new(addr, format!("DNS lookup failed: {e}")))?
-                    .collect(),
-            };
-            let mut last_error = None;
-            for candidate in candidates {
-                match TcpStream::connect(candidate).await {
-                    Ok(stream) => {
-                        let _ = stream.set_nodelay(true);
-                        return Ok(stream);
-                    }
-                    Err(e) => last_error = Some(e),
+            let candidates = match self.inner.resolve.get(&addr.authority()) {
+                Some(configured) => vec![*configured],
+                None => {
+                    let found: Vec<SocketAddr> = tokio::net::lookup_host((addr.host.as_str(), addr.port))
+                        .await
+                        .map_err(|e| ProxyError::BadGateway(format!("cannot reach {addr}: DNS lookup failed: {e}")))?
+                        .collect();
+                    allowed_addresses(addr, found, policy)?
                 }
-            }
-            Err(ConnectError::new(addr, last_error.map_or("no address".to_string(), |e| e.to_string())))
+            };
+            let stream = race(candidates)
+                .await
+                .map_err(|e| ProxyError::BadGateway(format!("cannot reach {addr}: {e}")))?;
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
         };
         match tokio::time::timeout(self.inner.connect_timeout, attempt).await {
             Ok(result) => result,
-            Err(_) => Err(ConnectError {
-                timed_out: true,
-                message: format!("connecting to {addr} timed out after {:?}", self.inner.connect_timeout),
-            }),
+            Err(_) => Err(ProxyError::Timeout(format!(
+                "connecting to {addr} timed out after {:?}",
+                self.inner.connect_timeout
+            ))),
         }
     }
 
     /// A connection to `addr`, with TLS when `scheme` is https.
-    pub async fn connect(&self, scheme: Scheme, addr: &HostPort, alpn: Alpn) -> Result<UpstreamStream, ConnectError> {
-        let tcp = self.connect_tcp(addr).await?;
+    pub(crate) async fn connect(
+        &self,
+        scheme: Scheme,
+        addr: &HostPort,
+        alpn: Alpn,
+        policy: AddressPolicy,
+    ) -> Result<UpstreamStream, ProxyError> {
+        let tcp = self.connect_tcp(addr, policy).await?;
         if scheme == Scheme::Http {
             return Ok(UpstreamStream::Plain(tcp));
         }
-        let server_name = ServerName::try_from(addr.host.clone()).map_err(|e| ConnectError::new(addr, e))?;
+        let server_name = ServerName::try_from(addr.host.clone())
+            .map_err(|e| ProxyError::BadGateway(format!("cannot reach {addr}: {e}")))?;
         let tls = match alpn {
             Alpn::Any => &self.inner.tls_any,
             Alpn::Http1 => &self.inner.tls_http1,
         };
-        let handshake = tls.connect(server_name, tcp);
-        match tokio::time::timeout(self.inner.connect_timeout, handshake).await {
+        match tokio::time::timeout(self.inner.connect_timeout, tls.connect(server_name, tcp)).await {
             Ok(Ok(stream)) => Ok(UpstreamStream::Tls(Box::new(stream))),
-            Ok(Err(e)) => Err(ConnectError::new(addr, format!("TLS handshake failed: {e}"))),
-            Err(_) => Err(ConnectError { timed_out: true, message: format!("TLS handshake with {addr} timed out") }),
+            Ok(Err(e)) => Err(ProxyError::BadGateway(format!("cannot reach {addr}: TLS handshake failed: {e}"))),
+            Err(_) => Err(ProxyError::Timeout(format!("TLS handshake with {addr} timed out"))),
         }
     }
 }
 
-impl tower_service::Service<http::Uri> for Connector {
-    type Response = TokioIo<UpstreamStream>;
-    type Error = ConnectError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ConnectError>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), ConnectError>> {
-        Poll::Ready(Ok(()))
+/// The DNS answers `policy` lets a request use; `Forbidden` when it leaves none.
+fn allowed_addresses(
+    addr: &HostPort,
+    found: Vec<SocketAddr>,
+    policy: AddressPolicy,
+) -> Result<Vec<SocketAddr>, ProxyError> {
+    if policy == AddressPolicy::Any || found.is_empty() {
+        return Ok(found);
     }
+    let allowed: Vec<SocketAddr> = found.iter().copied().filter(|a| !is_local_address(a.ip())).collect();
+    if allowed.is_empty() {
+        return Err(ProxyError::Forbidden(format!(
+            "{addr} resolves to {}, an address on this machine, which a preview may not reach",
+            found[0].ip()
+        )));
+    }
+    Ok(allowed)
+}
 
-    fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let connector = self.clone();
-        Box::pin(async move {
-            let (scheme, addr) = super::routing::target_of_uri(&uri)
-                .map_err(|e| ConnectError { timed_out: false, message: format!("bad upstream URI {uri}: {e}") })?;
-            let stream = connector.connect(scheme, &addr, Alpn::Any).await?;
-            connector.inner.origins.connected(&addr.host_header(scheme));
-            Ok(TokioIo::new(stream))
-        })
+/// Connects to the first address that answers. Addresses are tried in the
+/// order of RFC 8305 (families alternating, the resolver's first family first);
+/// each attempt gets [`CONNECTION_ATTEMPT_DELAY`] alone before the next one
+/// starts beside it, so a black-holed address cannot use up the connect timeout.
+async fn race(candidates: Vec<SocketAddr>) -> io::Result<TcpStream> {
+    let mut queue = interleave_families(candidates).into_iter();
+    let mut attempts = FuturesUnordered::new();
+    let mut last_error = io::Error::new(io::ErrorKind::NotFound, "no address");
+    loop {
+        if attempts.is_empty() {
+            match queue.next() {
+                Some(addr) => attempts.push(Box::pin(TcpStream::connect(addr))),
+                None => return Err(last_error),
+            }
+        }
+        tokio::select! {
+            Some(result) = attempts.next() => match result {
+                Ok(stream) => return Ok(stream),
+                Err(e) => last_error = e,
+            },
+            _ = tokio::time::sleep(CONNECTION_ATTEMPT_DELAY), if queue.len() > 0 => {
+                if let Some(addr) = queue.next() {
+                    attempts.push(Box::pin(TcpStream::connect(addr)));
+                }
+            }
+        }
     }
 }
 
+/// Alternates address families, starting with the family of the first address.
+fn interleave_families(candidates: Vec<SocketAddr>) -> Vec<SocketAddr> {
+    let Some(first) = candidates.first() else { return candidates };
+    let first_is_v6 = first.is_ipv6();
+    let (mut preferred, mut other): (Vec<_>, Vec<_>) = candidates.into_iter().partition(|a| a.is_ipv6() == first_is_v6);
+    preferred.reverse();
+    other.reverse();
+    let mut ordered = Vec::with_capacity(preferred.len() + other.len());
+    while let Some(next) = preferred.pop() {
+        ordered.push(next);
+        ordered.extend(other.pop());
+    }
+    ordered.extend(other.into_iter().rev());
+    ordered
+}
+
 /// A plain or TLS connection to an upstream.
-pub enum UpstreamStream {
+pub(crate) enum UpstreamStream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
 }
 
 impl UpstreamStream {
     /// Whether TLS negotiated HTTP/2 by ALPN.
-    pub fn is_h2(&self) -> bool {
+    pub(crate) fn is_h2(&self) -> bool {
         matches!(self, UpstreamStream::Tls(tls) if tls.get_ref().1.alpn_protocol() == Some(b"h2"))
-    }
-}
-
-impl Connection for UpstreamStream {
-    fn connected(&self) -> Connected {
-        if self.is_h2() {
-            Connected::new().negotiated_h2()
-        } else {
-            Connected::new()
-        }
     }
 }
 
@@ -258,7 +268,7 @@ impl AsyncWrite for UpstreamStream {
 }
 
 /// Parses the `resolve` option: `"host:port" -> "ip:port"`.
-pub fn parse_resolve(entries: HashMap<String, String>) -> Result<HashMap<String, SocketAddr>, String> {
+pub(crate) fn parse_resolve(entries: HashMap<String, String>) -> Result<HashMap<String, SocketAddr>, String> {
     entries
         .into_iter()
         .map(|(from, to)| {
@@ -283,5 +293,43 @@ mod tests {
         assert_eq!(parsed.get("cmux-a.example:443"), Some(&"127.0.0.1:8443".parse().unwrap()));
         assert!(parse_resolve(HashMap::from([("h".to_string(), "127.0.0.1:1".to_string())])).is_err());
         assert!(parse_resolve(HashMap::from([("h:1".to_string(), "nowhere".to_string())])).is_err());
+    }
+
+    fn addrs(list: &[&str]) -> Vec<SocketAddr> {
+        list.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn families_alternate_from_the_first() {
+        let ordered = interleave_families(addrs(&["[::1]:1", "[::2]:1", "[::3]:1", "10.0.0.1:1", "10.0.0.2:1"]));
+        assert_eq!(ordered, addrs(&["[::1]:1", "10.0.0.1:1", "[::2]:1", "10.0.0.2:1", "[::3]:1"]));
+        let ordered = interleave_families(addrs(&["10.0.0.1:1", "[::1]:1", "10.0.0.2:1", "10.0.0.3:1"]));
+        assert_eq!(ordered, addrs(&["10.0.0.1:1", "[::1]:1", "10.0.0.2:1", "10.0.0.3:1"]));
+    }
+
+    #[test]
+    fn a_routed_preview_keeps_off_local_answers() {
+        let target = HostPort { host: "vm".into(), port: 80 };
+        let local = addrs(&["127.0.0.1:80"]);
+        assert!(matches!(
+            allowed_addresses(&target, local.clone(), AddressPolicy::RemoteOnly),
+            Err(ProxyError::Forbidden(_))
+        ));
+        assert_eq!(allowed_addresses(&target, local.clone(), AddressPolicy::Any).unwrap(), local);
+        let mixed = addrs(&["127.0.0.1:80", "10.1.1.1:80"]);
+        assert_eq!(allowed_addresses(&target, mixed, AddressPolicy::RemoteOnly).unwrap(), addrs(&["10.1.1.1:80"]));
+    }
+
+    #[tokio::test]
+    async fn a_black_holed_address_does_not_hold_up_the_next() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live = listener.local_addr().unwrap();
+        // TEST-NET-1 is never routed: the SYN goes nowhere (or fails at once, also fine).
+        let black_hole: SocketAddr = "192.0.2.1:9".parse().unwrap();
+        let started = std::time::Instant::now();
+        let stream = tokio::time::timeout(Duration::from_secs(5), race(vec![black_hole, live])).await;
+        let stream = stream.expect("the live address was never tried").unwrap();
+        assert_eq!(stream.peer_addr().unwrap(), live);
+        assert!(started.elapsed() < Duration::from_secs(2));
     }
 }

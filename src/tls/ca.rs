@@ -16,12 +16,12 @@ use time::{Duration, OffsetDateTime};
 const LEAF_CACHE_SIZE: usize = 1024;
 
 /// A leaf certificate with its chain (leaf, then CA) and key.
-pub struct Leaf {
-    pub chain: Vec<CertificateDer<'static>>,
-    pub key: PrivateKeyDer<'static>,
+pub(crate) struct Leaf {
+    pub(crate) chain: Vec<CertificateDer<'static>>,
+    pub(crate) key: PrivateKeyDer<'static>,
 }
 
-pub struct CertificateAuthority {
+pub(crate) struct CertificateAuthority {
     issuer: Issuer<'static, KeyPair>,
     cert_der: CertificateDer<'static>,
     cert_pem: String,
@@ -29,7 +29,7 @@ pub struct CertificateAuthority {
 
 impl CertificateAuthority {
     /// A fresh ECDSA P-256 CA, valid from a day ago for ten years.
-    pub fn generate() -> Result<Self, String> {
+    pub(crate) fn generate() -> Result<Self, String> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
         let mut params = CertificateParams::default();
         let mut name = DistinguishedName::new();
@@ -51,7 +51,7 @@ impl CertificateAuthority {
     }
 
     /// A CA given as PEM; the key must belong to the certificate.
-    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, String> {
+    pub(crate) fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, String> {
         let key = key_pair_from_pem(key_pem)?;
         let cert_der = rustls_pemfile::certs(&mut cert_pem.as_bytes())
             .next()
@@ -69,12 +69,12 @@ impl CertificateAuthority {
         Ok(CertificateAuthority { issuer, cert_der, cert_pem: cert_pem.trim().to_owned() + "\n" })
     }
 
-    pub fn cert_pem(&self) -> &str {
+    pub(crate) fn cert_pem(&self) -> &str {
         &self.cert_pem
     }
 
     /// A new leaf for `host`: DNS SAN for names, IP SAN for addresses.
-    pub fn issue_leaf(&self, host: &str) -> Result<Leaf, String> {
+    pub(crate) fn issue_leaf(&self, host: &str) -> Result<Leaf, String> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
         let mut params =
             CertificateParams::new(vec![host.to_owned()]).map_err(|e| format!("no certificate for {host:?}: {e}"))?;
@@ -134,41 +134,73 @@ fn der_element(tag: u8, content: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A bounded map from host to something built once per host (FIFO eviction).
-pub struct HostCache<T> {
+/// Leaves live 390 days; one is replaced at half its life, so a long-running
+/// app never serves one near its end.
+const LEAF_RENEWAL: std::time::Duration = std::time::Duration::from_secs(195 * 24 * 3600);
+
+/// A bounded map from host to something built once per host (FIFO eviction),
+/// rebuilt once it is older than its lifetime. Callers that miss at the same
+/// moment wait for one build instead of each building their own.
+pub(crate) struct HostCache<T> {
     entries: Mutex<Entries<T>>,
+    lifetime: std::time::Duration,
 }
 
 struct Entries<T> {
-    by_host: HashMap<String, Arc<T>>,
+    by_host: HashMap<String, Arc<Entry<T>>>,
     oldest_first: VecDeque<String>,
+}
+
+struct Entry<T> {
+    built: std::sync::OnceLock<Result<Arc<T>, String>>,
+    born: std::time::Instant,
 }
 
 impl<T> Default for HostCache<T> {
     fn default() -> Self {
-        HostCache { entries: Mutex::new(Entries { by_host: HashMap::new(), oldest_first: VecDeque::new() }) }
+        HostCache::with_lifetime(LEAF_RENEWAL)
     }
 }
 
 impl<T> HostCache<T> {
-    pub fn get_or_try_insert(&self, host: &str, build: impl FnOnce() -> Result<T, String>) -> Result<Arc<T>, String> {
-        if let Some(found) = self.entries.lock().by_host.get(host) {
-            return Ok(found.clone());
-        }
-        // Built outside the lock: key generation must not stall other hosts.
-        let built = Arc::new(build()?);
-        let mut entries = self.entries.lock();
-        if let Some(raced) = entries.by_host.get(host) {
-            return Ok(raced.clone());
-        }
-        if entries.by_host.len() >= LEAF_CACHE_SIZE {
-            if let Some(oldest) = entries.oldest_first.pop_front() {
-                entries.by_host.remove(&oldest);
+    fn with_lifetime(lifetime: std::time::Duration) -> Self {
+        let entries = Entries { by_host: HashMap::new(), oldest_first: VecDeque::new() };
+        HostCache { entries: Mutex::new(entries), lifetime }
+    }
+
+    pub(crate) fn get_or_try_insert(
+        &self,
+        host: &str,
+        build: impl FnOnce() -> Result<T, String>,
+    ) -> Result<Arc<T>, String> {
+        let entry = self.entry(host);
+        let built = entry.built.get_or_init(|| build().map(Arc::new)).clone();
+        if built.is_err() {
+            // A failure is not remembered: the next caller tries again.
+            let mut entries = self.entries.lock();
+            if entries.by_host.get(host).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
+                entries.by_host.remove(host);
+                entries.oldest_first.retain(|h| h != host);
             }
         }
-        entries.by_host.insert(host.to_owned(), built.clone());
-        entries.oldest_first.push_back(host.to_owned());
-        Ok(built)
+        built
+    }
+
+    /// The host's entry, a new (unbuilt) one when it is missing or too old.
+    fn entry(&self, host: &str) -> Arc<Entry<T>> {
+        let mut entries = self.entries.lock();
+        if let Some(found) = entries.by_host.get(host).filter(|e| e.born.elapsed() < self.lifetime) {
+            return found.clone();
+        }
+        let fresh = Arc::new(Entry { built: std::sync::OnceLock::new(), born: std::time::Instant::now() });
+        if entries.by_host.insert(host.to_owned(), fresh.clone()).is_none() {
+            entries.oldest_first.push_back(host.to_owned());
+        }
+        while entries.by_host.len() > LEAF_CACHE_SIZE {
+            let Some(oldest) = entries.oldest_first.pop_front() else { break };
+            entries.by_host.remove(&oldest);
+        }
+        fresh
     }
 }
 
@@ -218,6 +250,38 @@ mod tests {
     }
 
     #[test]
+    fn host_cache_builds_once_for_simultaneous_misses() {
+        let cache = HostCache::<usize>::default();
+        let builds = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                scope.spawn(|| {
+                    cache
+                        .get_or_try_insert("localhost", || {
+                            builds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            std::thread::sleep(std::time::Duration::from_millis(50));
+                            Ok(1)
+                        })
+                        .unwrap()
+                });
+            }
+        });
+        assert_eq!(builds.into_inner(), 1);
+    }
+
+    #[test]
+    fn host_cache_renews_old_entries_and_forgets_failures() {
+        let cache = HostCache::<usize>::with_lifetime(std::time::Duration::from_millis(20));
+        assert_eq!(*cache.get_or_try_insert("a", || Ok(1)).unwrap(), 1);
+        assert_eq!(*cache.get_or_try_insert("a", || Ok(2)).unwrap(), 1);
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        assert_eq!(*cache.get_or_try_insert("a", || Ok(3)).unwrap(), 3);
+        assert!(cache.get_or_try_insert("b", || Err("no".into())).is_err());
+        assert_eq!(*cache.get_or_try_insert("b", || Ok(4)).unwrap(), 4);
+        assert_eq!(cache.entries.lock().oldest_first.len(), 2);
+    }
+
+    #[test]
     fn host_cache_is_bounded_and_reuses_entries() {
         let cache = HostCache::<usize>::default();
         let first = cache.get_or_try_insert("a", || Ok(1)).unwrap();
@@ -227,5 +291,6 @@ mod tests {
             cache.get_or_try_insert(&format!("h{i}"), || Ok(i)).unwrap();
         }
         assert_eq!(cache.entries.lock().by_host.len(), LEAF_CACHE_SIZE);
+        assert_eq!(cache.entries.lock().oldest_first.len(), LEAF_CACHE_SIZE);
     }
 }

@@ -13,7 +13,7 @@ use tokio_rustls::LazyConfigAcceptor;
 use super::ca::{CertificateAuthority, HostCache};
 use crate::proxy::routing::is_loopback_host;
 
-pub struct Interceptor {
+pub(crate) struct Interceptor {
     ca: CertificateAuthority,
     /// One server config per host: a host's second tunnel reuses its leaf.
     configs: HostCache<ServerConfig>,
@@ -21,13 +21,9 @@ pub struct Interceptor {
 }
 
 impl Interceptor {
-    pub fn new(ca: CertificateAuthority, http2: bool) -> Self {
+    pub(crate) fn new(ca: CertificateAuthority, http2: bool) -> Self {
         let alpn = if http2 { vec![b"h2".to_vec(), b"http/1.1".to_vec()] } else { vec![b"http/1.1".to_vec()] };
         Interceptor { ca, configs: HostCache::default(), alpn }
-    }
-
-    pub fn ca_cert_pem(&self) -> &str {
-        self.ca.cert_pem()
     }
 
     fn config_for(&self, host: &str) -> Result<Arc<ServerConfig>, String> {
@@ -46,7 +42,7 @@ impl Interceptor {
 
     /// Terminates the client's TLS with a leaf for its SNI (when that is a
     /// loopback name) or else for the CONNECT host.
-    pub async fn accept<I>(&self, io: I, connect_host: &str, timeout: Duration) -> io::Result<TlsStream<I>>
+    pub(crate) async fn accept<I>(&self, io: I, connect_host: &str, timeout: Duration) -> io::Result<TlsStream<I>>
     where
         I: AsyncRead + AsyncWrite + Unpin,
     {
