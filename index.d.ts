@@ -9,7 +9,10 @@
  */
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
-/** The local proxy in front of preview WebContents. */
+/**
+ * The local proxy in front of preview WebContents. Garbage-collected
+ * without `stop()`, it stops all the same (see `proxy::Proxy`'s `Drop`).
+ */
 export declare class ProxyServer {
   /** Binds `listenAddr` (`"127.0.0.1:0"` picks a free port) and starts serving. */
   static start(listenAddr: string, enableHttp2?: boolean | undefined | null, options?: StartOptions | undefined | null): Promise<ProxyServer>
@@ -88,4 +91,9 @@ export interface StartOptions {
   maxConnections?: number
   /** Restricts CONNECT to hosts that are not rewritten to these ports (default: any port). */
   connectPorts?: Array<number>
+  /**
+   * An HTTP/2 client connection with no open stream or tunnel for this many ms gets GOAWAY and
+   * closes (default 300000).
+   */
+  http2IdleTimeoutMs?: number
 }
