@@ -30,7 +30,10 @@ impl ProxyError {
 
     fn reason(&self) -> &str {
         match self {
-            ProxyError::BadRequest(r) | ProxyError::Forbidden(r) | ProxyError::BadGateway(r) | ProxyError::Timeout(r) => r,
+            ProxyError::BadRequest(r)
+            | ProxyError::Forbidden(r)
+            | ProxyError::BadGateway(r)
+            | ProxyError::Timeout(r) => r,
         }
     }
 

@@ -151,9 +151,9 @@ impl Pool {
             }
             let retry = match failed.unsent {
                 Some(unsent) => Some(unsent),
-                None if failed.unprocessed || (reused && idempotent) => replay
-                    .as_ref()
-                    .map(|(method, headers)| rebuild(method, headers)),
+                None if failed.unprocessed || (reused && idempotent) => {
+                    replay.as_ref().map(|(method, headers)| rebuild(method, headers))
+                }
                 None => None,
             };
             match retry {
@@ -514,10 +514,9 @@ impl Drop for PooledBody {
             Release::Http2(origin, in_flight) if complete => {
                 let Some(mut inner) = self.inner.take() else { return };
                 origin.tasks.spawn(async move {
-                    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
-                        while let Some(Ok(_)) = inner.frame().await {}
-                    })
-                    .await;
+                    let _ =
+                        tokio::time::timeout(DRAIN_TIMEOUT, async { while let Some(Ok(_)) = inner.frame().await {} })
+                            .await;
                     drop(in_flight);
                 });
             }
@@ -540,7 +539,8 @@ async fn sweep_idle(pool: std::sync::Weak<Pool>, shutdown: CancellationToken) {
             let mut state = origin.state.lock();
             state.idle.retain(|idle| !idle.sender.is_closed() && idle.since.elapsed() < IDLE_TIMEOUT);
             let unused = |c: &Multiplexed| {
-                c.sender.is_closed() || (c.in_flight.load(Ordering::Relaxed) == 0 && c.last_used.elapsed() >= IDLE_TIMEOUT)
+                c.sender.is_closed()
+                    || (c.in_flight.load(Ordering::Relaxed) == 0 && c.last_used.elapsed() >= IDLE_TIMEOUT)
             };
             if state.multiplexed.as_ref().is_some_and(unused) {
                 state.multiplexed = None;

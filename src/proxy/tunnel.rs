@@ -40,9 +40,14 @@ pub(crate) async fn connect(
 ) -> Response<Body> {
     let target = match req.uri().authority().map(|a| parse_authority(a.as_str(), None)) {
         Some(Ok(target)) => target,
-        Some(Err(e)) => return reply::failure(&shared.log, &ProxyError::BadRequest(format!("bad CONNECT target: {e}"))),
+        Some(Err(e)) => {
+            return reply::failure(&shared.log, &ProxyError::BadRequest(format!("bad CONNECT target: {e}")))
+        }
         None => {
-            return reply::failure(&shared.log, &ProxyError::BadRequest("bad CONNECT target: expected host:port".into()))
+            return reply::failure(
+                &shared.log,
+                &ProxyError::BadRequest("bad CONNECT target: expected host:port".into()),
+            )
         }
     };
     let client = hyper::upgrade::on(&mut req);

@@ -99,9 +99,8 @@ impl Connector {
                     allowed_addresses(addr, found, policy)?
                 }
             };
-            let stream = race(candidates)
-                .await
-                .map_err(|e| ProxyError::BadGateway(format!("cannot reach {addr}: {e}")))?;
+            let stream =
+                race(candidates).await.map_err(|e| ProxyError::BadGateway(format!("cannot reach {addr}: {e}")))?;
             let _ = stream.set_nodelay(true);
             Ok(stream)
         };
