@@ -2,6 +2,8 @@
 //! submodules, one concern each.
 
 pub(crate) mod auth;
+#[cfg(test)]
+mod core_tests;
 pub(crate) mod error;
 pub(crate) mod forward;
 mod log;
