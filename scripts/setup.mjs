@@ -17,18 +17,19 @@ export function run(command, args, options = {}) {
 }
 
 /**
- * Installs the locked npm packages when node_modules is missing or older than
- * the lockfile. `npm install`, not `npm ci`: with Node 20, npm leaves the
- * other platforms' optional packages of @napi-rs/cli's lzma dependency (which
- * wants Node 22) out of the lockfile, and `npm ci` then refuses the lockfile
- * as out of sync; `npm install` installs the same locked versions and leaves
- * the lockfile as it is.
+ * Installs exactly the locked npm packages (`npm ci`) when node_modules is
+ * missing or older than the lockfile. `npm ci` never rewrites
+ * package-lock.json, so a test run leaves the work tree clean; it fails if the
+ * lockfile and package.json disagree, which is what a stale lockfile should do.
+ * The lockfile holds every platform's optional packages and only versions whose
+ * `engines` accept Node 20 (see the `overrides` in package.json), so it
+ * installs on Node 20 and 22 alike.
  */
 export function installNodePackages() {
   const marker = join(root, 'node_modules', '.package-lock.json')
   const lock = join(root, 'package-lock.json')
   if (!existsSync(marker) || statSync(marker).mtimeMs < statSync(lock).mtimeMs) {
-    run('npm', ['install', '--no-audit', '--no-fund'])
+    run('npm', ['ci', '--no-audit', '--no-fund'])
   }
 }
 
