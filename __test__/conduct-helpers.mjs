@@ -1,0 +1,521 @@
+// Helpers for upstream-conduct.test.mjs (how the proxy behaves as an HTTP/2
+// client of a dev box) and faults.test.mjs (correctness under real faults).
+// Everything is a real socket on loopback; nothing is mocked.
+
+import { fork, spawn } from 'node:child_process'
+import crypto from 'node:crypto'
+import dns from 'node:dns/promises'
+import http from 'node:http'
+import http2 from 'node:http2'
+import net from 'node:net'
+import os from 'node:os'
+import tls from 'node:tls'
+import { closer, listen, makeLeaf, trackSockets, waitFor, withTimeout } from './helpers.mjs'
+import { h2request } from './tls-helpers.mjs'
+
+/** The route of the tests: `http://localhost:3000/x` becomes `https://cmux-m-base-3000.devbox.test/x`. */
+export const ROUTE = { morphId: 'm', scope: 'base', domainSuffix: 'devbox.test' }
+export const DEVBOX_HOST = 'cmux-m-base-3000.devbox.test'
+
+// ---------------------------------------------------------------------------
+// Running many requests
+
+/** Runs `job(i)` for i in 0..count-1 with at most `concurrency` in flight; resolves the results in order. */
+export async function runPool(count, concurrency, job) {
+  const results = new Array(count)
+  let next = 0
+  const worker = async () => {
+    while (next < count) {
+      const i = next++
+      results[i] = await job(i)
+    }
+  }
+  await Promise.all(Array.from({ length: Math.min(concurrency, count) }, worker))
+  return results
+}
+
+/**
+ * Summarises request outcomes ({ status, text } or { error }) against the
+ * expected bodies: { bad: how many are not a 200 with the expected body, wrong: the first few, statuses: count per status }.
+ */
+export function tally(results, expectedText) {
+  const statuses = {}
+  const wrong = []
+  let bad = 0
+  results.forEach((r, i) => {
+    const key = r.error ? `error:${r.error}` : String(r.status)
+    statuses[key] = (statuses[key] ?? 0) + 1
+    if (r.error || r.status !== 200 || r.text !== expectedText(i)) {
+      bad++
+      if (wrong.length < 5) wrong.push({ i, status: r.status, error: r.error, text: r.text?.slice(0, 120) })
+    }
+  })
+  return { bad, wrong, statuses }
+}
+
+/** Never rejects: a failed request becomes { error: message } so that one failure does not hide the others. */
+export function settled(promise) {
+  return promise.then(
+    (r) => ({ status: r.status, text: r.text }),
+    (e) => ({ error: e.code ?? e.message }),
+  )
+}
+
+/** A keep-alive client agent towards the proxy (the proxy's listener is the "origin" of every request). */
+export function keepAliveAgent(maxSockets = 32) {
+  return new http.Agent({ keepAlive: true, maxSockets })
+}
+
+/** An h2c session with prior knowledge to the proxy's listener. */
+export function h2cSession(proxyPort) {
+  const session = http2.connect(`http://127.0.0.1:${proxyPort}`)
+  session.on('error', () => {})
+  return session
+}
+
+/** A GET of `http://<authority><path>` as an h2c stream through the proxy. */
+export function h2cGet(session, authority, path, auth, extra = {}) {
+  return h2request(session, {
+    ':method': 'GET',
+    ':scheme': 'http',
+    ':authority': authority,
+    ':path': path,
+    ...(auth ? { 'proxy-authorization': auth } : {}),
+    ...extra,
+  })
+}
+
+/** Closes an HTTP/2 client session, waiting (bounded) for it. */
+export async function closeSession(session) {
+  if (!session || session.destroyed) return
+  await withTimeout(new Promise((resolve) => session.close(resolve)), 2000, 'h2 session close').catch(() => session.destroy())
+}
+
+// ---------------------------------------------------------------------------
+// HTTP/2 frames sent by the proxy to an upstream
+
+const H2_PREFACE_LENGTH = 24
+const FRAME_RST_STREAM = 3
+const FRAME_GOAWAY = 7
+
+/**
+ * Reads the client→server direction of an HTTP/2 connection (preface, then
+ * 9-byte frame headers) and reports RST_STREAM and GOAWAY frames.
+ */
+class FrameReader {
+  constructor({ onReset, onGoaway }) {
+    this.buf = Buffer.alloc(0)
+    this.prefaceLeft = H2_PREFACE_LENGTH
+    this.onReset = onReset
+    this.onGoaway = onGoaway
+  }
+
+  feed(chunk) {
+    this.buf = this.buf.length ? Buffer.concat([this.buf, chunk]) : chunk
+    if (this.prefaceLeft > 0) {
+      const n = Math.min(this.prefaceLeft, this.buf.length)
+      this.buf = this.buf.subarray(n)
+      this.prefaceLeft -= n
+    }
+    while (this.buf.length >= 9) {
+      const length = this.buf.readUIntBE(0, 3)
+      if (this.buf.length < 9 + length) break
+      const type = this.buf[3]
+      const streamId = this.buf.readUInt32BE(5) & 0x7fffffff
+      const payload = this.buf.subarray(9, 9 + length)
+      if (type === FRAME_RST_STREAM) this.onReset(streamId, payload.readUInt32BE(0))
+      if (type === FRAME_GOAWAY) this.onGoaway(payload.readUInt32BE(0) & 0x7fffffff, payload.readUInt32BE(4))
+      this.buf = this.buf.subarray(9 + length)
+    }
+  }
+}
+
+/**
+ * An HTTPS "dev box" speaking HTTP/2 (ALPN h2, http/1.1 offered too) that
+ * counts what the proxy does to it. Each TLS connection is decrypted here and
+ * its bytes are carried over loopback TCP to a plaintext Node http2 (nghttp2)
+ * server, while a frame reader watches the proxy's frames.
+ *
+ * Paths: `/m/...` answers `module <path>` with content-length; `/nolen/...`
+ * the same without content-length; `/slow...` streams 1 MiB (16 KiB every 25 ms).
+ * `goawayAfter: N`: after the Nth stream of a session, the server sends
+ * GOAWAY (last processed stream) and closes the session once its streams are done.
+ *
+ * stats: { connections, resets, resetCodes, resetFrames: [{ connection, streamId, code }],
+ *          goaways, requests, streams: [{ connection, streamId, path }], alpn: [], openConnections }
+ */
+export async function startCountingH2Upstream({ ca, names = [DEVBOX_HOST], goawayAfter } = {}) {
+  const stats = {
+    connections: 0,
+    openConnections: 0,
+    resets: 0,
+    resetCodes: [],
+    resetFrames: [],
+    goaways: 0,
+    requests: 0,
+    streams: [],
+    alpn: [],
+    slowStreamsClosed: 0,
+  }
+  const sessions = new Set()
+  const connectionOfPort = new Map()
+  const slowTimers = new Set()
+
+  const h2 = http2.createServer()
+  const h2Sockets = trackSockets(h2)
+  h2.on('session', (session) => {
+    session.on('error', () => {})
+    session.streamCount = 0
+    sessions.add(session)
+    session.on('close', () => sessions.delete(session))
+  })
+  // Node's compatibility API, as dev servers use it: `res.end(body)` sends the body in a DATA
+  // frame and END_STREAM in an empty one after it.
+  h2.on('request', (req, res) => {
+    const stream = req.stream
+    const session = stream.session
+    // Known by now: the bytes of a stream come only after the loopback connection was set up.
+    session.connection ??= connectionOfPort.get(session.socket.remotePort)
+    const path = req.url
+    stats.requests++
+    stats.streams.push({ connection: session.connection, streamId: stream.id, path })
+    stream.on('error', () => {})
+    if (path.startsWith('/slow')) {
+      res.writeHead(200, { 'content-type': 'application/octet-stream' })
+      const chunk = Buffer.alloc(16 * 1024, 0x61)
+      let sent = 0
+      const timer = setInterval(() => {
+        if (stream.destroyed || stream.closed) return
+        res.write(chunk)
+        sent += chunk.length
+        if (sent >= 1024 * 1024) {
+          clearInterval(timer)
+          slowTimers.delete(timer)
+          res.end()
+        }
+      }, 25)
+      slowTimers.add(timer)
+      stream.on('close', () => {
+        clearInterval(timer)
+        slowTimers.delete(timer)
+        stats.slowStreamsClosed++
+      })
+    } else if (path.startsWith('/nolen/')) {
+      res.setHeader('content-type', 'text/javascript')
+      res.end(`module ${path}`)
+    } else {
+      const body = Buffer.from(`module ${path}`)
+      res.setHeader('content-type', 'text/javascript')
+      res.setHeader('content-length', body.length)
+      res.end(body)
+    }
+    session.streamCount++
+    if (goawayAfter && session.streamCount === goawayAfter) session.close()
+  })
+  const h2Port = await listen(h2)
+
+  const leaf = makeLeaf(ca, names)
+  const server = tls.createServer({ key: leaf.key, cert: leaf.cert, ALPNProtocols: ['h2', 'http/1.1'] }, (socket) => {
+    const connection = ++stats.connections
+    stats.openConnections++
+    stats.alpn.push(socket.alpnProtocol)
+    socket.on('error', () => {})
+    socket.on('close', () => stats.openConnections--)
+    socket.pause()
+    const frames = new FrameReader({
+      onReset: (streamId, code) => {
+        stats.resets++
+        stats.resetCodes.push(code)
+        stats.resetFrames.push({ connection, streamId, code })
+      },
+      onGoaway: () => stats.goaways++,
+    })
+    const inner = net.connect(h2Port, '127.0.0.1')
+    inner.on('error', () => {})
+    inner.once('connect', () => {
+      connectionOfPort.set(inner.localPort, connection)
+      socket.on('data', (d) => {
+        frames.feed(d)
+        inner.write(d)
+      })
+      socket.resume()
+    })
+    socket.on('end', () => inner.end())
+    socket.on('close', () => inner.destroy())
+    inner.pipe(socket)
+    // The session is gone (GOAWAY sent and done, or destroyed): so is the TLS connection.
+    inner.on('close', () => {
+      socket.end()
+      setTimeout(() => socket.destroy(), 1000).unref()
+    })
+  })
+  server.on('tlsClientError', () => {})
+  const tlsSockets = trackSockets(server, 'secureConnection')
+  const port = await listen(server)
+
+  const closeH2 = closer(h2, h2Sockets, () => {
+    for (const s of sessions) s.destroy()
+  })
+  const closeTls = closer(server, tlsSockets, () => {
+    for (const t of slowTimers) clearInterval(t)
+  })
+
+  return {
+    port,
+    stats,
+    sessions,
+    /** Ends every session from the server side (GOAWAY, then close) and waits until their TLS connections are gone. */
+    async closeSessions() {
+      for (const s of sessions) s.close()
+      await waitFor(() => sessions.size === 0 && stats.openConnections === 0, {
+        timeout: 5000,
+        message: `the dev box's sessions did not close (${sessions.size} sessions, ${stats.openConnections} TLS connections open)`,
+      })
+    },
+    close: async () => {
+      await closeTls()
+      await closeH2()
+    },
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Raw HTTP/1.1 upstreams
+
+/**
+ * Splits the requests arriving on `socket` (head + Content-Length body) and
+ * calls `onRequest({ method, path, headerLines, body, index })` for each;
+ * `index` counts the requests on this socket from 0.
+ */
+export function readRequests(socket, onRequest) {
+  let buf = Buffer.alloc(0)
+  let index = 0
+  socket.on('data', (d) => {
+    buf = Buffer.concat([buf, d])
+    for (;;) {
+      const end = buf.indexOf('\r\n\r\n')
+      if (end < 0) return
+      const lines = buf.subarray(0, end).toString('latin1').split('\r\n')
+      const [method, path] = lines[0].split(' ')
+      const headerLines = lines.slice(1)
+      const lengthLine = headerLines.find((l) => /^content-length:/i.test(l))
+      const length = lengthLine ? Number(lengthLine.split(':')[1].trim()) : 0
+      if (buf.length < end + 4 + length) return
+      const body = buf.subarray(end + 4, end + 4 + length)
+      buf = buf.subarray(end + 4 + length)
+      onRequest({ method, path, headerLines, body: body.toString(), index: index++ })
+      if (socket.destroyed) return
+    }
+  })
+}
+
+/**
+ * A plain HTTP/1.1 server that promises keep-alive but drops a connection
+ * when a second request arrives on it, without answering: the classic stale
+ * pooled connection. `seen` lists every request head it received.
+ */
+export async function startStaleKeepAliveServer() {
+  const seen = []
+  const srv = await startRawTcp((socket) => {
+    readRequests(socket, (req) => {
+      seen.push({ method: req.method, path: req.path, index: req.index, body: req.body })
+      if (req.index > 0) {
+        socket.destroy()
+        return
+      }
+      const body = `answered ${req.method} ${req.path}`
+      socket.write(
+        `HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Type: text/plain\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n` +
+          (req.method === 'HEAD' ? '' : body),
+      )
+    })
+  })
+  return { ...srv, seen }
+}
+
+/**
+ * A plain HTTP/1.1 server that records the exact header lines of every
+ * request, answers `200 recorded`, and completes WebSocket handshakes (101)
+ * so that an upgrade can be inspected too.
+ */
+export async function startHeaderRecordingServer() {
+  const requests = []
+  const srv = await startRawTcp((socket) => {
+    readRequests(socket, (req) => {
+      requests.push(req)
+      const key = req.headerLines.find((l) => /^sec-websocket-key:/i.test(l))
+      if (key) {
+        const accept = wsAcceptOf(key.slice(key.indexOf(':') + 1).trim())
+        socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`)
+        return
+      }
+      socket.write('HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 8\r\n\r\nrecorded')
+    })
+  })
+  return { ...srv, requests }
+}
+
+function wsAcceptOf(key) {
+  return crypto.createHash('sha1').update(key + '258EAFA5-E914-47DA-95CA-C5AB0DC85B11').digest('base64')
+}
+
+/** The lines of `headerLines` named `name` (case-insensitive), as [value, ...]. */
+export function headerValues(headerLines, name) {
+  const prefix = `${name.toLowerCase()}:`
+  return headerLines.filter((l) => l.toLowerCase().startsWith(prefix)).map((l) => l.slice(prefix.length).trim())
+}
+
+/** A raw TCP server on `host`:0 with tracked sockets. */
+export async function startRawTcp(onSocket, host = '127.0.0.1') {
+  const server = net.createServer((socket) => {
+    socket.on('error', () => {})
+    onSocket(socket)
+  })
+  const sockets = trackSockets(server)
+  const port = await listen(server, host)
+  return { server, port, sockets, close: closer(server, sockets) }
+}
+
+/**
+ * An HTTP server on `host`:0 that counts its TCP connections and requests
+ * and answers `hello <url>` (or runs `handler`).
+ */
+export async function startCountingHttpServer(host = '127.0.0.1', handler) {
+  const stats = { connections: 0, requests: 0, urls: [] }
+  const server = http.createServer((req, res) => {
+    stats.requests++
+    stats.urls.push(req.url)
+    if (handler) return handler(req, res)
+    res.setHeader('content-type', 'text/plain')
+    res.end(`hello ${req.url}`)
+  })
+  server.keepAliveTimeout = 30000
+  server.on('connection', () => stats.connections++)
+  const sockets = trackSockets(server)
+  const port = await listen(server, host)
+  return { server, port, stats, close: closer(server, sockets) }
+}
+
+// ---------------------------------------------------------------------------
+// The machine
+
+/** Whether an address is loopback (127/8 or ::1). */
+export function isLoopbackAddress(address) {
+  return address === '::1' || /^127\./.test(address) || /^::ffff:127\./.test(address)
+}
+
+/**
+ * The first of os.hostname(), vm, runsc, ip6-localhost whose DNS answer is
+ * loopback: a name that is not "localhost" yet reaches this machine.
+ * Returns { name, address } or throws naming what was tried.
+ */
+export async function findLoopbackName() {
+  const tried = []
+  for (const name of [os.hostname(), 'vm', 'runsc', 'ip6-localhost']) {
+    if (!name || name === 'localhost' || name.endsWith('.localhost') || net.isIP(name)) continue
+    try {
+      const addresses = await dns.lookup(name, { all: true })
+      tried.push(`${name} -> ${addresses.map((a) => a.address).join(',')}`)
+      const loopback = addresses.find((a) => isLoopbackAddress(a.address))
+      if (loopback) return { name, address: loopback.address }
+    } catch (e) {
+      tried.push(`${name} -> ${e.code ?? e.message}`)
+    }
+  }
+  throw new Error(`no host name resolving to loopback was found (tried: ${tried.join('; ')})`)
+}
+
+/** Resolves true when a TCP connection to 127.0.0.1:`port` is refused, false when it is accepted. */
+export function connectionRefused(port) {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(port, '127.0.0.1')
+    socket.once('connect', () => {
+      socket.destroy()
+      resolve(false)
+    })
+    socket.once('error', (e) => (e.code === 'ECONNREFUSED' ? resolve(true) : reject(e)))
+  })
+}
+
+/** The listen backlog (Send-Q of a listening socket) `ss` reports for TCP port `port`. */
+export async function listenBacklog(port) {
+  const out = await runCommand('ss', ['-ltnH', `sport = :${port}`])
+  const line = out.split('\n').find((l) => l.trim().startsWith('LISTEN'))
+  if (!line) throw new Error(`ss shows no listening socket on port ${port}: ${JSON.stringify(out)}`)
+  // State Recv-Q Send-Q Local:Port Peer:Port
+  return Number(line.trim().split(/\s+/)[2])
+}
+
+function runCommand(command, args) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] })
+    let out = ''
+    let err = ''
+    child.stdout.on('data', (d) => (out += d))
+    child.stderr.on('data', (d) => (err += d))
+    child.on('error', reject)
+    child.on('close', (code) => (code === 0 ? resolve(out) : reject(new Error(`${command} exited ${code}: ${err}`))))
+  })
+}
+
+/** Lines of a child's stdout, awaitable one by one (bounded). */
+export class LineReader {
+  constructor(stream) {
+    this.lines = []
+    let rest = ''
+    stream.setEncoding('utf8')
+    stream.on('data', (d) => {
+      rest += d
+      let i
+      while ((i = rest.indexOf('\n')) >= 0) {
+        this.lines.push(rest.slice(0, i))
+        rest = rest.slice(i + 1)
+      }
+    })
+  }
+
+  async next(timeout = 10000, what = 'a line from the child') {
+    await waitFor(() => this.lines.length > 0, { timeout, interval: 10, message: what })
+    return this.lines.shift()
+  }
+}
+
+/**
+ * scripts/proxy-process.mjs (a proxy in a process of its own) started with
+ * `options`; `stdio` as for child_process.fork (an 'ipc' entry is required).
+ * Returns { child, port, call(command, ...args), stop() }.
+ */
+export async function startProxyProcess(options, { stdio = ['ignore', 'ignore', 'pipe', 'ipc'] } = {}) {
+  const child = fork(new URL('../scripts/proxy-process.mjs', import.meta.url), [JSON.stringify(options)], { stdio })
+  const pending = new Map()
+  let nextId = 1
+  child.on('message', ({ id, result }) => {
+    pending.get(id)?.(result)
+    pending.delete(id)
+  })
+  const exited = new Promise((resolve) => child.once('exit', resolve))
+  const reply = (id, what) => withTimeout(new Promise((resolve) => pending.set(id, resolve)), 10000, what)
+  const call = (command, ...args) => {
+    const id = nextId++
+    child.send({ id, command, args })
+    return reply(id, `the proxy process's answer to ${command}`)
+  }
+  const { port } = await reply(0, 'the proxy process starting')
+  return {
+    child,
+    port,
+    call,
+    /** Stops the proxy and waits for the process to exit; kills it when it does not within 5 s. */
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) {
+        try {
+          await withTimeout(call('stop'), 5000, 'stopping the proxy process')
+          await withTimeout(exited, 5000, 'the proxy process exiting')
+        } catch {
+          child.kill('SIGKILL')
+          await exited
+        }
+      }
+    },
+  }
+}
