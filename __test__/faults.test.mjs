@@ -371,6 +371,36 @@ describe('over the connection cap (maxConnections: 1)', () => {
       holder.destroy()
     }
   })
+
+  test('a client still sending its request body when refused reads the 503 without a reset', async () => {
+    // Closing with the request unread resets the connection; a client that is still
+    // writing then fails with EPIPE/ECONNRESET before it ever reads the answer.
+    const holder = await Conn.connect(port)
+    try {
+      expect((await getOn(holder, `http://127.0.0.1:${upstream.port}/held`, auth)).status).toBe(200)
+      const socket = net.connect(port, '127.0.0.1')
+      socket.pause()
+      const errors = []
+      socket.on('error', (e) => errors.push(e.code))
+      const closed = new Promise((resolve) => socket.once('close', resolve))
+      await new Promise((resolve) => socket.once('connect', resolve))
+      const chunk = 'b'.repeat(8192)
+      socket.write(`POST http://x/ HTTP/1.1\r\nHost: x\r\nProxy-Authorization: ${auth}\r\nContent-Length: ${4 * chunk.length}\r\n\r\n`)
+      for (let i = 0; i < 4; i++) {
+        await sleep(60)
+        if (!socket.destroyed) socket.write(chunk)
+      }
+      await sleep(60)
+      let received = ''
+      socket.setEncoding('latin1')
+      socket.on('data', (data) => (received += data))
+      socket.resume()
+      await withTimeout(closed, 5000, 'the refused connection to close')
+      expect({ errors, head: received.split('\r\n')[0] }).toEqual({ errors: [], head: 'HTTP/1.1 503 Service Unavailable' })
+    } finally {
+      holder.destroy()
+    }
+  })
 })
 
 // ---------------------------------------------------------------------------
