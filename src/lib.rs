@@ -148,7 +148,7 @@ mod addon {
     }
 
     /// The local proxy in front of preview WebContents. Garbage-collected
-    /// without `stop()`, it stops all the same (see `proxy::Proxy`'s `Drop`).
+    /// without `stop()`, it stops all the same: its port is freed.
     #[napi]
     pub struct ProxyServer {
         // `None` once stopped.

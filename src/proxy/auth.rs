@@ -12,19 +12,19 @@ use tokio_util::sync::CancellationToken;
 use super::routing::Route;
 
 /// One preview WebContents' identity at the proxy.
-pub struct Context {
-    pub id: String,
-    pub web_contents_id: u32,
-    pub username: String,
+pub(crate) struct Context {
+    pub(crate) id: String,
+    pub(crate) web_contents_id: u32,
+    pub(crate) username: String,
     password: String,
-    pub route: Option<Route>,
+    pub(crate) route: Option<Route>,
     /// Cancelled when the context is released or replaced: every connection and
     /// tunnel that authenticated with it closes.
-    pub revoked: CancellationToken,
+    pub(crate) revoked: CancellationToken,
 }
 
 impl Context {
-    pub fn password(&self) -> &str {
+    pub(crate) fn password(&self) -> &str {
         &self.password
     }
 }
@@ -44,7 +44,7 @@ struct Maps {
 }
 
 /// The live contexts of one server.
-pub struct Contexts {
+pub(crate) struct Contexts {
     maps: RwLock<Maps>,
     shutdown: CancellationToken,
 }
@@ -57,13 +57,13 @@ pub enum AuthError {
 }
 
 impl Contexts {
-    pub fn new(shutdown: CancellationToken) -> Self {
+    pub(crate) fn new(shutdown: CancellationToken) -> Self {
         Contexts { maps: RwLock::default(), shutdown }
     }
 
     /// Creates a context with fresh credentials; replaces (and revokes) any
     /// earlier context of the same WebContents.
-    pub fn create(&self, web_contents_id: u32, route: Option<Route>) -> Arc<Context> {
+    pub(crate) fn create(&self, web_contents_id: u32, route: Option<Route>) -> Arc<Context> {
         let context = Arc::new(Context {
             id: uuid::Uuid::new_v4().to_string(),
             web_contents_id,
@@ -83,7 +83,7 @@ impl Contexts {
         context
     }
 
-    pub fn release(&self, id: &str) -> bool {
+    pub(crate) fn release(&self, id: &str) -> bool {
         let mut maps = self.maps.write();
         let Some(context) = maps.by_id.remove(id) else { return false };
         maps.by_username.remove(&context.username);
@@ -95,15 +95,15 @@ impl Contexts {
         true
     }
 
-    pub fn for_web_contents(&self, web_contents_id: u32) -> Option<Arc<Context>> {
+    pub(crate) fn for_web_contents(&self, web_contents_id: u32) -> Option<Arc<Context>> {
         self.maps.read().by_web_contents.get(&web_contents_id).cloned()
     }
 
-    pub fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.maps.read().by_id.len()
     }
 
-    pub fn clear(&self) {
+    pub(crate) fn clear(&self) {
         let maps = std::mem::take(&mut *self.maps.write());
         for context in maps.by_id.values() {
             context.revoked.cancel();
@@ -111,7 +111,7 @@ impl Contexts {
     }
 
     /// The live context named by a `Proxy-Authorization` header value.
-    pub fn authenticate(&self, header: Option<&[u8]>) -> Result<Arc<Context>, AuthError> {
+    pub(crate) fn authenticate(&self, header: Option<&[u8]>) -> Result<Arc<Context>, AuthError> {
         let (username, password) = parse_basic(header.ok_or(AuthError::Missing)?)?;
         let context = self.maps.read().by_username.get(&username).cloned();
         // Compare against a dummy when the user is unknown so both paths cost the same.

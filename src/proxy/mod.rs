@@ -37,7 +37,7 @@ use crate::tls::ca::CertificateAuthority;
 use crate::tls::intercept::Interceptor;
 
 /// The proxy's own runtime, apart from napi's, shared by every server in the process.
-pub fn runtime() -> &'static tokio::runtime::Runtime {
+pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4)))
@@ -49,35 +49,35 @@ pub fn runtime() -> &'static tokio::runtime::Runtime {
     &RUNTIME
 }
 
-pub struct Options {
-    pub http2: bool,
-    pub limits: Limits,
-    pub resolve: HashMap<String, String>,
-    pub upstream_ca_pem: Vec<String>,
-    pub logging: bool,
-    pub tls_interception: bool,
+pub(crate) struct Options {
+    pub(crate) http2: bool,
+    pub(crate) limits: Limits,
+    pub(crate) resolve: HashMap<String, String>,
+    pub(crate) upstream_ca_pem: Vec<String>,
+    pub(crate) logging: bool,
+    pub(crate) tls_interception: bool,
     /// The CA for intercepted hosts, as (certificate, key) PEM; generated when absent.
-    pub ca_pem: Option<(String, String)>,
+    pub(crate) ca_pem: Option<(String, String)>,
 }
 
 /// Timeouts and sizes that bound what a client or an upstream can make the proxy hold.
 #[derive(Clone, Debug)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// A request head must arrive within this (slowloris); else the connection is closed.
-    pub header_read_timeout: Duration,
+    pub(crate) header_read_timeout: Duration,
     /// A bigger request head gets `431`.
-    pub max_head_bytes: usize,
-    pub connect_timeout: Duration,
-    pub response_timeout: Duration,
-    pub tls_handshake_timeout: Duration,
+    pub(crate) max_head_bytes: usize,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) response_timeout: Duration,
+    pub(crate) tls_handshake_timeout: Duration,
     /// A tunnel or WebSocket with no bytes either way for this long is closed.
-    pub idle_tunnel_timeout: Duration,
+    pub(crate) idle_tunnel_timeout: Duration,
     /// Client connections beyond this get `503` and a close.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// An HTTP/2 client connection with no stream for this long gets GOAWAY.
-    pub http2_idle_timeout: Duration,
+    pub(crate) http2_idle_timeout: Duration,
     /// When set, `CONNECT` to hosts that are not rewritten is allowed to these ports only.
-    pub connect_ports: Option<Vec<u16>>,
+    pub(crate) connect_ports: Option<Vec<u16>>,
 }
 
 impl Default for Limits {
@@ -124,25 +124,25 @@ impl Hold {
 
 /// Everything a connection task needs, shared by all of them.
 pub(crate) struct Shared {
-    pub contexts: Contexts,
-    pub pool: Arc<Pool>,
-    pub connector: Connector,
-    pub stats: Stats,
-    pub log: Log,
-    pub http2: bool,
+    pub(crate) contexts: Contexts,
+    pub(crate) pool: Arc<Pool>,
+    pub(crate) connector: Connector,
+    pub(crate) stats: Stats,
+    pub(crate) log: Log,
+    pub(crate) http2: bool,
     /// Terminates TLS inside loopback tunnels; `None` when interception is off.
-    pub interceptor: Option<Interceptor>,
-    pub ca_cert_pem: String,
-    pub limits: Limits,
+    pub(crate) interceptor: Option<Interceptor>,
+    pub(crate) ca_cert_pem: String,
+    pub(crate) limits: Limits,
     /// Cancelled by `stop`: every connection, tunnel and context token descends from it.
-    pub shutdown: CancellationToken,
-    pub tasks: TaskTracker,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) tasks: TaskTracker,
     /// One permit per client connection on the listener.
-    pub connection_slots: Arc<tokio::sync::Semaphore>,
+    pub(crate) connection_slots: Arc<tokio::sync::Semaphore>,
 }
 
 #[derive(Debug)]
-pub enum StartError {
+pub(crate) enum StartError {
     AddrInUse(String),
     BadAddress(String),
     BadOption(String),
@@ -163,14 +163,14 @@ impl fmt::Display for StartError {
 }
 
 /// A running proxy server.
-pub struct Proxy {
+pub(crate) struct Proxy {
     shared: Arc<Shared>,
     addr: SocketAddr,
 }
 
 impl Proxy {
     /// Binds and starts serving. Must run on [`runtime`].
-    pub async fn start(listen_addr: &str, options: Options) -> Result<Proxy, StartError> {
+    pub(crate) async fn start(listen_addr: &str, options: Options) -> Result<Proxy, StartError> {
         let addr: SocketAddr = listen_addr.parse().map_err(|_| StartError::BadAddress(listen_addr.to_owned()))?;
         let limits = options.limits;
         let connector = Connector::new(UpstreamOptions {
@@ -212,21 +212,21 @@ impl Proxy {
         Ok(Proxy { shared, addr })
     }
 
-    pub fn ca_cert_pem(&self) -> &str {
+    pub(crate) fn ca_cert_pem(&self) -> &str {
         &self.shared.ca_cert_pem
     }
 
-    pub fn port(&self) -> u16 {
+    pub(crate) fn port(&self) -> u16 {
         self.addr.port()
     }
 
-    pub fn create_context(&self, web_contents_id: u32, route: Option<Route>) -> Arc<Context> {
+    pub(crate) fn create_context(&self, web_contents_id: u32, route: Option<Route>) -> Arc<Context> {
         let context = self.shared.contexts.create(web_contents_id, route);
         self.shared.log.event(format_args!("context {} for WebContents {web_contents_id}", context.id));
         context
     }
 
-    pub fn release_context(&self, id: &str) -> bool {
+    pub(crate) fn release_context(&self, id: &str) -> bool {
         let released = self.shared.contexts.release(id);
         if released {
             self.shared.log.event(format_args!("context {id} released"));
@@ -234,15 +234,15 @@ impl Proxy {
         released
     }
 
-    pub fn context_for_web_contents(&self, web_contents_id: u32) -> Option<Arc<Context>> {
+    pub(crate) fn context_for_web_contents(&self, web_contents_id: u32) -> Option<Arc<Context>> {
         self.shared.contexts.for_web_contents(web_contents_id)
     }
 
-    pub fn set_logging(&self, enabled: bool) {
+    pub(crate) fn set_logging(&self, enabled: bool) {
         self.shared.log.0.store(enabled, Ordering::Relaxed);
     }
 
-    pub fn stats(&self) -> StatsSnapshot {
+    pub(crate) fn stats(&self) -> StatsSnapshot {
         let stats = &self.shared.stats;
         StatsSnapshot {
             contexts: self.shared.contexts.count(),
@@ -254,7 +254,7 @@ impl Proxy {
 
     /// Stops accepting, closes every connection and tunnel, and returns once
     /// all of them (and the listener) are gone.
-    pub async fn stop(&self) {
+    pub(crate) async fn stop(&self) {
         self.shared.shutdown.cancel();
         self.shared.contexts.clear();
         self.shared.tasks.close();
@@ -288,21 +288,21 @@ impl Drop for Proxy {
 
 /// Counters behind `stats()`.
 #[derive(Default)]
-pub struct Stats {
+pub(crate) struct Stats {
     connections: AtomicUsize,
     tunnels: AtomicUsize,
     requests: AtomicU64,
 }
 
-pub struct StatsSnapshot {
-    pub contexts: usize,
-    pub active_connections: usize,
-    pub active_tunnels: usize,
-    pub total_requests: u64,
+pub(crate) struct StatsSnapshot {
+    pub(crate) contexts: usize,
+    pub(crate) active_connections: usize,
+    pub(crate) active_tunnels: usize,
+    pub(crate) total_requests: u64,
 }
 
 /// Decrements its gauge when dropped, however the task ends (even by panic).
-pub struct Active<'a>(&'a AtomicUsize);
+pub(crate) struct Active<'a>(&'a AtomicUsize);
 
 impl Drop for Active<'_> {
     fn drop(&mut self) {
@@ -311,17 +311,17 @@ impl Drop for Active<'_> {
 }
 
 impl Stats {
-    pub fn connection_opened(&self) -> Active<'_> {
+    pub(crate) fn connection_opened(&self) -> Active<'_> {
         self.connections.fetch_add(1, Ordering::Relaxed);
         Active(&self.connections)
     }
 
-    pub fn tunnel_opened(&self) -> Active<'_> {
+    pub(crate) fn tunnel_opened(&self) -> Active<'_> {
         self.tunnels.fetch_add(1, Ordering::Relaxed);
         Active(&self.tunnels)
     }
 
-    pub fn request_started(&self) {
+    pub(crate) fn request_started(&self) {
         self.requests.fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -20,7 +20,7 @@ const CHUNKS_PER_POLL: usize = 16;
 
 /// Copies `a` to `b` and `b` to `a` until both directions have ended; fails
 /// with `TimedOut` when no byte moved either way for `idle_timeout`.
-pub async fn relay<A, B>(a: A, b: B, idle_timeout: Duration) -> io::Result<()>
+pub(crate) async fn relay<A, B>(a: A, b: B, idle_timeout: Duration) -> io::Result<()>
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,

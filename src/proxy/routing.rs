@@ -5,20 +5,20 @@ use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Scheme {
+pub(crate) enum Scheme {
     Http,
     Https,
 }
 
 impl Scheme {
-    pub fn default_port(self) -> u16 {
+    pub(crate) fn default_port(self) -> u16 {
         match self {
             Scheme::Http => 80,
             Scheme::Https => 443,
         }
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Scheme::Http => "http",
             Scheme::Https => "https",
@@ -49,7 +49,7 @@ impl HostPort {
     }
 
     /// The value of a `Host` header: the port is left out when it is the scheme's default.
-    pub fn host_header(&self, scheme: Scheme) -> String {
+    pub(crate) fn host_header(&self, scheme: Scheme) -> String {
         if self.port == scheme.default_port() {
             bracketed(&self.host).into_owned()
         } else {
@@ -148,7 +148,7 @@ fn is_valid_hostname(host: &str) -> bool {
 }
 
 /// The scheme and host:port of an absolute request URI (`http://h:p/x`).
-pub fn target_of_uri(uri: &http::Uri) -> Result<(Scheme, HostPort), TargetError> {
+pub(crate) fn target_of_uri(uri: &http::Uri) -> Result<(Scheme, HostPort), TargetError> {
     let scheme = uri.scheme_str().and_then(Scheme::parse).ok_or(TargetError::MissingHost)?;
     let authority = uri.authority().ok_or(TargetError::MissingHost)?;
     let target = parse_authority(authority.as_str(), Some(scheme.default_port()))?;
@@ -179,24 +179,24 @@ pub fn is_loopback_host(host: &str) -> bool {
 
 /// The cloud dev box a context's loopback traffic goes to.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Route {
-    pub morph_id: String,
-    pub scope: String,
-    pub domain_suffix: String,
-    pub proxy_origin: Option<Origin>,
+pub(crate) struct Route {
+    pub(crate) morph_id: String,
+    pub(crate) scope: String,
+    pub(crate) domain_suffix: String,
+    pub(crate) proxy_origin: Option<Origin>,
 }
 
 /// A `scheme://host[:port]` origin, such as a cmux-proxy endpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Origin {
-    pub scheme: Scheme,
-    pub addr: HostPort,
+pub(crate) struct Origin {
+    pub(crate) scheme: Scheme,
+    pub(crate) addr: HostPort,
 }
 
 #[derive(Debug, PartialEq, Eq)]
-pub struct RouteError {
-    pub field: &'static str,
-    pub reason: &'static str,
+pub(crate) struct RouteError {
+    pub(crate) field: &'static str,
+    pub(crate) reason: &'static str,
 }
 
 impl fmt::Display for RouteError {
@@ -206,7 +206,7 @@ impl fmt::Display for RouteError {
 }
 
 impl Route {
-    pub fn new(
+    pub(crate) fn new(
         morph_id: &str,
         scope: &str,
         domain_suffix: &str,
@@ -240,7 +240,7 @@ impl Route {
     }
 
     /// `cmux-<morphId>-<scope>-<port>.<domainSuffix>`
-    pub fn dev_box_host(&self, port: u16) -> String {
+    pub(crate) fn dev_box_host(&self, port: u16) -> String {
         format!("cmux-{}-{}-{}.{}", self.morph_id, self.scope, port, self.domain_suffix)
     }
 }
@@ -261,21 +261,21 @@ fn parse_origin(s: &str) -> Option<Origin> {
 
 /// Where a request is actually sent, and what it must carry to get there.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Upstream {
-    pub scheme: Scheme,
-    pub addr: HostPort,
+pub(crate) struct Upstream {
+    pub(crate) scheme: Scheme,
+    pub(crate) addr: HostPort,
     /// Headers to set on the forwarded request (`X-Cmux-*` for a cmux-proxy origin).
-    pub extra_headers: Vec<(&'static str, String)>,
+    pub(crate) extra_headers: Vec<(&'static str, String)>,
     /// True when the loopback rewrite applied.
-    pub rewritten: bool,
+    pub(crate) rewritten: bool,
     /// Which addresses a name may resolve to for this request.
-    pub policy: AddressPolicy,
+    pub(crate) policy: AddressPolicy,
 }
 
 /// What DNS may send a request to. Addresses the app configured (`resolve`)
 /// are trusted either way.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum AddressPolicy {
+pub(crate) enum AddressPolicy {
     Any,
     /// A routed preview's own requests: never an address on the user's machine,
     /// whatever name leads there (its loopback names go to the dev box instead).
@@ -284,7 +284,7 @@ pub enum AddressPolicy {
 
 /// Addresses that reach the user's machine or its link: loopback,
 /// unspecified (`0.0.0.0` connects to loopback) and link-local.
-pub fn is_local_address(ip: IpAddr) -> bool {
+pub(crate) fn is_local_address(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_loopback() || v4.is_unspecified() || v4.is_link_local(),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -295,16 +295,16 @@ pub fn is_local_address(ip: IpAddr) -> bool {
 }
 
 impl Upstream {
-    pub fn host_header(&self) -> String {
+    pub(crate) fn host_header(&self) -> String {
         self.addr.host_header(self.scheme)
     }
 }
 
-pub const HEADER_PORT_INTERNAL: &str = "x-cmux-port-internal";
-pub const HEADER_HOST_OVERRIDE: &str = "x-cmux-host-override";
+pub(crate) const HEADER_PORT_INTERNAL: &str = "x-cmux-port-internal";
+pub(crate) const HEADER_HOST_OVERRIDE: &str = "x-cmux-host-override";
 
 /// Decides the upstream of a request for `target` reached with `scheme`.
-pub fn upstream_for(route: Option<&Route>, scheme: Scheme, target: &HostPort) -> Upstream {
+pub(crate) fn upstream_for(route: Option<&Route>, scheme: Scheme, target: &HostPort) -> Upstream {
     let Some(route) = route else {
         return Upstream {
             scheme,

@@ -33,9 +33,9 @@ pub(crate) enum Alpn {
 }
 
 pub(crate) struct UpstreamOptions {
-    pub resolve: HashMap<String, SocketAddr>,
-    pub extra_roots_pem: Vec<String>,
-    pub connect_timeout: Duration,
+    pub(crate) resolve: HashMap<String, SocketAddr>,
+    pub(crate) extra_roots_pem: Vec<String>,
+    pub(crate) connect_timeout: Duration,
 }
 
 /// Opens connections to upstreams. Cheap to clone.

@@ -1,4 +1,4 @@
 //! TLS termination for loopback tunnels: the local CA and the rustls server side.
 
-pub mod ca;
-pub mod intercept;
+pub(crate) mod ca;
+pub(crate) mod intercept;
