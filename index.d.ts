@@ -11,13 +11,30 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 
 /**
  * The local proxy in front of preview WebContents. Garbage-collected
- * without `stop()`, it stops all the same (see `proxy::Proxy`'s `Drop`).
+ * without `stop()`, it stops all the same: its port is freed.
  */
 export declare class ProxyServer {
   /** Binds `listenAddr` (`"127.0.0.1:0"` picks a free port) and starts serving. */
   static start(listenAddr: string, enableHttp2?: boolean | undefined | null, options?: StartOptions | undefined | null): Promise<ProxyServer>
+  /**
+   * A new CA (ECDSA P-256, ten years) to keep in the app's user data and pass back as
+   * `caCertPem`/`caKeyPem` on every start: Chromium must trust the proxy's certificate
+   * before the app is ready (`--ignore-certificate-errors-spki-list`), so the CA must
+   * outlive the process.
+   */
+  static generateCa(): CaPem
   /** The CA the app must trust for intercepted hosts (PEM). */
   caCertificatePem(): string
+  /**
+   * base64 SHA-256 of the CA's SubjectPublicKeyInfo: the value for Chromium's
+   * `--ignore-certificate-errors-spki-list`.
+   */
+  caSpkiSha256(): string
+  /**
+   * The `proxyRules` for `session.setProxy`: `http=https://127.0.0.1:PORT;https=https://127.0.0.1:PORT`
+   * in the HTTPS proxy mode (the default when it is on), else with `http://`.
+   */
+  proxyRules(options?: ProxyRulesOptions | undefined | null): string
   port(): number
   /** New credentials for a WebContents; replaces any earlier context of the same WebContents. */
   createContext(webContentsId: number, route?: ProxyRoute | undefined | null): ProxyContext
@@ -29,6 +46,23 @@ export declare class ProxyServer {
   stats(): ProxyStats
   /** Stops accepting, closes every connection and tunnel; resolves once the port is free. Idempotent. */
   stop(): Promise<void>
+}
+
+export interface AcceptedConnections {
+  /** Plain HTTP/1.1. */
+  http1: number
+  /** HTTP/2 with prior knowledge, without TLS. */
+  h2C: number
+  /** HTTP/1.1 over TLS (HTTPS proxy mode). */
+  tlsHttp1: number
+  /** HTTP/2 over TLS (HTTPS proxy mode). */
+  tlsH2: number
+}
+
+/** A CA as PEM, for `StartOptions.caCertPem` / `caKeyPem`. */
+export interface CaPem {
+  certPem: string
+  keyPem: string
 }
 
 export interface ProxyContext {
@@ -58,11 +92,20 @@ export interface ProxyRoute {
   cmuxProxyOrigin?: string
 }
 
+export interface ProxyRulesOptions {
+  /** `https://` proxy URLs (the HTTPS proxy mode); defaults to whether it is on. */
+  https?: boolean
+}
+
 export interface ProxyStats {
   contexts: number
   activeConnections: number
   activeTunnels: number
   totalRequests: number
+  /** Client connections accepted on the listener, by how they talk to the proxy. */
+  accepted: AcceptedConnections
+  /** Requests (streams) served over HTTP/2, inside tunnels included. */
+  http2Streams: number
 }
 
 export interface StartOptions {
@@ -74,6 +117,11 @@ export interface StartOptions {
   logging?: boolean
   /** Terminate TLS inside `CONNECT` tunnels to loopback hosts of routed contexts (default true). */
   tlsInterception?: boolean
+  /**
+   * Accept TLS on the listener, so that a browser can use the proxy as an `https://` proxy and speak
+   * HTTP/2 to it (default true); see `proxyRules()`.
+   */
+  httpsProxy?: boolean
   /** Use this CA (with `caKeyPem`) for intercepted hosts instead of generating one. */
   caCertPem?: string
   caKeyPem?: string
@@ -96,4 +144,6 @@ export interface StartOptions {
    * closes (default 300000).
    */
   http2IdleTimeoutMs?: number
+  /** `SETTINGS_MAX_CONCURRENT_STREAMS` for HTTP/2 clients (default 1000). */
+  http2MaxConcurrentStreams?: number
 }

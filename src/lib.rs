@@ -68,6 +68,9 @@ mod addon {
         pub logging: Option<bool>,
         /// Terminate TLS inside `CONNECT` tunnels to loopback hosts of routed contexts (default true).
         pub tls_interception: Option<bool>,
+        /// Accept TLS on the listener, so that a browser can use the proxy as an `https://` proxy and speak
+        /// HTTP/2 to it (default true); see `proxyRules()`.
+        pub https_proxy: Option<bool>,
         /// Use this CA (with `caKeyPem`) for intercepted hosts instead of generating one.
         pub ca_cert_pem: Option<String>,
         pub ca_key_pem: Option<String>,
@@ -88,6 +91,8 @@ mod addon {
         /// An HTTP/2 client connection with no open stream or tunnel for this many ms gets GOAWAY and
         /// closes (default 300000).
         pub http2_idle_timeout_ms: Option<f64>,
+        /// `SETTINGS_MAX_CONCURRENT_STREAMS` for HTTP/2 clients (default 1000).
+        pub http2_max_concurrent_streams: Option<f64>,
     }
 
     /// The limits `options` asks for, on top of the defaults.
@@ -110,6 +115,11 @@ mod addon {
         }
         if let Some(timeout) = millis("http2IdleTimeoutMs", options.http2_idle_timeout_ms)? {
             limits.http2_idle_timeout = timeout;
+        }
+        if let Some(n) =
+            whole_number("http2MaxConcurrentStreams", options.http2_max_concurrent_streams, 1.0, 100_000.0)?
+        {
+            limits.http2_max_concurrent_streams = n as u32;
         }
         if let Some(n) = whole_number("maxConnections", options.max_connections, 1.0, 1_000_000.0)? {
             limits.max_connections = n as usize;
@@ -145,6 +155,35 @@ mod addon {
         pub active_connections: u32,
         pub active_tunnels: u32,
         pub total_requests: i64,
+        /// Client connections accepted on the listener, by how they talk to the proxy.
+        pub accepted: AcceptedConnections,
+        /// Requests (streams) served over HTTP/2, inside tunnels included.
+        pub http2_streams: i64,
+    }
+
+    #[napi(object)]
+    pub struct AcceptedConnections {
+        /// Plain HTTP/1.1.
+        pub http1: i64,
+        /// HTTP/2 with prior knowledge, without TLS.
+        pub h2c: i64,
+        /// HTTP/1.1 over TLS (HTTPS proxy mode).
+        pub tls_http1: i64,
+        /// HTTP/2 over TLS (HTTPS proxy mode).
+        pub tls_h2: i64,
+    }
+
+    #[napi(object)]
+    pub struct ProxyRulesOptions {
+        /// `https://` proxy URLs (the HTTPS proxy mode); defaults to whether it is on.
+        pub https: Option<bool>,
+    }
+
+    /// A CA as PEM, for `StartOptions.caCertPem` / `caKeyPem`.
+    #[napi(object)]
+    pub struct CaPem {
+        pub cert_pem: String,
+        pub key_pem: String,
     }
 
     /// The local proxy in front of preview WebContents. Garbage-collected
@@ -161,6 +200,10 @@ mod addon {
 
     fn clamp_u32(n: usize) -> u32 {
         u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    fn clamp_i64(n: u64) -> i64 {
+        i64::try_from(n).unwrap_or(i64::MAX)
     }
 
     #[napi]
@@ -182,6 +225,7 @@ mod addon {
             let options = proxy::Options {
                 limits,
                 tls_interception: options.tls_interception.unwrap_or(true),
+                https_proxy: options.https_proxy.unwrap_or(true),
                 ca_pem,
                 http2: enable_http2.unwrap_or(false),
                 resolve: options.resolve.unwrap_or_default(),
@@ -196,6 +240,17 @@ mod addon {
             }
         }
 
+        /// A new CA (ECDSA P-256, ten years) to keep in the app's user data and pass back as
+        /// `caCertPem`/`caKeyPem` on every start: Chromium must trust the proxy's certificate
+        /// before the app is ready (`--ignore-certificate-errors-spki-list`), so the CA must
+        /// outlive the process.
+        #[napi(catch_unwind)]
+        pub fn generate_ca() -> Result<CaPem> {
+            let (cert_pem, key_pem) =
+                crate::tls::ca::generate_ca_pem().map_err(|e| Error::new(Status::GenericFailure, e))?;
+            Ok(CaPem { cert_pem, key_pem })
+        }
+
         fn running(&self) -> Result<Arc<proxy::Proxy>> {
             self.proxy.lock().clone().ok_or_else(stopped)
         }
@@ -204,6 +259,20 @@ mod addon {
         #[napi(catch_unwind)]
         pub fn ca_certificate_pem(&self) -> Result<String> {
             Ok(self.running()?.ca_cert_pem().to_owned())
+        }
+
+        /// base64 SHA-256 of the CA's SubjectPublicKeyInfo: the value for Chromium's
+        /// `--ignore-certificate-errors-spki-list`.
+        #[napi(catch_unwind)]
+        pub fn ca_spki_sha256(&self) -> Result<String> {
+            Ok(self.running()?.ca_spki_sha256().to_owned())
+        }
+
+        /// The `proxyRules` for `session.setProxy`: `http=https://127.0.0.1:PORT;https=https://127.0.0.1:PORT`
+        /// in the HTTPS proxy mode (the default when it is on), else with `http://`.
+        #[napi(catch_unwind)]
+        pub fn proxy_rules(&self, options: Option<ProxyRulesOptions>) -> Result<String> {
+            self.running()?.proxy_rules(options.and_then(|o| o.https)).map_err(|e| Error::new(Status::InvalidArg, e))
         }
 
         #[napi(catch_unwind)]
@@ -258,7 +327,14 @@ mod addon {
                 contexts: clamp_u32(stats.contexts),
                 active_connections: clamp_u32(stats.active_connections),
                 active_tunnels: clamp_u32(stats.active_tunnels),
-                total_requests: i64::try_from(stats.total_requests).unwrap_or(i64::MAX),
+                total_requests: clamp_i64(stats.total_requests),
+                accepted: AcceptedConnections {
+                    http1: clamp_i64(stats.accepted[0]),
+                    h2c: clamp_i64(stats.accepted[1]),
+                    tls_http1: clamp_i64(stats.accepted[2]),
+                    tls_h2: clamp_i64(stats.accepted[3]),
+                },
+                http2_streams: clamp_i64(stats.http2_streams),
             })
         }
 

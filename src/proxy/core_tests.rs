@@ -194,6 +194,7 @@ fn options() -> Options {
         upstream_ca_pem: Vec::new(),
         logging: false,
         tls_interception: true,
+        https_proxy: true,
         ca_pem: None,
     }
 }

@@ -34,7 +34,7 @@ use routing::Route;
 use upstream::{Connector, UpstreamOptions};
 
 use crate::tls::ca::CertificateAuthority;
-use crate::tls::intercept::Interceptor;
+use crate::tls::intercept::{listener_config, Interceptor};
 
 /// The proxy's own runtime, apart from napi's, shared by every server in the process.
 pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
@@ -56,6 +56,8 @@ pub(crate) struct Options {
     pub(crate) upstream_ca_pem: Vec<String>,
     pub(crate) logging: bool,
     pub(crate) tls_interception: bool,
+    /// Terminate TLS on the listener itself: the browser may use the proxy as an `https://` proxy.
+    pub(crate) https_proxy: bool,
     /// The CA for intercepted hosts, as (certificate, key) PEM; generated when absent.
     pub(crate) ca_pem: Option<(String, String)>,
 }
@@ -76,6 +78,8 @@ pub(crate) struct Limits {
     pub(crate) max_connections: usize,
     /// An HTTP/2 client connection with no stream for this long gets GOAWAY.
     pub(crate) http2_idle_timeout: Duration,
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` towards clients: a module-heavy page sends hundreds at once.
+    pub(crate) http2_max_concurrent_streams: u32,
     /// When set, `CONNECT` to hosts that are not rewritten is allowed to these ports only.
     pub(crate) connect_ports: Option<Vec<u16>>,
 }
@@ -91,6 +95,7 @@ impl Default for Limits {
             idle_tunnel_timeout: Duration::from_secs(600),
             max_connections: 4096,
             http2_idle_timeout: Duration::from_secs(300),
+            http2_max_concurrent_streams: 1000,
             connect_ports: None,
         }
     }
@@ -132,7 +137,10 @@ pub(crate) struct Shared {
     pub(crate) http2: bool,
     /// Terminates TLS inside loopback tunnels; `None` when interception is off.
     pub(crate) interceptor: Option<Interceptor>,
+    /// Terminates TLS on the listener (HTTPS proxy mode); `None` when off.
+    pub(crate) listener_tls: Option<tokio_rustls::TlsAcceptor>,
     pub(crate) ca_cert_pem: String,
+    pub(crate) ca_spki_sha256: String,
     pub(crate) limits: Limits,
     /// Cancelled by `stop`: every connection, tunnel and context token descends from it.
     pub(crate) shutdown: CancellationToken,
@@ -185,6 +193,13 @@ impl Proxy {
         }
         .map_err(StartError::BadOption)?;
         let ca_cert_pem = ca.cert_pem().to_owned();
+        let ca_spki_sha256 = ca.spki_sha256().to_owned();
+        let listener_tls = match options.https_proxy {
+            true => Some(tokio_rustls::TlsAcceptor::from(
+                listener_config(&ca, addr.ip(), options.http2).map_err(StartError::Io)?,
+            )),
+            false => None,
+        };
         let interceptor = options.tls_interception.then(|| Interceptor::new(ca, options.http2));
         let listener = listen(addr).map_err(|e| match e.kind() {
             std::io::ErrorKind::AddrInUse => StartError::AddrInUse(addr.to_string()),
@@ -201,7 +216,9 @@ impl Proxy {
             log: Log(AtomicBool::new(options.logging)),
             http2: options.http2,
             interceptor,
+            listener_tls,
             ca_cert_pem,
+            ca_spki_sha256,
             shutdown,
             tasks,
             connection_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
@@ -218,6 +235,28 @@ impl Proxy {
 
     pub(crate) fn port(&self) -> u16 {
         self.addr.port()
+    }
+
+    pub(crate) fn ca_spki_sha256(&self) -> &str {
+        &self.shared.ca_spki_sha256
+    }
+
+    /// The `proxyRules` for a session: `https://` (HTTPS proxy mode) when
+    /// `https` says so, by default when the listener terminates TLS.
+    pub(crate) fn proxy_rules(&self, https: Option<bool>) -> Result<String, String> {
+        let https = https.unwrap_or(self.shared.listener_tls.is_some());
+        if https && self.shared.listener_tls.is_none() {
+            return Err("the HTTPS proxy mode is off (StartOptions.httpsProxy: false)".into());
+        }
+        let scheme = if https { "https" } else { "http" };
+        let ip = match self.addr.ip() {
+            ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_owned(),
+            ip if ip.is_unspecified() => "[::1]".to_owned(),
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+            ip => ip.to_string(),
+        };
+        let proxy = format!("{scheme}://{ip}:{}", self.addr.port());
+        Ok(format!("http={proxy};https={proxy}"))
     }
 
     pub(crate) fn create_context(&self, web_contents_id: u32, route: Option<Route>) -> Arc<Context> {
@@ -249,6 +288,8 @@ impl Proxy {
             active_connections: stats.connections.load(Ordering::Relaxed),
             active_tunnels: stats.tunnels.load(Ordering::Relaxed),
             total_requests: stats.requests.load(Ordering::Relaxed),
+            accepted: std::array::from_fn(|i| stats.accepted[i].load(Ordering::Relaxed)),
+            http2_streams: stats.http2_streams.load(Ordering::Relaxed),
         }
     }
 
@@ -292,6 +333,18 @@ pub(crate) struct Stats {
     connections: AtomicUsize,
     tunnels: AtomicUsize,
     requests: AtomicU64,
+    /// Client connections accepted on the listener, by [`ClientProtocol`].
+    accepted: [AtomicU64; 4],
+    http2_streams: AtomicU64,
+}
+
+/// How a client connection on the listener talks to the proxy.
+#[derive(Clone, Copy)]
+pub(crate) enum ClientProtocol {
+    Http1 = 0,
+    H2c = 1,
+    TlsHttp1 = 2,
+    TlsH2 = 3,
 }
 
 pub(crate) struct StatsSnapshot {
@@ -299,6 +352,9 @@ pub(crate) struct StatsSnapshot {
     pub(crate) active_connections: usize,
     pub(crate) active_tunnels: usize,
     pub(crate) total_requests: u64,
+    /// Listener connections by protocol: HTTP/1.1, h2c, HTTP/1.1 over TLS, h2 over TLS.
+    pub(crate) accepted: [u64; 4],
+    pub(crate) http2_streams: u64,
 }
 
 /// Decrements its gauge when dropped, however the task ends (even by panic).
@@ -323,6 +379,14 @@ impl Stats {
 
     pub(crate) fn request_started(&self) {
         self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn connection_accepted(&self, protocol: ClientProtocol) {
+        self.accepted[protocol as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn http2_stream_served(&self) {
+        self.http2_streams.fetch_add(1, Ordering::Relaxed);
     }
 }
 

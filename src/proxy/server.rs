@@ -18,6 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::Context;
@@ -27,7 +28,8 @@ use super::prefixed::sniff_stream;
 use super::reply::{self, Body};
 use super::routing::{target_of_uri, upstream_for, HostPort, Scheme, Upstream};
 use super::sniff::Protocol;
-use super::{tunnel, Hold, Shared, Slot};
+use super::tunnel;
+use super::{ClientProtocol, Hold, Shared, Slot};
 
 /// What a tunnel's inner HTTP server already knows: who opened the tunnel and
 /// to where, so the requests inside need no credentials and no absolute URI.
@@ -93,15 +95,16 @@ struct Connection {
     /// Cancelling it closes the connection once the responses under way are sent.
     drain: CancellationToken,
     slot: Slot,
-    /// Each response holds `slot` until sent, so that idleness can be seen (HTTP/2).
-    responses_hold_slot: AtomicBool,
+    /// Served over HTTP/2: streams are counted, and each response holds `slot`
+    /// until sent, so that idleness can be seen.
+    http2: AtomicBool,
     /// Contexts whose revocation already closes this connection.
     watched: Mutex<Vec<Arc<Context>>>,
 }
 
 impl Connection {
-    fn counts_streams(&self) {
-        self.responses_hold_slot.store(true, Ordering::Relaxed);
+    fn speaks_http2(&self) {
+        self.http2.store(true, Ordering::Relaxed);
     }
 
     /// Makes sure that revoking `context` closes this connection.
@@ -141,9 +144,10 @@ where
             closer: closer.clone(),
             drain: drain.clone(),
             slot: Hold::inside(slot),
-            responses_hold_slot: AtomicBool::new(false),
+            http2: AtomicBool::new(false),
             watched: Mutex::new(Vec::new()),
         });
+        let on_listener = binding.is_none();
         let service = {
             let (shared, connection) = (shared.clone(), connection.clone());
             service_fn(move |req| {
@@ -155,17 +159,29 @@ where
         let served = async {
             let (protocol, io) = sniff_stream(io, limits.header_read_timeout).await?;
             let Some(protocol) = protocol else { return Ok(()) };
+            let listener_tls = if on_listener { shared.listener_tls.clone() } else { None };
+            let (io, h2) = match listener_tls {
+                // The browser uses the proxy as an `https://` proxy.
+                Some(acceptor) if protocol == Protocol::Tls => {
+                    let tls = tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(io)).await.map_err(
+                        |_| std::io::Error::new(std::io::ErrorKind::TimedOut, "client TLS handshake timed out"),
+                    )??;
+                    let h2 = shared.http2 && tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                    shared.stats.connection_accepted(if h2 { ClientProtocol::TlsH2 } else { ClientProtocol::TlsHttp1 });
+                    (Either::Right(tls), h2)
+                }
+                _ => {
+                    let h2 = shared.http2 && protocol == Protocol::Http2;
+                    if on_listener {
+                        shared.stats.connection_accepted(if h2 { ClientProtocol::H2c } else { ClientProtocol::Http1 });
+                    }
+                    (Either::Left(io), h2)
+                }
+            };
             let io = TokioIo::new(io);
-            if shared.http2 && protocol == Protocol::Http2 {
-                connection.counts_streams();
-                let mut builder = http2::Builder::new(TokioExecutor::new());
-                builder
-                    .timer(TokioTimer::new())
-                    .enable_connect_protocol()
-                    .keep_alive_interval(Some(HTTP2_PING_INTERVAL))
-                    .keep_alive_timeout(HTTP2_PING_TIMEOUT)
-                    .max_header_list_size(u32::try_from(limits.max_head_bytes).unwrap_or(u32::MAX));
-                let served = builder.serve_connection(io, service);
+            if h2 {
+                connection.speaks_http2();
+                let served = http2_server(limits).serve_connection(io, service);
                 let idle = drain_when_idle(&connection, limits.http2_idle_timeout);
                 let served = until_drained(served, &drain, |c| c.graceful_shutdown());
                 tokio::pin!(served);
@@ -194,6 +210,26 @@ where
             _ = closer.cancelled() => {}
         }
     })
+}
+
+/// HTTP/2 towards a browser: a module-heavy page opens hundreds of streams at
+/// once and cancels as many on a reload, which must never look like an attack
+/// (h2's default allows 20 resets before accept); windows large enough that
+/// uploads are not throttled; pings to find peers that vanished.
+fn http2_server(limits: &super::Limits) -> http2::Builder<TokioExecutor> {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .enable_connect_protocol()
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(Some(limits.http2_max_concurrent_streams as usize * 4))
+        .max_local_error_reset_streams(Some(limits.http2_max_concurrent_streams as usize * 4))
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(16 << 20)
+        .keep_alive_interval(Some(HTTP2_PING_INTERVAL))
+        .keep_alive_timeout(HTTP2_PING_TIMEOUT)
+        .max_header_list_size(u32::try_from(limits.max_head_bytes).unwrap_or(u32::MAX));
+    builder
 }
 
 /// Keep-alive pings on HTTP/2 client connections find peers that vanished.
@@ -235,7 +271,10 @@ async fn handle_contained(
     req: Request<Incoming>,
 ) -> Response<Body> {
     let drain = connection.drain.clone();
-    let held = connection.responses_hold_slot.load(Ordering::Relaxed).then(|| connection.slot.clone());
+    let held = connection.http2.load(Ordering::Relaxed).then(|| connection.slot.clone());
+    if held.is_some() {
+        shared.stats.http2_stream_served();
+    }
     let handled = AssertUnwindSafe(handle(shared.clone(), connection, binding, req)).catch_unwind().await;
     let response = handled.unwrap_or_else(|panic| {
         let message = panic

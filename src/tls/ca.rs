@@ -25,26 +25,48 @@ pub(crate) struct CertificateAuthority {
     issuer: Issuer<'static, KeyPair>,
     cert_der: CertificateDer<'static>,
     cert_pem: String,
+    /// base64 SHA-256 of the CA's SubjectPublicKeyInfo, for `--ignore-certificate-errors-spki-list`.
+    spki_sha256: String,
+}
+
+/// A new CA as PEM (certificate, PKCS#8 key), for an app to keep across runs.
+pub(crate) fn generate_ca_pem() -> Result<(String, String), String> {
+    let (key, params) = ca_params()?;
+    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// A fresh ECDSA P-256 key and CA parameters, valid from a day ago for ten years.
+fn ca_params() -> Result<(KeyPair, CertificateParams), String> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
+    let mut params = CertificateParams::default();
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, "Cmux Preview Proxy Local CA");
+    name.push(DnType::OrganizationName, "cmux");
+    params.distinguished_name = name;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::days(1);
+    params.not_after = now + Duration::days(3650);
+    Ok((key, params))
+}
+
+fn spki_sha256(cert_der: &[u8]) -> Result<String, String> {
+    use base64::Engine;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert_der).map_err(|e| format!("not a certificate: {e}"))?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, parsed.public_key().raw);
+    Ok(base64::engine::general_purpose::STANDARD.encode(digest.as_ref()))
 }
 
 impl CertificateAuthority {
     /// A fresh ECDSA P-256 CA, valid from a day ago for ten years.
     pub(crate) fn generate() -> Result<Self, String> {
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
-        let mut params = CertificateParams::default();
-        let mut name = DistinguishedName::new();
-        name.push(DnType::CommonName, "Cmux Preview Proxy Local CA");
-        name.push(DnType::OrganizationName, "cmux");
-        params.distinguished_name = name;
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages =
-            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-        let now = OffsetDateTime::now_utc();
-        params.not_before = now - Duration::days(1);
-        params.not_after = now + Duration::days(3650);
+        let (key, params) = ca_params()?;
         let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
         Ok(CertificateAuthority {
             cert_pem: cert.pem(),
+            spki_sha256: spki_sha256(cert.der())?,
             cert_der: cert.der().clone(),
             issuer: Issuer::new(params, key),
         })
@@ -66,19 +88,33 @@ impl CertificateAuthority {
             return Err("caCertPem is not a CA certificate (basicConstraints CA:TRUE missing)".into());
         }
         let issuer = Issuer::from_ca_cert_der(&cert_der, key).map_err(|e| format!("caCertPem: {e}"))?;
-        Ok(CertificateAuthority { issuer, cert_der, cert_pem: cert_pem.trim().to_owned() + "\n" })
+        Ok(CertificateAuthority {
+            issuer,
+            spki_sha256: spki_sha256(&cert_der)?,
+            cert_der,
+            cert_pem: cert_pem.trim().to_owned() + "\n",
+        })
     }
 
     pub(crate) fn cert_pem(&self) -> &str {
         &self.cert_pem
     }
 
+    pub(crate) fn spki_sha256(&self) -> &str {
+        &self.spki_sha256
+    }
+
     /// A new leaf for `host`: DNS SAN for names, IP SAN for addresses.
     pub(crate) fn issue_leaf(&self, host: &str) -> Result<Leaf, String> {
+        self.issue_leaf_for(&[host])
+    }
+
+    /// A new leaf valid for every name or address in `names` (the first is its common name).
+    pub(crate) fn issue_leaf_for(&self, names: &[&str]) -> Result<Leaf, String> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
-        let mut params =
-            CertificateParams::new(vec![host.to_owned()]).map_err(|e| format!("no certificate for {host:?}: {e}"))?;
-        params.distinguished_name.push(DnType::CommonName, host);
+        let sans: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(sans).map_err(|e| format!("no certificate for {names:?}: {e}"))?;
+        params.distinguished_name.push(DnType::CommonName, names.first().copied().unwrap_or("localhost"));
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
@@ -207,6 +243,24 @@ impl<T> HostCache<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_generated_ca_reloads_with_the_same_spki() {
+        let (cert, key) = generate_ca_pem().unwrap();
+        let ca = CertificateAuthority::from_pem(&cert, &key).unwrap();
+        let (_, parsed) = x509_parser::parse_x509_certificate(&ca.cert_der).unwrap();
+        let expected = ring::digest::digest(&ring::digest::SHA256, parsed.public_key().raw);
+        use base64::Engine;
+        assert_eq!(ca.spki_sha256(), base64::engine::general_purpose::STANDARD.encode(expected.as_ref()));
+        assert_eq!(ca.spki_sha256().len(), 44);
+        let leaf = ca.issue_leaf_for(&["localhost", "127.0.0.1", "::1"]).unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&leaf.chain[0]).unwrap();
+        let rendered = format!("{:?}", cert.subject_alternative_name().unwrap().unwrap().value.general_names);
+        assert!(
+            rendered.contains("DNSName(\"localhost\")") && rendered.matches("IPAddress").count() == 2,
+            "{rendered}"
+        );
+    }
 
     #[test]
     fn leaves_chain_to_the_ca_with_the_right_san() {

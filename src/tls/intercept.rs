@@ -1,4 +1,5 @@
-//! The rustls server side of an intercepted loopback tunnel.
+//! The rustls server side: intercepted loopback tunnels, and the listener
+//! itself when a browser uses the proxy as an `https://` proxy.
 
 use std::io;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
 
-use super::ca::{CertificateAuthority, HostCache};
+use super::ca::{CertificateAuthority, HostCache, Leaf};
 use crate::proxy::routing::is_loopback_host;
 
 pub(crate) struct Interceptor {
@@ -22,22 +23,11 @@ pub(crate) struct Interceptor {
 
 impl Interceptor {
     pub(crate) fn new(ca: CertificateAuthority, http2: bool) -> Self {
-        let alpn = if http2 { vec![b"h2".to_vec(), b"http/1.1".to_vec()] } else { vec![b"http/1.1".to_vec()] };
-        Interceptor { ca, configs: HostCache::default(), alpn }
+        Interceptor { ca, configs: HostCache::default(), alpn: alpn(http2) }
     }
 
     fn config_for(&self, host: &str) -> Result<Arc<ServerConfig>, String> {
-        self.configs.get_or_try_insert(host, || {
-            let leaf = self.ca.issue_leaf(host)?;
-            let mut config = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
-                .with_no_client_auth()
-                .with_single_cert(leaf.chain, leaf.key)
-                .map_err(|e| e.to_string())?;
-            config.alpn_protocols = self.alpn.clone();
-            Ok(config)
-        })
+        self.configs.get_or_try_insert(host, || server_config(self.ca.issue_leaf(host)?, self.alpn.clone()))
     }
 
     /// Terminates the client's TLS with a leaf for its SNI (when that is a
@@ -59,4 +49,39 @@ impl Interceptor {
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?
     }
+}
+
+/// The listener's own TLS, for a browser that uses the proxy as an
+/// `https://` proxy: a leaf for every address it may be reached at.
+pub(crate) fn listener_config(
+    ca: &CertificateAuthority,
+    listen_ip: std::net::IpAddr,
+    http2: bool,
+) -> Result<Arc<ServerConfig>, String> {
+    let listen_ip = listen_ip.to_string();
+    let mut names = vec!["localhost", "127.0.0.1", "::1"];
+    if !names.contains(&listen_ip.as_str()) && listen_ip != "0.0.0.0" && listen_ip != "::" {
+        names.push(&listen_ip);
+    }
+    Ok(Arc::new(server_config(ca.issue_leaf_for(&names)?, alpn(http2))?))
+}
+
+/// Application protocols offered to clients: `h2` only when HTTP/2 is on.
+fn alpn(http2: bool) -> Vec<Vec<u8>> {
+    if http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    }
+}
+
+fn server_config(leaf: Leaf, alpn: Vec<Vec<u8>>) -> Result<ServerConfig, String> {
+    let mut config = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(leaf.chain, leaf.key)
+        .map_err(|e| e.to_string())?;
+    config.alpn_protocols = alpn;
+    Ok(config)
 }
