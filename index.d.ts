@@ -52,7 +52,7 @@ export interface AcceptedConnections {
   /** Plain HTTP/1.1. */
   http1: number
   /** HTTP/2 with prior knowledge, without TLS. */
-  h2C: number
+  h2c: number
   /** HTTP/1.1 over TLS (HTTPS proxy mode). */
   tlsHttp1: number
   /** HTTP/2 over TLS (HTTPS proxy mode). */

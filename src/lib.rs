@@ -166,6 +166,7 @@ mod addon {
         /// Plain HTTP/1.1.
         pub http1: i64,
         /// HTTP/2 with prior knowledge, without TLS.
+        #[napi(js_name = "h2c")]
         pub h2c: i64,
         /// HTTP/1.1 over TLS (HTTPS proxy mode).
         pub tls_http1: i64,
