@@ -1,6 +1,11 @@
 // Minimal Electron main-process integration of the preview proxy.
 //
-// - one ProxyServer per app, on the first free port of 39385..39434;
+// - one ProxyServer per app, on the first free port of 39385..39434, used as
+//   an https:// proxy (the HTTPS proxy mode): Chromium speaks HTTP/2 to it, so
+//   a page of hundreds of modules is not held to 6 connections;
+// - its CA is kept in the app's user data and trusted by SPKI before `ready`
+//   (Chromium treats a bad proxy certificate as fatal, and no event fires for
+//   it: --ignore-certificate-errors-spki-list is the way that works);
 // - one session partition per preview, so that Chromium's per-session proxy
 //   credential cache never mixes two previews;
 // - the preview session sends http:// and https:// (and so ws:// and wss://)
@@ -15,13 +20,39 @@
 // (`tsc -p examples/electron/tsconfig.json --noEmit`). Electron is not run there.
 
 import { app, BaseWindow, session, WebContentsView, type Session, type WebContents } from 'electron'
-import { X509Certificate } from 'node:crypto'
-import { ProxyServer, type ProxyContext, type ProxyRoute } from '../../index.js'
+import { createHash, X509Certificate } from 'node:crypto'
+import { existsSync, readFileSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { ProxyServer, type CaPem, type ProxyContext, type ProxyRoute } from '../../index.js'
 
 export const PORT_RANGE = { first: 39385, last: 39434 } as const
 
 let proxy: ProxyServer | null = null
 let starting: Promise<ProxyServer> | null = null
+
+/**
+ * The proxy's CA, created once and kept in the app's user data (readable by
+ * the user only): the SPKI switch below must name it before the app is ready,
+ * before any proxy runs. Its key can sign certificates this app trusts, and
+ * nothing else does.
+ */
+function loadOrCreateCa(): CaPem {
+  const file = join(app.getPath('userData'), 'preview-proxy-ca.json')
+  if (existsSync(file)) return JSON.parse(readFileSync(file, 'utf8')) as CaPem
+  const ca = ProxyServer.generateCa()
+  writeFileSync(file, JSON.stringify(ca), { mode: 0o600 })
+  return ca
+}
+
+/** base64 SHA-256 of the CA's SubjectPublicKeyInfo, as `caSpkiSha256()` gives it. */
+function spkiSha256(certPem: string): string {
+  const spki = new X509Certificate(certPem).publicKey.export({ type: 'spki', format: 'der' })
+  return createHash('sha256').update(spki).digest('base64')
+}
+
+const CA = loadOrCreateCa()
+// Chromium accepts the proxy's certificate (and intercepted https://localhost leaves) by this key.
+app.commandLine.appendSwitch('ignore-certificate-errors-spki-list', spkiSha256(CA.certPem))
 
 /** Starts the proxy once (concurrent callers share the same start), retrying the next port on EADDRINUSE. */
 export function startPreviewProxy(): Promise<ProxyServer> {
@@ -29,7 +60,11 @@ export function startPreviewProxy(): Promise<ProxyServer> {
   starting ??= (async () => {
     for (let port = PORT_RANGE.first; port <= PORT_RANGE.last; port++) {
       try {
-        proxy = await ProxyServer.start(`127.0.0.1:${port}`, true, { logging: !app.isPackaged })
+        proxy = await ProxyServer.start(`127.0.0.1:${port}`, true, {
+          logging: !app.isPackaged,
+          caCertPem: CA.certPem,
+          caKeyPem: CA.keyPem,
+        })
         return proxy
       } catch (error) {
         if (!String(error).includes('EADDRINUSE')) throw error
@@ -86,11 +121,10 @@ export async function createPreview(previewId: string, route: ProxyRoute, url = 
   const server = await startPreviewProxy()
   const partition = `persist:preview-${previewId}`
   const previewSession = session.fromPartition(partition)
-  const port = server.port()
-
   await previewSession.setProxy({
     mode: 'fixed_servers',
-    proxyRules: `http=127.0.0.1:${port};https=127.0.0.1:${port}`,
+    // http=https://127.0.0.1:PORT;https=https://127.0.0.1:PORT
+    proxyRules: server.proxyRules(),
     proxyBypassRules: '<-loopback>',
   })
   // A partition reused by a new preview must not answer with the old preview's cached credentials.
