@@ -9,7 +9,7 @@ mod tls;
 #[doc(hidden)]
 pub mod fuzzing {
     pub use crate::proxy::auth::parse_basic;
-    pub use crate::proxy::routing::{is_loopback_host, parse_authority};
+    pub use crate::proxy::routing::{derive_route, is_loopback_host, parse_authority};
     pub use crate::proxy::sniff::sniff;
 }
 
@@ -41,6 +41,19 @@ mod addon {
         /// e.g. `https://port-39379-morphvm-abc.http.cloud.morph.so`: loopback traffic goes there instead,
         /// with `X-Cmux-Port-Internal` and `X-Cmux-Host-Override`.
         pub cmux_proxy_origin: Option<String>,
+    }
+
+    /// The route of a preview URL (cmux's naming, read backwards): `port-<n>-morphvm-<id><suffix>` or
+    /// `cmux-<morphId>-<scope>-<port>.<cmux.app|cmux.sh|cmux.dev|cmux.local|cmux.localhost|autobuild.app>`;
+    /// `null` for any other URL.
+    #[napi(catch_unwind)]
+    pub fn derive_route(url: String) -> Option<ProxyRoute> {
+        proxy::routing::derive_route(&url).map(|d| ProxyRoute {
+            morph_id: d.morph_id,
+            scope: d.scope,
+            domain_suffix: d.domain_suffix,
+            cmux_proxy_origin: Some(d.cmux_proxy_origin),
+        })
     }
 
     #[napi(object)]

@@ -245,6 +245,68 @@ impl Route {
     }
 }
 
+/// The domains a cmux dev box URL can be under.
+const CMUX_DOMAINS: [&str; 6] = ["cmux.app", "cmux.sh", "cmux.dev", "cmux.local", "cmux.localhost", "autobuild.app"];
+/// The port of the cmux-proxy inside every dev box.
+const CMUX_PROXY_PORT: u16 = 39379;
+
+/// A route read off a preview URL, with the cmux-proxy origin as a string.
+#[derive(Debug, PartialEq, Eq)]
+pub struct DerivedRoute {
+    pub morph_id: String,
+    pub scope: String,
+    pub domain_suffix: String,
+    pub cmux_proxy_origin: String,
+}
+
+/// The route of a preview URL, the other direction of [`Route::dev_box_host`]:
+/// `port-<n>-morphvm-<id><suffix>` (a Morph URL) or
+/// `cmux-<morphId>-<scope>-<port>.<cmux domain>`. `None` for anything else,
+/// and for what [`Route::new`] would refuse.
+pub fn derive_route(url: &str) -> Option<DerivedRoute> {
+    let uri: http::Uri = url.trim().parse().ok()?;
+    let scheme = if uri.scheme_str()?.eq_ignore_ascii_case("http") { "http:" } else { "https:" };
+    if uri.authority()?.as_str().contains('@') {
+        return None;
+    }
+    let host = uri.host()?.trim_end_matches('.').to_ascii_lowercase();
+    let derived = match host.strip_prefix("port-") {
+        Some(rest) => {
+            let (port, rest) = rest.split_once('-')?;
+            let rest = rest.strip_prefix("morphvm-").filter(|_| is_digits(port))?;
+            let id = rest.split('.').next().unwrap_or_default();
+            DerivedRoute {
+                morph_id: id.to_owned(),
+                scope: "base".to_owned(),
+                domain_suffix: "cmux.app".to_owned(),
+                cmux_proxy_origin: format!("{scheme}//port-{CMUX_PROXY_PORT}-morphvm-{rest}"),
+            }
+        }
+        None => {
+            let rest = host.strip_prefix("cmux-")?;
+            let (label, domain) =
+                CMUX_DOMAINS.iter().find_map(|d| Some((rest.strip_suffix(d)?.strip_suffix('.')?, *d)))?;
+            let mut parts = label.rsplitn(3, '-');
+            let (port, scope, morph_id) = (parts.next()?, parts.next()?, parts.next()?);
+            if !is_digits(port) || label.contains('.') {
+                return None;
+            }
+            DerivedRoute {
+                morph_id: morph_id.to_owned(),
+                scope: scope.to_owned(),
+                domain_suffix: domain.to_owned(),
+                cmux_proxy_origin: format!("{scheme}//port-{CMUX_PROXY_PORT}-morphvm-{morph_id}.http.cloud.morph.so"),
+            }
+        }
+    };
+    Route::new(&derived.morph_id, &derived.scope, &derived.domain_suffix, Some(&derived.cmux_proxy_origin)).ok()?;
+    Some(derived)
+}
+
+fn is_digits(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+}
+
 fn parse_origin(s: &str) -> Option<Origin> {
     let uri: http::Uri = s.parse().ok()?;
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
@@ -350,6 +412,86 @@ mod tests {
 
     fn hp(host: &str, port: u16) -> HostPort {
         HostPort { host: host.into(), port }
+    }
+
+    #[test]
+    fn routes_derived_from_preview_urls() {
+        let morph = |id: &str, origin: &str| DerivedRoute {
+            morph_id: id.into(),
+            scope: "base".into(),
+            domain_suffix: "cmux.app".into(),
+            cmux_proxy_origin: origin.into(),
+        };
+        let cmux = |id: &str, scope: &str, domain: &str, scheme: &str| DerivedRoute {
+            morph_id: id.into(),
+            scope: scope.into(),
+            domain_suffix: domain.into(),
+            cmux_proxy_origin: format!("{scheme}//port-39379-morphvm-{id}.http.cloud.morph.so"),
+        };
+        let cases: Vec<(&str, Option<DerivedRoute>)> = vec![
+            (
+                "https://port-5173-morphvm-abc123.http.cloud.morph.so/",
+                Some(morph("abc123", "https://port-39379-morphvm-abc123.http.cloud.morph.so")),
+            ),
+            (
+                "http://port-3000-morphvm-abc.http.cloud.morph.so/x?y=1",
+                Some(morph("abc", "http://port-39379-morphvm-abc.http.cloud.morph.so")),
+            ),
+            (
+                "HTTPS://PORT-8080-MORPHVM-XYZ.HTTP.CLOUD.MORPH.SO",
+                Some(morph("xyz", "https://port-39379-morphvm-xyz.http.cloud.morph.so")),
+            ),
+            ("https://port-1-morphvm-a", Some(morph("a", "https://port-39379-morphvm-a"))),
+            (
+                "wss://port-5173-morphvm-abc.example.com:8443/hmr",
+                Some(morph("abc", "https://port-39379-morphvm-abc.example.com")),
+            ),
+            ("https://port-x-morphvm-abc.cloud", None),
+            ("https://port--morphvm-abc.cloud", None),
+            ("https://port-5173-morphvm-.cloud", None),
+            ("https://port-5173-vm-abc.cloud", None),
+            ("https://port-5173-morphvm-a_b.cloud", None),
+            ("https://cmux-m1-base-3000.cmux.app/", Some(cmux("m1", "base", "cmux.app", "https:"))),
+            ("http://cmux-m1-base-3000.cmux.app/", Some(cmux("m1", "base", "cmux.app", "http:"))),
+            ("https://cmux-m1-base-3000.cmux.sh", Some(cmux("m1", "base", "cmux.sh", "https:"))),
+            ("https://cmux-m1-base-3000.cmux.dev", Some(cmux("m1", "base", "cmux.dev", "https:"))),
+            ("https://cmux-m1-base-3000.cmux.local", Some(cmux("m1", "base", "cmux.local", "https:"))),
+            ("https://cmux-m1-base-3000.cmux.localhost", Some(cmux("m1", "base", "cmux.localhost", "https:"))),
+            ("https://cmux-m1-base-3000.autobuild.app", Some(cmux("m1", "base", "autobuild.app", "https:"))),
+            (
+                "https://cmux-morph-with-dashes-pr-12-5173.cmux.app",
+                Some(cmux("morph-with-dashes-pr", "12", "cmux.app", "https:")),
+            ),
+            ("https://cmux-a-b-c-feature-8080.cmux.app", Some(cmux("a-b-c", "feature", "cmux.app", "https:"))),
+            ("HTTPS://CMUX-M1-BASE-3000.CMUX.APP:443/Path", Some(cmux("m1", "base", "cmux.app", "https:"))),
+            ("https://cmux-m1-base-3000.cmux.app.:8443", Some(cmux("m1", "base", "cmux.app", "https:"))),
+            ("ws://cmux-m1-base-3000.cmux.app/hmr", Some(cmux("m1", "base", "cmux.app", "https:"))),
+            ("https://cmux-m1-base-3000.cmux.app.evil.com", None),
+            ("https://cmux-m1-base-3000.xcmux.app", None),
+            ("https://xcmux-m1-base-3000.cmux.app", None),
+            ("https://cmux-m1-base-30a0.cmux.app", None),
+            ("https://cmux-m1-base-.cmux.app", None),
+            ("https://cmux-base-3000.cmux.app", None),
+            ("https://cmux--base-3000.cmux.app", None),
+            ("https://cmux-m1-base-3000.sub.cmux.app", None),
+            ("https://cmux-m1-base-3000.other.app", None),
+            ("https://cmux.app", None),
+            ("https://user@cmux-m1-base-3000.cmux.app", None),
+            ("http://localhost:3000/", None),
+            ("not a url", None),
+            ("", None),
+            ("cmux-m1-base-3000.cmux.app", None),
+        ];
+        for (url, expected) in cases {
+            assert_eq!(derive_route(url), expected, "{url}");
+        }
+    }
+
+    #[test]
+    fn derived_routes_rewrite_back_to_their_dev_box() {
+        let derived = derive_route("https://cmux-m1-base-3000.cmux.app/").unwrap();
+        let route = Route::new(&derived.morph_id, &derived.scope, &derived.domain_suffix, None).unwrap();
+        assert_eq!(route.dev_box_host(3000), "cmux-m1-base-3000.cmux.app");
     }
 
     #[test]
