@@ -44,6 +44,14 @@ export declare class ProxyServer {
   credentialsForWebContents(webContentsId: number): ProxyCredentials | null
   setLoggingEnabled(enabled: boolean): void
   stats(): ProxyStats
+  /**
+   * Calls `listener` with every event from now on (on the Node thread); returns the function
+   * that unsubscribes it. A listener that falls behind loses events (`stats().droppedEvents`);
+   * the proxy never waits for it.
+   */
+  onEvent(listener: (arg: ProxyEvent) => void): () => void
+  /** A context's traffic so far, or `null` for an unknown (or released) context. */
+  contextStats(id: string): ContextStats | null
   /** Stops accepting, closes every connection and tunnel; resolves once the port is free. Idempotent. */
   stop(): Promise<void>
 }
@@ -65,6 +73,27 @@ export interface CaPem {
   keyPem: string
 }
 
+/** One preview's traffic so far (`contextStats`). */
+export interface ContextStats {
+  requests: number
+  /** Failures the proxy answered itself (DNS, refused, timeout, TLS, forbidden, bad request). */
+  errors: number
+  /** Bytes from the preview, and to it (bodies and tunnel payloads). */
+  bytesIn: number
+  bytesOut: number
+  openTunnels: number
+  lastError?: string
+  /** When `lastError` happened, in ms since the Unix epoch. */
+  lastErrorAt?: number
+}
+
+/**
+ * The route of a preview URL (cmux's naming, read backwards): `port-<n>-morphvm-<id><suffix>` or
+ * `cmux-<morphId>-<scope>-<port>.<cmux.app|cmux.sh|cmux.dev|cmux.local|cmux.localhost|autobuild.app>`;
+ * `null` for any other URL.
+ */
+export declare function deriveRoute(url: string): ProxyRoute | null
+
 export interface ProxyContext {
   id: string
   username: string
@@ -75,6 +104,33 @@ export interface ProxyContext {
 export interface ProxyCredentials {
   username: string
   password: string
+}
+
+/** Something that happened, for the app's logs and devtools (`onEvent`). Never carries credentials. */
+export interface ProxyEvent {
+  /** `request`, `tunnel`, `websocket`, `error` or `context`. */
+  kind: string
+  /** `open`/`close` for tunnels and WebSockets, `created`/`released` for contexts. */
+  phase?: string
+  contextId?: string
+  webContentsId?: number
+  method?: string
+  /** The URL (or CONNECT target) as the client asked for it. */
+  url?: string
+  /** Where it went: `scheme://host:port`. */
+  upstream?: string
+  status?: number
+  durationMs?: number
+  /** Bytes from the client, and to it. */
+  bytesIn?: number
+  bytesOut?: number
+  /** `http/1.1` or `h2`: how the client spoke. */
+  protocol?: string
+  /** `blind`, `looked-into` or `intercepted` (tunnels), `relayed` (WebSockets). */
+  handling?: string
+  /** What failed (errors): `dns`, `refused`, `timeout`, `tls`, `forbidden`, `bad-request`, `upstream`. */
+  cause?: string
+  message?: string
 }
 
 /** Where a WebContents' loopback traffic goes: `https://cmux-<morphId>-<scope>-<port>.<domainSuffix>`. */
@@ -106,6 +162,8 @@ export interface ProxyStats {
   accepted: AcceptedConnections
   /** Requests (streams) served over HTTP/2, inside tunnels included. */
   http2Streams: number
+  /** Events no listener could take in time (its queue was full): dropped, never waited for. */
+  droppedEvents: number
 }
 
 export interface StartOptions {

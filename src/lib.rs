@@ -24,6 +24,7 @@ mod addon {
     use std::time::Duration;
 
     use napi::bindgen_prelude::*;
+    use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
     use napi_derive::napi;
     use parking_lot::Mutex;
 
@@ -172,6 +173,85 @@ mod addon {
         pub accepted: AcceptedConnections,
         /// Requests (streams) served over HTTP/2, inside tunnels included.
         pub http2_streams: i64,
+        /// Events no listener could take in time (its queue was full): dropped, never waited for.
+        pub dropped_events: i64,
+    }
+
+    /// Something that happened, for the app's logs and devtools (`onEvent`). Never carries credentials.
+    #[napi(object)]
+    pub struct ProxyEvent {
+        /// `request`, `tunnel`, `websocket`, `error` or `context`.
+        pub kind: String,
+        /// `open`/`close` for tunnels and WebSockets, `created`/`released` for contexts.
+        pub phase: Option<String>,
+        pub context_id: Option<String>,
+        pub web_contents_id: Option<u32>,
+        pub method: Option<String>,
+        /// The URL (or CONNECT target) as the client asked for it.
+        pub url: Option<String>,
+        /// Where it went: `scheme://host:port`.
+        pub upstream: Option<String>,
+        pub status: Option<u32>,
+        pub duration_ms: Option<f64>,
+        /// Bytes from the client, and to it.
+        pub bytes_in: Option<f64>,
+        pub bytes_out: Option<f64>,
+        /// `http/1.1` or `h2`: how the client spoke.
+        pub protocol: Option<String>,
+        /// `blind`, `looked-into` or `intercepted` (tunnels), `relayed` (WebSockets).
+        pub handling: Option<String>,
+        /// What failed (errors): `dns`, `refused`, `timeout`, `tls`, `forbidden`, `bad-request`, `upstream`.
+        pub cause: Option<String>,
+        pub message: Option<String>,
+    }
+
+    impl From<proxy::events::Event> for ProxyEvent {
+        fn from(e: proxy::events::Event) -> Self {
+            ProxyEvent {
+                kind: e.kind.to_owned(),
+                phase: e.phase.map(str::to_owned),
+                context_id: e.context_id,
+                web_contents_id: e.web_contents_id,
+                method: e.method,
+                url: e.url,
+                upstream: e.upstream,
+                status: e.status.map(u32::from),
+                duration_ms: e.duration_ms,
+                bytes_in: e.bytes_in.map(|b| b as f64),
+                bytes_out: e.bytes_out.map(|b| b as f64),
+                protocol: e.protocol.map(str::to_owned),
+                handling: e.handling.map(str::to_owned),
+                cause: e.cause.map(str::to_owned),
+                message: e.message,
+            }
+        }
+    }
+
+    /// Events a listener may have waiting before new ones are dropped.
+    const EVENT_QUEUE: usize = 1024;
+
+    /// A JavaScript listener, called on the Node thread; never keeps Node alive, never waited for.
+    struct JsListener(ThreadsafeFunction<ProxyEvent, (), ProxyEvent, Status, false, true, EVENT_QUEUE>);
+
+    impl proxy::events::EventSink for JsListener {
+        fn deliver(&self, event: proxy::events::Event) -> bool {
+            self.0.call(event.into(), ThreadsafeFunctionCallMode::NonBlocking) == Status::Ok
+        }
+    }
+
+    /// One preview's traffic so far (`contextStats`).
+    #[napi(object)]
+    pub struct ContextStats {
+        pub requests: i64,
+        /// Failures the proxy answered itself (DNS, refused, timeout, TLS, forbidden, bad request).
+        pub errors: i64,
+        /// Bytes from the preview, and to it (bodies and tunnel payloads).
+        pub bytes_in: i64,
+        pub bytes_out: i64,
+        pub open_tunnels: u32,
+        pub last_error: Option<String>,
+        /// When `lastError` happened, in ms since the Unix epoch.
+        pub last_error_at: Option<f64>,
     }
 
     #[napi(object)]
@@ -349,7 +429,50 @@ mod addon {
                     tls_h2: clamp_i64(stats.accepted[3]),
                 },
                 http2_streams: clamp_i64(stats.http2_streams),
+                dropped_events: clamp_i64(stats.dropped_events),
             })
+        }
+
+        /// Calls `listener` with every event from now on (on the Node thread); returns the function
+        /// that unsubscribes it. A listener that falls behind loses events (`stats().droppedEvents`);
+        /// the proxy never waits for it.
+        #[napi(ts_return_type = "() => void")]
+        pub fn on_event<'env>(
+            &self,
+            env: &'env Env,
+            listener: Function<ProxyEvent, ()>,
+        ) -> Result<Function<'env, (), ()>> {
+            let proxy = self.running()?;
+            let listener =
+                listener.build_threadsafe_function().weak::<true>().max_queue_size::<EVENT_QUEUE>().build()?;
+            let id = proxy.subscribe(Arc::new(JsListener(listener)));
+            let proxy = Arc::downgrade(&proxy);
+            env.create_function_from_closure("unsubscribe", move |_| {
+                if let Some(proxy) = proxy.upgrade() {
+                    proxy.unsubscribe(id);
+                }
+                Ok(())
+            })
+        }
+
+        /// A context's traffic so far, or `null` for an unknown (or released) context.
+        #[napi(catch_unwind)]
+        pub fn context_stats(&self, id: String) -> Result<Option<ContextStats>> {
+            use std::sync::atomic::Ordering::Relaxed;
+            let Some(context) = self.running()?.context(&id) else { return Ok(None) };
+            let stats = &context.stats;
+            let last_error = stats.last_error.lock().clone();
+            Ok(Some(ContextStats {
+                requests: clamp_i64(stats.requests.load(Relaxed)),
+                errors: clamp_i64(stats.errors.load(Relaxed)),
+                bytes_in: clamp_i64(stats.bytes_in.load(Relaxed)),
+                bytes_out: clamp_i64(stats.bytes_out.load(Relaxed)),
+                open_tunnels: clamp_u32(stats.open_tunnels.load(Relaxed)),
+                last_error_at: last_error.as_ref().and_then(|(_, at)| {
+                    at.duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_secs_f64() * 1000.0)
+                }),
+                last_error: last_error.map(|(message, _)| message),
+            }))
         }
 
         /// Stops accepting, closes every connection and tunnel; resolves once the port is free. Idempotent.

@@ -21,6 +21,7 @@ pub(crate) struct Context {
     /// Cancelled when the context is released or replaced: every connection and
     /// tunnel that authenticated with it closes.
     pub(crate) revoked: CancellationToken,
+    pub(crate) stats: super::events::ContextStats,
 }
 
 impl Context {
@@ -71,6 +72,7 @@ impl Contexts {
             password: random_hex::<16>(),
             route,
             revoked: self.shutdown.child_token(),
+            stats: Default::default(),
         });
         let mut maps = self.maps.write();
         if let Some(old) = maps.by_web_contents.insert(web_contents_id, context.clone()) {
@@ -93,6 +95,10 @@ impl Contexts {
         drop(maps);
         context.revoked.cancel();
         true
+    }
+
+    pub(crate) fn by_id(&self, id: &str) -> Option<Arc<Context>> {
+        self.maps.read().by_id.get(id).cloned()
     }
 
     pub(crate) fn for_web_contents(&self, web_contents_id: u32) -> Option<Arc<Context>> {

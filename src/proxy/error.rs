@@ -12,7 +12,13 @@ pub(crate) enum ProxyError {
     BadRequest(String),
     /// A routed preview asked for an address on the user's machine (403).
     Forbidden(String),
-    /// The upstream could not be reached or broke the exchange (502).
+    /// The upstream's name did not resolve (502).
+    Dns(String),
+    /// No address of the upstream accepted a connection (502).
+    Refused(String),
+    /// The TLS handshake with the upstream failed (502).
+    Tls(String),
+    /// The upstream broke the exchange, or answered a tunnel with an error (502).
     BadGateway(String),
     /// Connecting, the TLS handshake or the response head took too long (504).
     Timeout(String),
@@ -23,8 +29,23 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ProxyError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::Dns(_) | ProxyError::Refused(_) | ProxyError::Tls(_) | ProxyError::BadGateway(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// What failed, in one word (the `cause` of an error event).
+    pub(crate) fn cause(&self) -> &'static str {
+        match self {
+            ProxyError::BadRequest(_) => "bad-request",
+            ProxyError::Forbidden(_) => "forbidden",
+            ProxyError::Dns(_) => "dns",
+            ProxyError::Refused(_) => "refused",
+            ProxyError::Tls(_) => "tls",
+            ProxyError::BadGateway(_) => "upstream",
+            ProxyError::Timeout(_) => "timeout",
         }
     }
 
@@ -32,6 +53,9 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(r)
             | ProxyError::Forbidden(r)
+            | ProxyError::Dns(r)
+            | ProxyError::Refused(r)
+            | ProxyError::Tls(r)
             | ProxyError::BadGateway(r)
             | ProxyError::Timeout(r) => r,
         }

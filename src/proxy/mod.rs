@@ -5,6 +5,7 @@ pub(crate) mod auth;
 #[cfg(test)]
 mod core_tests;
 pub(crate) mod error;
+pub(crate) mod events;
 pub(crate) mod forward;
 mod log;
 pub(crate) mod pool;
@@ -134,6 +135,7 @@ pub(crate) struct Shared {
     pub(crate) connector: Connector,
     pub(crate) stats: Stats,
     pub(crate) log: Log,
+    pub(crate) events: Arc<events::Events>,
     pub(crate) http2: bool,
     /// Terminates TLS inside loopback tunnels; `None` when interception is off.
     pub(crate) interceptor: Option<Interceptor>,
@@ -214,6 +216,7 @@ impl Proxy {
             connector,
             stats: Stats::default(),
             log: Log(AtomicBool::new(options.logging)),
+            events: Arc::default(),
             http2: options.http2,
             interceptor,
             listener_tls,
@@ -262,15 +265,35 @@ impl Proxy {
     pub(crate) fn create_context(&self, web_contents_id: u32, route: Option<Route>) -> Arc<Context> {
         let context = self.shared.contexts.create(web_contents_id, route);
         self.shared.log.event(format_args!("context {} for WebContents {web_contents_id}", context.id));
+        self.shared
+            .events
+            .emit(|| events::Event { phase: Some("created"), ..events::Event::of("context", Some(&context)) });
         context
     }
 
     pub(crate) fn release_context(&self, id: &str) -> bool {
+        let Some(context) = self.shared.contexts.by_id(id) else { return false };
         let released = self.shared.contexts.release(id);
         if released {
             self.shared.log.event(format_args!("context {id} released"));
+            self.shared
+                .events
+                .emit(|| events::Event { phase: Some("released"), ..events::Event::of("context", Some(&context)) });
         }
         released
+    }
+
+    pub(crate) fn context(&self, id: &str) -> Option<Arc<Context>> {
+        self.shared.contexts.by_id(id)
+    }
+
+    /// Delivers every event to `sink` from now on, until [`Proxy::unsubscribe`].
+    pub(crate) fn subscribe(&self, sink: Arc<dyn events::EventSink>) -> u64 {
+        self.shared.events.subscribe(sink)
+    }
+
+    pub(crate) fn unsubscribe(&self, id: u64) {
+        self.shared.events.unsubscribe(id);
     }
 
     pub(crate) fn context_for_web_contents(&self, web_contents_id: u32) -> Option<Arc<Context>> {
@@ -290,6 +313,7 @@ impl Proxy {
             total_requests: stats.requests.load(Ordering::Relaxed),
             accepted: std::array::from_fn(|i| stats.accepted[i].load(Ordering::Relaxed)),
             http2_streams: stats.http2_streams.load(Ordering::Relaxed),
+            dropped_events: self.shared.events.dropped(),
         }
     }
 
@@ -301,6 +325,15 @@ impl Proxy {
         self.shared.tasks.close();
         self.shared.tasks.wait().await;
         self.shared.log.event(format_args!("stopped"));
+    }
+}
+
+impl Shared {
+    /// The client's answer for a failure on the way upstream: logged, counted
+    /// against the context, and an `error` event.
+    pub(crate) fn fail(&self, context: Option<&Context>, error: &error::ProxyError) -> http::Response<reply::Body> {
+        self.events.failure(context, None, error);
+        reply::failure(&self.log, error)
     }
 }
 
@@ -355,6 +388,7 @@ pub(crate) struct StatsSnapshot {
     /// Listener connections by protocol: HTTP/1.1, h2c, HTTP/1.1 over TLS, h2 over TLS.
     pub(crate) accepted: [u64; 4],
     pub(crate) http2_streams: u64,
+    pub(crate) dropped_events: u64,
 }
 
 /// Decrements its gauge when dropped, however the task ends (even by panic).

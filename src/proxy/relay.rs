@@ -7,6 +7,8 @@ use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -18,15 +20,22 @@ const CHUNK: usize = 64 * 1024;
 /// Chunks a direction moves in one poll before it yields to other tasks.
 const CHUNKS_PER_POLL: usize = 16;
 
+/// Bytes a relay moved each way, readable while it runs and after it was dropped.
+#[derive(Default)]
+pub(crate) struct Traffic {
+    pub(crate) a_to_b: AtomicU64,
+    pub(crate) b_to_a: AtomicU64,
+}
+
 /// Copies `a` to `b` and `b` to `a` until both directions have ended; fails
 /// with `TimedOut` when no byte moved either way for `idle_timeout`.
-pub(crate) async fn relay<A, B>(a: A, b: B, idle_timeout: Duration) -> io::Result<()>
+pub(crate) async fn relay<A, B>(a: A, b: B, idle_timeout: Duration, traffic: Arc<Traffic>) -> io::Result<()>
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
     let idle = Box::pin(tokio::time::sleep(idle_timeout));
-    Relay { a, b, a_to_b: Direction::default(), b_to_a: Direction::default(), idle, idle_timeout }.await
+    Relay { a, b, a_to_b: Direction::default(), b_to_a: Direction::default(), idle, idle_timeout, traffic }.await
 }
 
 struct Relay<A, B> {
@@ -36,6 +45,7 @@ struct Relay<A, B> {
     b_to_a: Direction,
     idle: Pin<Box<Sleep>>,
     idle_timeout: Duration,
+    traffic: Arc<Traffic>,
 }
 
 #[derive(Default)]
@@ -50,7 +60,7 @@ struct Direction {
 
 impl Direction {
     /// Polls this direction unless it has ended; an error ends the relay.
-    fn step<R, W>(&mut self, cx: &mut Context<'_>, reader: &mut R, writer: &mut W, moved: &mut bool) -> io::Result<()>
+    fn step<R, W>(&mut self, cx: &mut Context<'_>, reader: &mut R, writer: &mut W, moved: &AtomicU64) -> io::Result<()>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
@@ -64,14 +74,14 @@ impl Direction {
         Ok(())
     }
 
-    /// Moves bytes from `reader` to `writer`; `Ready(Ok)` once the reader
-    /// ended and the writer was shut down.
+    /// Moves bytes from `reader` to `writer`, adding what it read to `moved`;
+    /// `Ready(Ok)` once the reader ended and the writer was shut down.
     fn poll_move<R, W>(
         &mut self,
         cx: &mut Context<'_>,
         reader: &mut R,
         writer: &mut W,
-        moved: &mut bool,
+        moved: &AtomicU64,
     ) -> Poll<io::Result<()>>
     where
         R: AsyncRead + Unpin,
@@ -112,7 +122,7 @@ impl Direction {
                 self.eof = true;
                 continue;
             }
-            *moved = true;
+            moved.fetch_add(data.len() as u64, Ordering::Relaxed);
             match Pin::new(&mut *writer).poll_write(cx, data) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Poll::Ready(Ok(n)) => {
@@ -138,13 +148,14 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let mut moved = false;
-        this.a_to_b.step(cx, &mut this.a, &mut this.b, &mut moved)?;
-        this.b_to_a.step(cx, &mut this.b, &mut this.a, &mut moved)?;
+        let before = this.traffic.a_to_b.load(Ordering::Relaxed) + this.traffic.b_to_a.load(Ordering::Relaxed);
+        this.a_to_b.step(cx, &mut this.a, &mut this.b, &this.traffic.a_to_b)?;
+        this.b_to_a.step(cx, &mut this.b, &mut this.a, &this.traffic.b_to_a)?;
         if this.a_to_b.done && this.b_to_a.done {
             return Poll::Ready(Ok(()));
         }
-        if moved {
+        let after = this.traffic.a_to_b.load(Ordering::Relaxed) + this.traffic.b_to_a.load(Ordering::Relaxed);
+        if after != before {
             this.idle.as_mut().reset(Instant::now() + this.idle_timeout);
         }
         match this.idle.as_mut().poll(cx) {
@@ -163,7 +174,9 @@ mod tests {
     async fn bytes_flow_both_ways_and_half_closes_pass_on() {
         let (mut client, proxy_client_side) = tokio::io::duplex(1024);
         let (proxy_upstream_side, mut upstream) = tokio::io::duplex(1024);
-        let relaying = tokio::spawn(relay(proxy_client_side, proxy_upstream_side, Duration::from_secs(5)));
+        let traffic = Arc::new(Traffic::default());
+        let relaying =
+            tokio::spawn(relay(proxy_client_side, proxy_upstream_side, Duration::from_secs(5), traffic.clone()));
         let big: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
         let sent = big.clone();
         let writer = tokio::spawn(async move {
@@ -180,13 +193,15 @@ mod tests {
         upstream.shutdown().await.unwrap();
         assert_eq!(writer.await.unwrap(), b"bye");
         relaying.await.unwrap().unwrap();
+        assert_eq!(traffic.a_to_b.load(Ordering::Relaxed), 300_000);
+        assert_eq!(traffic.b_to_a.load(Ordering::Relaxed), 3);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_silent_tunnel_times_out() {
         let (_client, a) = tokio::io::duplex(64);
         let (b, _upstream) = tokio::io::duplex(64);
-        let error = relay(a, b, Duration::from_secs(600)).await.unwrap_err();
+        let error = relay(a, b, Duration::from_secs(600), Arc::default()).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
     }
 }

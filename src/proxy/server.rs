@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures_util::FutureExt;
@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::Context;
 use super::error::ProxyError;
+use super::events::{Counted, Event, RequestRecord};
 use super::forward::{client_response, upgrade_protocol, upstream_request};
 use super::prefixed::sniff_stream;
 use super::reply::{self, Body};
@@ -275,7 +276,12 @@ async fn handle_contained(
     if held.is_some() {
         shared.stats.http2_stream_served();
     }
-    let handled = AssertUnwindSafe(handle(shared.clone(), connection, binding, req)).catch_unwind().await;
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let protocol = if req.version() == http::Version::HTTP_2 { "h2" } else { "http/1.1" };
+    let mut trace = Trace::default();
+    let handling = handle(shared.clone(), connection, binding, req, &mut trace);
+    let handled = AssertUnwindSafe(handling).catch_unwind().await;
     let response = handled.unwrap_or_else(|panic| {
         let message = panic
             .downcast_ref::<&str>()
@@ -288,10 +294,41 @@ async fn handle_contained(
         response.headers_mut().insert(header::CONNECTION, http::HeaderValue::from_static("close"));
         response
     });
-    match held {
+    let response = match held {
         Some(slot) => response.map(|body| reply::Holding::new(body, slot).boxed()),
         None => response,
-    }
+    };
+    // The request's record: its context's counters, and the `request` event once the body is done.
+    let Some(context) = trace.context else { return response };
+    context.stats.requests.fetch_add(1, Ordering::Relaxed);
+    let event = shared.events.listening().then(|| Event {
+        method: Some(method.to_string()),
+        url: trace.url,
+        upstream: trace.upstream,
+        status: Some(response.status().as_u16()),
+        protocol: Some(protocol),
+        ..Event::of("request", Some(&context))
+    });
+    let record = RequestRecord {
+        events: shared.events.clone(),
+        context,
+        event,
+        started,
+        bytes_in: trace.bytes_in,
+        bytes_out: Arc::default(),
+    };
+    let bytes_out = record.bytes_out.clone();
+    response.map(|body| reply::Holding::new(Counted::new(body, bytes_out).boxed(), record).boxed())
+}
+
+/// What [`handle`] learned about a request, for its record.
+#[derive(Default)]
+struct Trace {
+    context: Option<Arc<Context>>,
+    /// The URL as asked and the upstream it went to: only when someone listens for events.
+    url: Option<String>,
+    upstream: Option<String>,
+    bytes_in: Arc<AtomicU64>,
 }
 
 async fn handle(
@@ -299,6 +336,7 @@ async fn handle(
     connection: Arc<Connection>,
     binding: Option<Binding>,
     req: Request<Incoming>,
+    trace: &mut Trace,
 ) -> Response<Body> {
     shared.stats.request_started();
     #[cfg(feature = "test-hooks")]
@@ -315,6 +353,13 @@ async fn handle(
         }
     };
     connection.watch(&shared, &context);
+    trace.context = Some(context.clone());
+    if shared.events.listening() {
+        trace.url = Some(match &binding {
+            Some(b) => format!("{}://{}{}", b.scheme.as_str(), b.target, req.uri()),
+            None => req.uri().to_string(),
+        });
+    }
 
     if req.method() == Method::CONNECT && req.extensions().get::<hyper::ext::Protocol>().is_none() {
         return tunnel::connect(shared, context, req, connection.slot.clone()).await;
@@ -325,11 +370,14 @@ async fn handle(
             Ok(found) => found,
             Err(e) => {
                 let error = ProxyError::BadRequest(format!("a proxy request needs an absolute URI: {e}"));
-                return reply::failure(&shared.log, &error);
+                return shared.fail(Some(&context), &error);
             }
         },
     };
     let upstream = upstream_for(context.route.as_ref(), scheme, &target);
+    if shared.events.listening() {
+        trace.upstream = Some(format!("{}://{}", upstream.scheme.as_str(), upstream.addr));
+    }
     if upstream.rewritten {
         shared.log.event(format_args!("{} {target} -> {}", req.method(), upstream.addr));
     }
@@ -340,16 +388,17 @@ async fn handle(
     if let Some(protocol) = upgrade_protocol(req.headers()) {
         return tunnel::upgrade(shared, context, req, upstream, protocol, connection.slot.clone()).await;
     }
-    forward(&shared, req, &upstream).await
+    let req = req.map(|body| Counted::new(body.boxed(), trace.bytes_in.clone()).boxed());
+    forward(&shared, &context, req, &upstream).await
 }
 
 /// Sends a plain request through the pool and streams the answer back.
-async fn forward(shared: &Shared, req: Request<Incoming>, upstream: &Upstream) -> Response<Body> {
-    let req = upstream_request(req.map(|body| body.boxed()), upstream, None);
+async fn forward(shared: &Shared, context: &Context, req: Request<Body>, upstream: &Upstream) -> Response<Body> {
+    let req = upstream_request(req, upstream, None);
     let sent = tokio::time::timeout(shared.limits.response_timeout, shared.pool.send(upstream, req)).await;
     match sent.unwrap_or_else(|_| Err(response_timed_out(shared, upstream))) {
         Ok(response) => client_response(response),
-        Err(error) => reply::failure(&shared.log, &error),
+        Err(error) => shared.fail(Some(context), &error),
     }
 }
 

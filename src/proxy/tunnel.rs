@@ -2,6 +2,7 @@
 //! into), WebSocket upgrades over HTTP/1.1 and over HTTP/2 (RFC 8441).
 
 use std::io;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use base64::Engine;
@@ -16,9 +17,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::Context;
 use super::error::ProxyError;
+use super::events::{Event, OpenTunnel};
 use super::forward::{client_response, upstream_request};
 use super::prefixed::sniff_stream;
-use super::relay::relay;
+use super::relay::{relay, Traffic};
 use super::reply::{self, empty_body, Body};
 use super::routing::{is_loopback_host, parse_authority, upstream_for, HostPort, Scheme, Upstream};
 use super::server::{response_timed_out, serve_stream, Binding};
@@ -41,13 +43,11 @@ pub(crate) async fn connect(
     let target = match req.uri().authority().map(|a| parse_authority(a.as_str(), None)) {
         Some(Ok(target)) => target,
         Some(Err(e)) => {
-            return reply::failure(&shared.log, &ProxyError::BadRequest(format!("bad CONNECT target: {e}")))
+            return shared.fail(Some(&context), &ProxyError::BadRequest(format!("bad CONNECT target: {e}")))
         }
         None => {
-            return reply::failure(
-                &shared.log,
-                &ProxyError::BadRequest("bad CONNECT target: expected host:port".into()),
-            )
+            return shared
+                .fail(Some(&context), &ProxyError::BadRequest("bad CONNECT target: expected host:port".into()))
         }
     };
     let client = hyper::upgrade::on(&mut req);
@@ -58,28 +58,32 @@ pub(crate) async fn connect(
             let upstream = upstream_for(Some(route), Scheme::Https, &target);
             let upstream_stream = match open_tunnel(&shared, &upstream, &target).await {
                 Ok(stream) => stream,
-                Err(error) => return reply::failure(&shared.log, &error),
+                Err(error) => return shared.fail(Some(&context), &error),
             };
-            spawn_relay(shared, cancel, slot, client, upstream_stream);
+            let record = TunnelRecord::new("tunnel", &target, &context, "blind");
+            spawn_relay(shared, cancel, slot, record, client, upstream_stream);
             return established();
         }
         shared.log.event(format_args!("CONNECT {target}: looking inside"));
-        spawn_tunnel(shared.clone(), cancel.clone(), slot.clone(), async move {
+        let record = TunnelRecord::new("tunnel", &target, &context, "looked-into");
+        spawn_tunnel(shared.clone(), cancel.clone(), slot.clone(), record.clone(), async move {
             let client = TokioIo::new(client.await.map_err(io::Error::other)?);
-            look_inside(shared, context, target, client, cancel, slot).await
+            look_inside(shared, context, target, client, cancel, slot, &record).await
         });
         return established();
     }
     if shared.limits.connect_ports.as_ref().is_some_and(|ports| !ports.contains(&target.port)) {
-        return reply::text(StatusCode::FORBIDDEN, &format!("CONNECT to port {} is not allowed", target.port));
+        let error = ProxyError::Forbidden(format!("CONNECT to port {} is not allowed", target.port));
+        return shared.fail(Some(&context), &error);
     }
     let policy = upstream_for(context.route.as_ref(), Scheme::Https, &target).policy;
     let upstream = match shared.connector.connect_tcp(&target, policy).await {
         Ok(upstream) => upstream,
-        Err(error) => return reply::failure(&shared.log, &error),
+        Err(error) => return shared.fail(Some(&context), &error),
     };
     shared.log.event(format_args!("CONNECT {target}: tunnel open"));
-    spawn_relay(shared, cancel, slot, client, upstream);
+    let record = TunnelRecord::new("tunnel", &target, &context, "blind");
+    spawn_relay(shared, cancel, slot, record, client, upstream);
     established()
 }
 
@@ -89,15 +93,56 @@ fn established() -> Response<Body> {
     response
 }
 
+/// A tunnel or WebSocket, for its `open`/`close` events and its context's stats.
+struct TunnelRecord {
+    /// `tunnel` or `websocket`.
+    kind: &'static str,
+    target: String,
+    context: Arc<Context>,
+    /// `blind`, `looked-into` or `intercepted`; known for sure once the first bytes were seen.
+    handling: parking_lot::Mutex<&'static str>,
+    /// Bytes relayed: from the client (`a_to_b`) and to it.
+    traffic: Arc<Traffic>,
+}
+
+impl TunnelRecord {
+    fn new(
+        kind: &'static str,
+        target: &dyn std::fmt::Display,
+        context: &Arc<Context>,
+        handling: &'static str,
+    ) -> Arc<Self> {
+        Arc::new(TunnelRecord {
+            kind,
+            target: target.to_string(),
+            context: context.clone(),
+            handling: parking_lot::Mutex::new(handling),
+            traffic: Arc::default(),
+        })
+    }
+
+    fn event(&self, phase: &'static str) -> Event {
+        Event {
+            phase: Some(phase),
+            url: Some(self.target.clone()),
+            handling: Some(*self.handling.lock()),
+            ..Event::of(self.kind, Some(&self.context))
+        }
+    }
+}
+
 /// Runs a tunnel's work as a tracked task that ends when `cancel` fires.
-fn spawn_tunnel<F>(shared: Arc<Shared>, cancel: CancellationToken, slot: Slot, work: F)
+fn spawn_tunnel<F>(shared: Arc<Shared>, cancel: CancellationToken, slot: Slot, record: Arc<TunnelRecord>, work: F)
 where
     F: std::future::Future<Output = io::Result<()>> + Send + 'static,
 {
     let tasks = shared.tasks.clone();
     tasks.spawn(async move {
         let _active = shared.stats.tunnel_opened();
+        let _open = OpenTunnel::new(record.context.clone());
         let _slot = slot;
+        let started = std::time::Instant::now();
+        shared.events.emit(|| record.event("open"));
         tokio::select! {
             result = work => {
                 if let Err(e) = result {
@@ -106,15 +151,31 @@ where
             }
             _ = cancel.cancelled() => {}
         }
+        let (bytes_in, bytes_out) = (record.traffic.a_to_b.load(Relaxed), record.traffic.b_to_a.load(Relaxed));
+        record.context.stats.bytes_in.fetch_add(bytes_in, Relaxed);
+        record.context.stats.bytes_out.fetch_add(bytes_out, Relaxed);
+        shared.events.emit(|| Event {
+            duration_ms: Some(started.elapsed().as_secs_f64() * 1000.0),
+            bytes_in: Some(bytes_in),
+            bytes_out: Some(bytes_out),
+            ..record.event("close")
+        });
     });
 }
 
 /// Once the client's side of the upgrade is handed over, relays it to `upstream`.
-fn spawn_relay(shared: Arc<Shared>, cancel: CancellationToken, slot: Slot, client: OnUpgrade, upstream: impl Stream) {
-    let idle = shared.limits.idle_tunnel_timeout;
-    spawn_tunnel(shared, cancel, slot, async move {
+fn spawn_relay(
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+    slot: Slot,
+    record: Arc<TunnelRecord>,
+    client: OnUpgrade,
+    upstream: impl Stream,
+) {
+    let (idle, traffic) = (shared.limits.idle_tunnel_timeout, record.traffic.clone());
+    spawn_tunnel(shared, cancel, slot, record, async move {
         let client = TokioIo::new(client.await.map_err(io::Error::other)?);
-        relay(client, upstream, idle).await
+        relay(client, upstream, idle, traffic).await
     });
 }
 
@@ -127,6 +188,7 @@ async fn look_inside(
     client: impl Stream,
     cancel: CancellationToken,
     slot: Slot,
+    record: &TunnelRecord,
 ) -> io::Result<()> {
     // A tunnel that stays silent is idle like any other.
     let (protocol, client) = sniff_stream(client, shared.limits.idle_tunnel_timeout).await?;
@@ -142,14 +204,22 @@ async fn look_inside(
             let timeout = shared.limits.tls_handshake_timeout;
             let tls = interceptor.expect("checked above").accept(client, &target.host, timeout).await?;
             shared.log.event(format_args!("CONNECT {target}: TLS intercepted"));
+            *record.handling.lock() = "intercepted";
             let binding = Binding { context, target, scheme: Scheme::Https };
             serve_stream(shared, tls, Some(binding), cancel, slot).await;
             Ok(())
         }
         Protocol::Tls | Protocol::Opaque => {
             let upstream = upstream_for(context.route.as_ref(), Scheme::Https, &target);
-            let upstream_stream = open_tunnel(&shared, &upstream, &target).await.map_err(io::Error::other)?;
-            relay(client, upstream_stream, shared.limits.idle_tunnel_timeout).await
+            *record.handling.lock() = "blind";
+            let upstream_stream = match open_tunnel(&shared, &upstream, &target).await {
+                Ok(stream) => stream,
+                Err(error) => {
+                    shared.events.failure(Some(&context), None, &error);
+                    return Err(io::Error::other(error));
+                }
+            };
+            relay(client, upstream_stream, shared.limits.idle_tunnel_timeout, record.traffic.clone()).await
         }
     }
 }
@@ -210,21 +280,23 @@ async fn send_http1(
 /// the answer the client gets instead.
 async fn switch_protocols(
     shared: &Arc<Shared>,
-    context: &Context,
+    context: &Arc<Context>,
     slot: Slot,
     client: OnUpgrade,
     upstream: &Upstream,
     req: Request<Body>,
 ) -> Result<Response<Body>, Response<Body>> {
-    let mut response = send_http1(shared, upstream, req).await.map_err(|e| reply::failure(&shared.log, &e))?;
+    let mut response = send_http1(shared, upstream, req).await.map_err(|e| shared.fail(Some(context), &e))?;
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         return Err(client_response(response.map(|body| body.boxed())));
     }
     let upgraded = hyper::upgrade::on(&mut response);
     let idle = shared.limits.idle_tunnel_timeout;
-    spawn_tunnel(shared.clone(), context.revoked.child_token(), slot, async move {
+    let record = TunnelRecord::new("websocket", &upstream.addr, context, "relayed");
+    let traffic = record.traffic.clone();
+    spawn_tunnel(shared.clone(), context.revoked.child_token(), slot, record, async move {
         let (client, upstream) = tokio::try_join!(client, upgraded).map_err(io::Error::other)?;
-        relay(TokioIo::new(client), TokioIo::new(upstream), idle).await
+        relay(TokioIo::new(client), TokioIo::new(upstream), idle, traffic).await
     });
     Ok(client_response(response.map(|_| empty_body())))
 }

@@ -94,13 +94,13 @@ impl Connector {
                 None => {
                     let found: Vec<SocketAddr> = tokio::net::lookup_host((addr.host.as_str(), addr.port))
                         .await
-                        .map_err(|e| ProxyError::BadGateway(format!("cannot reach {addr}: DNS lookup failed: {e}")))?
+                        .map_err(|e| ProxyError::Dns(format!("cannot reach {addr}: DNS lookup failed: {e}")))?
                         .collect();
                     allowed_addresses(addr, found, policy)?
                 }
             };
             let stream =
-                race(candidates).await.map_err(|e| ProxyError::BadGateway(format!("cannot reach {addr}: {e}")))?;
+                race(candidates).await.map_err(|e| ProxyError::Refused(format!("cannot reach {addr}: {e}")))?;
             let _ = stream.set_nodelay(true);
             Ok(stream)
         };
@@ -126,14 +126,14 @@ impl Connector {
             return Ok(UpstreamStream::Plain(tcp));
         }
         let server_name = ServerName::try_from(addr.host.clone())
-            .map_err(|e| ProxyError::BadGateway(format!("cannot reach {addr}: {e}")))?;
+            .map_err(|e| ProxyError::Tls(format!("cannot reach {addr}: {e}")))?;
         let tls = match alpn {
             Alpn::Any => &self.inner.tls_any,
             Alpn::Http1 => &self.inner.tls_http1,
         };
         match tokio::time::timeout(self.inner.connect_timeout, tls.connect(server_name, tcp)).await {
             Ok(Ok(stream)) => Ok(UpstreamStream::Tls(Box::new(stream))),
-            Ok(Err(e)) => Err(ProxyError::BadGateway(format!("cannot reach {addr}: TLS handshake failed: {e}"))),
+            Ok(Err(e)) => Err(ProxyError::Tls(format!("cannot reach {addr}: TLS handshake failed: {e}"))),
             Err(_) => Err(ProxyError::Timeout(format!("TLS handshake with {addr} timed out"))),
         }
     }
