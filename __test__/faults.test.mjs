@@ -375,6 +375,8 @@ describe('over the connection cap (maxConnections: 1)', () => {
   test('a client still sending its request body when refused reads the 503 without a reset', async () => {
     // Closing with the request unread resets the connection; a client that is still
     // writing then fails with EPIPE/ECONNRESET before it ever reads the answer.
+    // The previous test's connections must have left their place under the cap.
+    await waitFor(() => proxy.stats().activeConnections === 0, { message: 'earlier connections to close' })
     const holder = await Conn.connect(port)
     try {
       expect((await getOn(holder, `http://127.0.0.1:${upstream.port}/held`, auth)).status).toBe(200)

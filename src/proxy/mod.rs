@@ -5,6 +5,7 @@ pub(crate) mod auth;
 #[cfg(test)]
 mod core_tests;
 pub(crate) mod error;
+pub(crate) mod error_page;
 pub(crate) mod events;
 pub(crate) mod forward;
 mod log;

@@ -55,11 +55,17 @@ impl<T: Unpin> hyper::body::Body for Holding<T> {
     }
 }
 
+/// Marks the proxy's own failure answers (its value is the cause), so that a
+/// client can tell them from an upstream's: the error page's re-check does.
+pub(crate) const PROXY_ERROR_HEADER: &str = "x-cmux-proxy-error";
+
 /// The client's answer when the proxy could not get one from upstream (logged).
 pub(crate) fn failure(log: &Log, error: &ProxyError) -> Response<Body> {
     let reason = error.to_string();
     log.event(format_args!("{reason}"));
-    text(error.status(), &reason)
+    let mut response = text(error.status(), &reason);
+    response.headers_mut().insert(PROXY_ERROR_HEADER, HeaderValue::from_static(error.cause()));
+    response
 }
 
 const REALM: &str = "Basic realm=\"Cmux Preview Proxy\"";

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::Context;
 use super::error::ProxyError;
+use super::error_page;
 use super::events::{Counted, Event, RequestRecord};
 use super::forward::{client_response, upgrade_protocol, upstream_request};
 use super::prefixed::sniff_stream;
@@ -355,10 +356,7 @@ async fn handle(
     connection.watch(&shared, &context);
     trace.context = Some(context.clone());
     if shared.events.listening() {
-        trace.url = Some(match &binding {
-            Some(b) => format!("{}://{}{}", b.scheme.as_str(), b.target, req.uri()),
-            None => req.uri().to_string(),
-        });
+        trace.url = Some(asked_url(binding.as_ref(), req.uri()));
     }
 
     if req.method() == Method::CONNECT && req.extensions().get::<hyper::ext::Protocol>().is_none() {
@@ -388,18 +386,35 @@ async fn handle(
     if let Some(protocol) = upgrade_protocol(req.headers()) {
         return tunnel::upgrade(shared, context, req, upstream, protocol, connection.slot.clone()).await;
     }
+    // A page load that fails gets a page that says why (and recovers by itself).
+    let navigation =
+        error_page::is_navigation(req.method(), req.headers()).then(|| asked_url(binding.as_ref(), req.uri()));
     let req = req.map(|body| Counted::new(body.boxed(), trace.bytes_in.clone()).boxed());
-    forward(&shared, &context, req, &upstream).await
+    match forward(&shared, req, &upstream).await {
+        Ok(response) => response,
+        Err(error) => match navigation.filter(|_| error_page::is_unreachable(&error)) {
+            Some(url) => {
+                shared.fail(Some(&context), &error);
+                error_page::render(&url, &format!("{}://{}", upstream.scheme.as_str(), upstream.addr), &error)
+            }
+            None => shared.fail(Some(&context), &error),
+        },
+    }
+}
+
+/// The URL a request asked for: absolute on the listener, rebuilt inside a tunnel.
+fn asked_url(binding: Option<&Binding>, uri: &http::Uri) -> String {
+    match binding {
+        Some(b) => format!("{}://{}{}", b.scheme.as_str(), b.target, uri),
+        None => uri.to_string(),
+    }
 }
 
 /// Sends a plain request through the pool and streams the answer back.
-async fn forward(shared: &Shared, context: &Context, req: Request<Body>, upstream: &Upstream) -> Response<Body> {
+async fn forward(shared: &Shared, req: Request<Body>, upstream: &Upstream) -> Result<Response<Body>, ProxyError> {
     let req = upstream_request(req, upstream, None);
     let sent = tokio::time::timeout(shared.limits.response_timeout, shared.pool.send(upstream, req)).await;
-    match sent.unwrap_or_else(|_| Err(response_timed_out(shared, upstream))) {
-        Ok(response) => client_response(response),
-        Err(error) => shared.fail(Some(context), &error),
-    }
+    sent.unwrap_or_else(|_| Err(response_timed_out(shared, upstream))).map(client_response)
 }
 
 pub(crate) fn response_timed_out(shared: &Shared, upstream: &Upstream) -> ProxyError {
