@@ -26,9 +26,10 @@ impl Scheme {
     }
 
     fn parse(s: &str) -> Option<Scheme> {
-        match s.to_ascii_lowercase().as_str() {
-            "http" | "ws" => Some(Scheme::Http),
-            "https" | "wss" => Some(Scheme::Https),
+        let is = |name: &str| s.eq_ignore_ascii_case(name);
+        match () {
+            _ if is("http") || is("ws") => Some(Scheme::Http),
+            _ if is("https") || is("wss") => Some(Scheme::Https),
             _ => None,
         }
     }

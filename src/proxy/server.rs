@@ -102,11 +102,31 @@ struct Connection {
     http2: AtomicBool,
     /// Contexts whose revocation already closes this connection.
     watched: Mutex<Vec<Arc<Context>>>,
+    /// The last `Proxy-Authorization` accepted here and its context: a browser
+    /// sends the same value with every request, checked once per connection
+    /// (revoking the context closes the connection anyway).
+    accepted: Mutex<Option<(http::HeaderValue, Arc<Context>)>>,
 }
 
 impl Connection {
     fn speaks_http2(&self) {
         self.http2.store(true, Ordering::Relaxed);
+    }
+
+    /// The context a request's `Proxy-Authorization` names.
+    fn authenticate(&self, shared: &Shared, header: Option<&http::HeaderValue>) -> Option<Arc<Context>> {
+        use subtle::ConstantTimeEq;
+        let header = header?;
+        if let Some((value, context)) = &*self.accepted.lock() {
+            let same: bool = value.as_bytes().ct_eq(header.as_bytes()).into();
+            if same && !context.revoked.is_cancelled() {
+                return Some(context.clone());
+            }
+        }
+        let context = shared.contexts.authenticate(Some(header.as_bytes())).ok()?;
+        self.watch(shared, &context);
+        *self.accepted.lock() = Some((header.clone(), context.clone()));
+        Some(context)
     }
 
     /// Makes sure that revoking `context` closes this connection.
@@ -148,6 +168,7 @@ where
             slot: Hold::inside(slot),
             http2: AtomicBool::new(false),
             watched: Mutex::new(Vec::new()),
+            accepted: Mutex::new(None),
         });
         let on_listener = binding.is_none();
         let service = {
@@ -344,16 +365,14 @@ async fn handle(
     if req.headers().contains_key("x-cmux-test-panic") {
         panic!("deliberate panic from the test hook");
     }
+    // Inside a tunnel the context is bound, and its revocation already ends the tunnel.
     let context = match &binding {
         Some(binding) => binding.context.clone(),
-        None => {
-            match shared.contexts.authenticate(req.headers().get(header::PROXY_AUTHORIZATION).map(|v| v.as_bytes())) {
-                Ok(context) => context,
-                Err(_) => return reply::proxy_auth_required(),
-            }
-        }
+        None => match connection.authenticate(&shared, req.headers().get(header::PROXY_AUTHORIZATION)) {
+            Some(context) => context,
+            None => return reply::proxy_auth_required(),
+        },
     };
-    connection.watch(&shared, &context);
     trace.context = Some(context.clone());
     if shared.events.listening() {
         trace.url = Some(asked_url(binding.as_ref(), req.uri()));
