@@ -91,8 +91,10 @@ export async function packRelease(work, binary, target = hostTarget()) {
   mkdirSync(releaseDir, { recursive: true })
   mkdirSync(tarballs, { recursive: true })
   const staged = stageRelease(releaseDir, { [target.platformArchABI]: binary })
-  const main = await npmPack(releaseDir, tarballs)
-  const platform = await npmPack(staged.platformPackages[target.platformArchABI], tarballs)
+  const [main, platform] = await Promise.all([
+    npmPack(releaseDir, tarballs),
+    npmPack(staged.platformPackages[target.platformArchABI], tarballs),
+  ])
   return { staged, main, platform }
 }
 
@@ -100,64 +102,111 @@ export async function packRelease(work, binary, target = hostTarget()) {
 // The programs run in the installed project. Each starts a local HTTP server
 // and the proxy, creates a context, sends one absolute-form GET through the
 // proxy with the context's Basic credentials, stops both, and prints one JSON
-// line: the answer, and which .node files the process loaded.
+// line: the answer, and which .node files the process loaded. The HTTP side is
+// harness.cjs (typed by harness.d.cts), so that the TypeScript program needs
+// no @types/node: what it type-checks is this package's types.
 
-const request = (flavor) => `
-const upstream = http.createServer((req, res) => {
-  res.setHeader('content-type', 'text/plain')
-  res.end(\`hello \${req.method} \${req.url} host=\${req.headers.host} proxy-authorization=\${req.headers['proxy-authorization'] ?? 'none'}\`)
-})
-await new Promise<void>((resolve) => upstream.listen(0, '127.0.0.1', resolve))
-const upstreamPort = (upstream.address() as AddressInfo).port
-const proxy: ProxyServer = await ProxyServer.start('127.0.0.1:0')
-const context: ProxyContext = proxy.createContext(7)
-const answer = await new Promise<{ status: number | undefined; body: string }>((resolve, reject) => {
-  const req = http.request(
-    {
-      host: '127.0.0.1',
-      port: proxy.port(),
-      method: 'GET',
-      path: \`http://127.0.0.1:\${upstreamPort}/from-${flavor}?q=1\`,
-      headers: {
-        host: \`127.0.0.1:\${upstreamPort}\`,
-        'proxy-authorization': 'Basic ' + Buffer.from(\`\${context.username}:\${context.password}\`).toString('base64'),
+const HARNESS = `'use strict'
+const http = require('node:http')
+
+exports.startUpstream = async () => {
+  const server = http.createServer((req, res) => {
+    res.setHeader('content-type', 'text/plain')
+    res.end(\`hello \${req.method} \${req.url} host=\${req.headers.host} proxy-authorization=\${req.headers['proxy-authorization'] ?? 'none'}\`)
+  })
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
+  return { port: server.address().port, close: () => new Promise((resolve) => server.close(resolve)) }
+}
+
+exports.basic = (username, password) => 'Basic ' + Buffer.from(\`\${username}:\${password}\`).toString('base64')
+
+/** An absolute-form GET of url, sent to the proxy on 127.0.0.1:proxyPort. */
+exports.proxiedGet = (proxyPort, url, proxyAuthorization) =>
+  new Promise((resolve, reject) => {
+    const req = http.request(
+      {
+        host: '127.0.0.1',
+        port: proxyPort,
+        method: 'GET',
+        path: url,
+        headers: { host: new URL(url).host, 'proxy-authorization': proxyAuthorization },
+        agent: false,
       },
-      agent: false,
-    },
-    (res) => {
-      let body = ''
-      res.setEncoding('utf8')
-      res.on('data', (chunk: string) => (body += chunk))
-      res.on('end', () => resolve({ status: res.statusCode, body }))
-    },
-  )
-  req.on('error', reject)
-  req.end()
-})
-const stats: ProxyStats = proxy.stats()
-await proxy.stop()
-await new Promise((resolve) => upstream.close(resolve))
-const loaded = Object.keys(require.cache).filter((file) => file.endsWith('.node'))
-console.log(JSON.stringify({ flavor: '${flavor}', ...answer, upstreamPort, contextId: context.id, totalRequests: stats.totalRequests, loaded }))
+      (res) => {
+        let body = ''
+        res.setEncoding('utf8')
+        res.on('data', (chunk) => (body += chunk))
+        res.on('end', () => resolve({ status: res.statusCode, body }))
+      },
+    )
+    req.on('error', reject)
+    req.end()
+  })
+
+/** Prints the result with the .node files this process loaded (CommonJS and ESM share require.cache for them). */
+exports.report = (result) => {
+  const loaded = Object.keys(require.cache).filter((file) => file.endsWith('.node'))
+  console.log(JSON.stringify({ ...result, loaded }))
+}
 `
 
-/** Strips the TypeScript-only syntax of request() (type annotations and assertions it uses). */
-const untyped = (source) =>
-  source
-    .replaceAll('<void>', '')
-    .replaceAll('<{ status: number | undefined; body: string }>', '')
-    .replaceAll(' as AddressInfo', '')
-    .replaceAll(': ProxyServer', '')
-    .replaceAll(': ProxyContext', '')
-    .replaceAll(': ProxyStats', '')
-    .replaceAll('(chunk: string)', '(chunk)')
+const HARNESS_TYPES = `export interface Upstream {
+  port: number
+  close(): Promise<void>
+}
+export declare function startUpstream(): Promise<Upstream>
+export declare function basic(username: string, password: string): string
+export declare function proxiedGet(proxyPort: number, url: string, proxyAuthorization: string): Promise<{ status: number; body: string }>
+export declare function report(result: object): void
+`
 
-const TS_SOURCE = `import * as http from 'node:http'
-import { createRequire } from 'node:module'
-import type { AddressInfo } from 'node:net'
-import { ProxyServer, type ProxyContext, type ProxyStats } from '@cmux/preview-proxy'
+/** The body shared by every flavor: top-level await, ProxyServer and the harness's functions in scope. */
+const program = (flavor, typed) => {
+  const t = (annotation) => (typed ? annotation : '')
+  return `const upstream = await startUpstream()
+const proxy${t(': ProxyServer')} = await ProxyServer.start('127.0.0.1:0')
+const context${t(': ProxyContext')} = proxy.createContext(7)
+const answer = await proxiedGet(proxy.port(), \`http://127.0.0.1:\${upstream.port}/from-${flavor}?q=1\`, basic(context.username, context.password))
+const stats${t(': ProxyStats')} = proxy.stats()
+await proxy.stop()
+await upstream.close()
+report({ flavor: '${flavor}', ...answer, upstreamPort: upstream.port, contextId: context.id, totalRequests: stats.totalRequests })
+`
+}
 
-const require = createRequire(import.meta.url)
+/**
+ * Writes the project's programs: harness.cjs (+ .d.cts), client-cjs.cjs,
+ * client-esm.mjs, client-node16.mts and client-bundler.mts with a tsconfig
+ * each, and wrong.mts (one type error) with its tsconfig.
+ */
+export function writeClients(project) {
+  writeFileSync(join(project, 'harness.cjs'), HARNESS)
+  writeFileSync(join(project, 'harness.d.cts'), HARNESS_TYPES)
+  writeFileSync(
+    join(project, 'client-cjs.cjs'),
+    `const { ProxyServer } = require('@cmux/preview-proxy')
+const { basic, proxiedGet, report, startUpstream } = require('./harness.cjs')
+
+;(async () => {
+${program('cjs', false)}})().catch((error) => {
+  console.error(error)
+  process.exit(1)
+})
+`,
+  )
+  writeFileSync(
+    join(project, 'client-esm.mjs'),
+    `import { ProxyServer } from '@cmux/preview-proxy'
+import { basic, proxiedGet, report, startUpstream } from './harness.cjs'
+
+${program('esm', false)}`,
+  )
+  // One TypeScript program per resolution, each compiled in place (client-<resolution>.mjs beside harness.cjs).
+  for (const resolution of ['node16', 'bundler']) {
+    writeFileSync(
+      join(project, `client-${resolution}.mts`),
+      `import { ProxyServer, type ProxyContext, type ProxyStats } from '@cmux/preview-proxy'
+import { basic, proxiedGet, report, startUpstream } from './harness.cjs'
 
 // Never called: it only has to type-check. If the package's types were not
 // found, ProxyServer would be \`any\` and the @ts-expect-error unused (TS2578).
@@ -166,69 +215,25 @@ function typeChecks(server: ProxyServer): void {
   server.createContext('7')
 }
 void typeChecks
-${request('typescript')}`
 
-/** Writes the project's programs: client.cjs, client.mjs, client.mts with a tsconfig for each of node16 and bundler, and wrong.mts. */
-export function writeClients(project, typeRoots) {
-  writeFileSync(
-    join(project, 'client.cjs'),
-    `const http = require('node:http')
-const { ProxyServer } = require('@cmux/preview-proxy')
-;(async () => {
-${untyped(request('cjs'))}
-})().catch((error) => {
-  console.error(error)
-  process.exit(1)
-})
-`,
-  )
-  writeFileSync(
-    join(project, 'client.mjs'),
-    `import http from 'node:http'
-import { createRequire } from 'node:module'
-import { ProxyServer } from '@cmux/preview-proxy'
-
-const require = createRequire(import.meta.url)
-${untyped(request('esm'))}`,
-  )
-  writeFileSync(join(project, 'client.mts'), TS_SOURCE)
-  const compilerOptions = {
-    target: 'ES2022',
-    strict: true,
-    noUnusedLocals: true,
-    // As `tsc --init` sets it: @types/node is not checked again (seconds);
-    // index.d.ts itself is checked by the project of wrong.mts, below.
-    skipLibCheck: true,
-    // No @types/node in the temp project: the repository's.
-    typeRoots: [typeRoots],
-    types: ['node'],
-  }
-  for (const [name, options] of [
-    ['node16', { module: 'node16', moduleResolution: 'node16' }],
-    ['bundler', { module: 'esnext', moduleResolution: 'bundler' }],
-  ]) {
-    writeFileSync(
-      join(project, `tsconfig.${name}.json`),
-      JSON.stringify({ compilerOptions: { ...compilerOptions, ...options, outDir: `out-${name}` }, files: ['client.mts'] }, null, 2),
+${program(`typescript-${resolution}`, true)}`,
     )
   }
-  // A program with one type error, checked with the declaration files (the
-  // installed index.d.ts) and without @types/node: exactly that error must come out.
   writeFileSync(
     join(project, 'wrong.mts'),
-    `import { ProxyServer } from '@cmux/preview-proxy'\nconst port: string = (await ProxyServer.start('127.0.0.1:0')).port()\nconsole.log(port)\n`,
+    `import { ProxyServer } from '@cmux/preview-proxy'\nexport const port: string = (await ProxyServer.start('127.0.0.1:0')).port()\n`,
   )
-  writeFileSync(
-    join(project, 'tsconfig.wrong.json'),
-    JSON.stringify(
-      {
-        compilerOptions: { target: 'ES2022', module: 'node16', moduleResolution: 'node16', strict: true, noEmit: true, skipLibCheck: false, types: [] },
-        files: ['wrong.mts'],
-      },
-      null,
-      2,
-    ),
-  )
+  // No @types/node (types: []): the programs use only ES2022, this package's
+  // types and the harness's. skipLibCheck off: the installed index.d.ts is checked too.
+  const compilerOptions = { target: 'ES2022', lib: ['ES2022'], types: [], strict: true, noUnusedLocals: true, skipLibCheck: false }
+  const tsconfigs = {
+    node16: { compilerOptions: { ...compilerOptions, module: 'node16', moduleResolution: 'node16' }, files: ['client-node16.mts'] },
+    bundler: { compilerOptions: { ...compilerOptions, module: 'esnext', moduleResolution: 'bundler' }, files: ['client-bundler.mts'] },
+    wrong: { compilerOptions: { ...compilerOptions, module: 'node16', moduleResolution: 'node16', noEmit: true }, files: ['wrong.mts'] },
+  }
+  for (const [name, tsconfig] of Object.entries(tsconfigs)) {
+    writeFileSync(join(project, `tsconfig.${name}.json`), JSON.stringify(tsconfig, null, 2))
+  }
 }
 
 /** The one JSON line a client printed. */
