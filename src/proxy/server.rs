@@ -400,10 +400,12 @@ async fn handle(
     }
     if req.method() == Method::CONNECT {
         // An extended CONNECT (RFC 8441): a WebSocket over an HTTP/2 stream.
-        return tunnel::websocket_over_h2(shared, context, req, upstream, connection.slot.clone()).await;
+        let asked = asked_url(binding.as_ref(), req.uri());
+        return tunnel::websocket_over_h2(shared, context, req, (asked, upstream), connection.slot.clone()).await;
     }
     if let Some(protocol) = upgrade_protocol(req.headers()) {
-        return tunnel::upgrade(shared, context, req, upstream, protocol, connection.slot.clone()).await;
+        let asked = asked_url(binding.as_ref(), req.uri());
+        return tunnel::upgrade(shared, context, req, (asked, upstream), protocol, connection.slot.clone()).await;
     }
     // A page load that fails gets a page that says why (and recovers by itself).
     let navigation =

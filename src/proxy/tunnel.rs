@@ -60,12 +60,12 @@ pub(crate) async fn connect(
                 Ok(stream) => stream,
                 Err(error) => return shared.fail(Some(&context), &error),
             };
-            let record = TunnelRecord::new("tunnel", &target, &context, "blind");
+            let record = TunnelRecord::new("tunnel", &target, Some(&upstream.addr), &context, "blind");
             spawn_relay(shared, cancel, slot, record, client, upstream_stream);
             return established();
         }
         shared.log.event(format_args!("CONNECT {target}: looking inside"));
-        let record = TunnelRecord::new("tunnel", &target, &context, "looked-into");
+        let record = TunnelRecord::new("tunnel", &target, None, &context, "looked-into");
         spawn_tunnel(shared.clone(), cancel.clone(), slot.clone(), record.clone(), async move {
             let client = TokioIo::new(client.await.map_err(io::Error::other)?);
             look_inside(shared, context, target, client, cancel, slot, &record).await
@@ -82,7 +82,7 @@ pub(crate) async fn connect(
         Err(error) => return shared.fail(Some(&context), &error),
     };
     shared.log.event(format_args!("CONNECT {target}: tunnel open"));
-    let record = TunnelRecord::new("tunnel", &target, &context, "blind");
+    let record = TunnelRecord::new("tunnel", &target, Some(&target), &context, "blind");
     spawn_relay(shared, cancel, slot, record, client, upstream);
     established()
 }
@@ -97,7 +97,10 @@ fn established() -> Response<Body> {
 struct TunnelRecord {
     /// `tunnel` or `websocket`.
     kind: &'static str,
+    /// What the client asked for: the CONNECT target, or the WebSocket's URL.
     target: String,
+    /// Where the bytes go, when the proxy relays them itself.
+    upstream: Option<String>,
     context: Arc<Context>,
     /// `blind`, `looked-into` or `intercepted`; known for sure once the first bytes were seen.
     handling: parking_lot::Mutex<&'static str>,
@@ -109,12 +112,14 @@ impl TunnelRecord {
     fn new(
         kind: &'static str,
         target: &dyn std::fmt::Display,
+        upstream: Option<&dyn std::fmt::Display>,
         context: &Arc<Context>,
         handling: &'static str,
     ) -> Arc<Self> {
         Arc::new(TunnelRecord {
             kind,
             target: target.to_string(),
+            upstream: upstream.map(|u| u.to_string()),
             context: context.clone(),
             handling: parking_lot::Mutex::new(handling),
             traffic: Arc::default(),
@@ -125,6 +130,7 @@ impl TunnelRecord {
         Event {
             phase: Some(phase),
             url: Some(self.target.clone()),
+            upstream: self.upstream.clone(),
             handling: Some(*self.handling.lock()),
             ..Event::of(self.kind, Some(&self.context))
         }
@@ -283,7 +289,7 @@ async fn switch_protocols(
     context: &Arc<Context>,
     slot: Slot,
     client: OnUpgrade,
-    upstream: &Upstream,
+    (asked, upstream): (&str, &Upstream),
     req: Request<Body>,
 ) -> Result<Response<Body>, Response<Body>> {
     let mut response = send_http1(shared, upstream, req).await.map_err(|e| shared.fail(Some(context), &e))?;
@@ -292,7 +298,7 @@ async fn switch_protocols(
     }
     let upgraded = hyper::upgrade::on(&mut response);
     let idle = shared.limits.idle_tunnel_timeout;
-    let record = TunnelRecord::new("websocket", &upstream.addr, context, "relayed");
+    let record = TunnelRecord::new("websocket", &asked, Some(&upstream.addr), context, "relayed");
     let traffic = record.traffic.clone();
     spawn_tunnel(shared.clone(), context.revoked.child_token(), slot, record, async move {
         let (client, upstream) = tokio::try_join!(client, upgraded).map_err(io::Error::other)?;
@@ -307,13 +313,13 @@ pub(crate) async fn upgrade(
     shared: Arc<Shared>,
     context: Arc<Context>,
     mut req: Request<Incoming>,
-    upstream: Upstream,
+    (asked, upstream): (String, Upstream),
     protocol: HeaderValue,
     slot: Slot,
 ) -> Response<Body> {
     let client = hyper::upgrade::on(&mut req);
     let req = upstream_request(req.map(|body| body.boxed()), &upstream, Some(protocol));
-    switch_protocols(&shared, &context, slot, client, &upstream, req).await.unwrap_or_else(|answer| answer)
+    switch_protocols(&shared, &context, slot, client, (&asked, &upstream), req).await.unwrap_or_else(|answer| answer)
 }
 
 /// Bridges an HTTP/2 extended `CONNECT` with `:protocol websocket` to the
@@ -322,7 +328,7 @@ pub(crate) async fn websocket_over_h2(
     shared: Arc<Shared>,
     context: Arc<Context>,
     mut req: Request<Incoming>,
-    upstream: Upstream,
+    (asked, upstream): (String, Upstream),
     slot: Slot,
 ) -> Response<Body> {
     let protocol = req.extensions().get::<hyper::ext::Protocol>().map(|p| p.as_str().to_owned());
@@ -341,7 +347,7 @@ pub(crate) async fn websocket_over_h2(
         &upstream,
         Some(HeaderValue::from_static("websocket")),
     );
-    match switch_protocols(&shared, &context, slot, client, &upstream, req).await {
+    match switch_protocols(&shared, &context, slot, client, (&asked, &upstream), req).await {
         Ok(mut accepted) => {
             // RFC 8441: a 200 on the stream stands for the 101.
             *accepted.status_mut() = StatusCode::OK;
