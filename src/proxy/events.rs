@@ -154,7 +154,7 @@ impl Drop for OpenTunnel {
     }
 }
 
-/// Bytes of a body counted into a context's stats (and an event's total).
+/// A request body whose bytes are counted for its record.
 pub(crate) struct Counted {
     inner: Body,
     counter: Arc<AtomicU64>,
@@ -192,27 +192,65 @@ impl hyper::body::Body for Counted {
     }
 }
 
-/// A request's record, completed when its response body is done (sent or
-/// dropped): the context's byte counters and the `request` event.
+/// A response body that completes its request's record when it is done
+/// (sent or dropped): the context's byte counters and the `request` event.
+pub(crate) struct RecordedBody {
+    inner: Body,
+    bytes_out: u64,
+    record: RequestRecord,
+}
+
 pub(crate) struct RequestRecord {
     pub(crate) events: Arc<Events>,
     pub(crate) context: Arc<Context>,
+    /// Built only when someone listens.
     pub(crate) event: Option<Event>,
     pub(crate) started: Instant,
-    pub(crate) bytes_in: Arc<AtomicU64>,
-    pub(crate) bytes_out: Arc<AtomicU64>,
+    /// The request body's bytes, counted by [`Counted`] (absent without a body).
+    pub(crate) bytes_in: Option<Arc<AtomicU64>>,
 }
 
-impl Drop for RequestRecord {
+impl RecordedBody {
+    pub(crate) fn new(inner: Body, record: RequestRecord) -> RecordedBody {
+        RecordedBody { inner, bytes_out: 0, record }
+    }
+}
+
+impl hyper::body::Body for RecordedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if let Some(Ok(frame)) = &frame {
+            self.bytes_out += frame.data_ref().map_or(0, |d| d.len() as u64);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for RecordedBody {
     fn drop(&mut self) {
-        let (bytes_in, bytes_out) = (self.bytes_in.load(Ordering::Relaxed), self.bytes_out.load(Ordering::Relaxed));
-        self.context.stats.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
-        self.context.stats.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
-        if let Some(mut event) = self.event.take() {
-            event.duration_ms = Some(self.started.elapsed().as_secs_f64() * 1000.0);
+        let record = &mut self.record;
+        let bytes_in = record.bytes_in.as_ref().map_or(0, |b| b.load(Ordering::Relaxed));
+        record.context.stats.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
+        record.context.stats.bytes_out.fetch_add(self.bytes_out, Ordering::Relaxed);
+        if let Some(mut event) = record.event.take() {
+            event.duration_ms = Some(record.started.elapsed().as_secs_f64() * 1000.0);
             event.bytes_in = Some(bytes_in);
-            event.bytes_out = Some(bytes_out);
-            self.events.emit(|| event);
+            event.bytes_out = Some(self.bytes_out);
+            record.events.emit(|| event);
         }
     }
 }

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::auth::Context;
 use super::error::ProxyError;
 use super::error_page;
-use super::events::{Counted, Event, RequestRecord};
+use super::events::{Counted, Event, RecordedBody, RequestRecord};
 use super::forward::{client_response, upgrade_protocol, upstream_request};
 use super::prefixed::sniff_stream;
 use super::reply::{self, Body};
@@ -331,16 +331,8 @@ async fn handle_contained(
         protocol: Some(protocol),
         ..Event::of("request", Some(&context))
     });
-    let record = RequestRecord {
-        events: shared.events.clone(),
-        context,
-        event,
-        started,
-        bytes_in: trace.bytes_in,
-        bytes_out: Arc::default(),
-    };
-    let bytes_out = record.bytes_out.clone();
-    response.map(|body| reply::Holding::new(Counted::new(body, bytes_out).boxed(), record).boxed())
+    let record = RequestRecord { events: shared.events.clone(), context, event, started, bytes_in: trace.bytes_in };
+    response.map(|body| RecordedBody::new(body, record).boxed())
 }
 
 /// What [`handle`] learned about a request, for its record.
@@ -350,7 +342,8 @@ struct Trace {
     /// The URL as asked and the upstream it went to: only when someone listens for events.
     url: Option<String>,
     upstream: Option<String>,
-    bytes_in: Arc<AtomicU64>,
+    /// The request body's bytes, when it has one.
+    bytes_in: Option<Arc<AtomicU64>>,
 }
 
 async fn handle(
@@ -410,7 +403,13 @@ async fn handle(
     // A page load that fails gets a page that says why (and recovers by itself).
     let navigation =
         error_page::is_navigation(req.method(), req.headers()).then(|| asked_url(binding.as_ref(), req.uri()));
-    let req = req.map(|body| Counted::new(body.boxed(), trace.bytes_in.clone()).boxed());
+    // Only a body is counted: a GET allocates nothing for it.
+    let req = if hyper::body::Body::is_end_stream(req.body()) {
+        req.map(|body| body.boxed())
+    } else {
+        let bytes_in = trace.bytes_in.insert(Arc::default()).clone();
+        req.map(|body| Counted::new(body.boxed(), bytes_in).boxed())
+    };
     match forward(&shared, req, &upstream).await {
         Ok(response) => response,
         Err(error) => match navigation.filter(|_| error_page::is_unreachable(&error)) {
