@@ -1,6 +1,8 @@
 // The Electron integration example (examples/electron/main.ts) type-checks
-// against the addon's own index.d.ts and Electron's type definitions, and the
-// check is real: deliberately wrong uses of both APIs fail it.
+// against the package's own types (index.d.ts, and electron/index.d.ts of
+// '@cmux/preview-proxy/electron', resolved through the package's exports map)
+// and Electron's type definitions, and the check is real: deliberately wrong
+// uses of the three APIs fail it.
 
 import { execFile } from 'node:child_process'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
@@ -23,6 +25,7 @@ function tsc(project) {
 // Each line marked `// expect TSnnnn` must produce exactly that error, and no other line any.
 const BAD_SNIPPET = `import { app, session } from 'electron'
 import { ProxyServer } from '../../../index.js'
+import { configurePreviewProxyForView, enablePreviewProxyHttpsMode, startPreviewProxy } from '@cmux/preview-proxy/electron'
 
 export async function wrong(): Promise<void> {
   const server = await ProxyServer.start('127.0.0.1:0', true)
@@ -36,6 +39,10 @@ export async function wrong(): Promise<void> {
     const proxyPort: string = authInfo.port // expect TS2322
     void proxyPort
   })
+  await configurePreviewProxyForView({ webContents: 7, initialUrl: 'https://cmux-m1-base-3000.cmux.app/', logger: console }) // expect TS2322
+  const previewPort: string = await startPreviewProxy(console) // expect TS2322
+  enablePreviewProxyHttpsMode(session.defaultSession) // expect TS2345
+  void previewPort
   void user
   void port
 }

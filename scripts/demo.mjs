@@ -1,6 +1,9 @@
 // The proxy end to end, the way a preview WebContents uses it, against local
 // stand-ins: a "cloud dev box" (HTTPS + WebSocket, certificate from a demo CA)
-// and a plain TCP echo service. Prints what happened and how long it took.
+// and a plain TCP echo service. The route comes from the preview's cmux URL
+// (deriveRoute, as @cmux/preview-proxy/electron derives it), and the proxy's
+// events (onEvent, what the Electron module sends to the app's logger) are
+// printed along the way. Prints what happened and how long it took.
 import http from 'node:http'
 import https from 'node:https'
 import net from 'node:net'
@@ -14,20 +17,39 @@ installChromium()
 buildAddon()
 
 const require = createRequire(`${root}/`)
-const { ProxyServer } = require('./index.js')
+const { ProxyServer, deriveRoute } = require('./index.js')
 const { WebSocketServer, WebSocket } = require('ws')
 const { makeCA, makeLeaf } = await import('../__test__/helpers.mjs')
 
-const route = { morphId: 'demo', scope: 'base', domainSuffix: 'demo.test' }
-const devBoxHost = 'cmux-demo-base-3000.demo.test'
+// The preview's URL, as cmux opens it; its route says where the page's localhost goes.
+const previewUrl = 'https://cmux-demo-base-3000.cmux.app/'
+const route = deriveRoute(previewUrl)
+// Loopback traffic goes to the cmux-proxy origin (with X-Cmux-Port-Internal / X-Cmux-Host-Override).
+const devBoxHost = new URL(route.cmuxProxyOrigin).hostname
 const ms = (start) => `${(performance.now() - start).toFixed(1)} ms`
-const step = (title) => console.log(`\n== ${title}`)
+
+// The proxy's events, printed (compactly) before each step and at the end.
+const events = []
+function describeEvent(e) {
+  const parts = [e.kind, e.phase, e.method, e.url, e.upstream && `-> ${e.upstream}`, e.status, e.handling, e.cause,
+    e.durationMs !== undefined && `${e.durationMs.toFixed(1)} ms`, e.kind === 'context' && `webContents ${e.webContentsId}`]
+  return parts.filter((p) => p !== undefined && p !== false && p !== null).join(' ')
+}
+const flushEvents = async () => {
+  await new Promise((resolve) => setTimeout(resolve, 20))
+  for (const e of events.splice(0)) console.log(`   event: ${describeEvent(e)}`)
+}
+const step = async (title) => {
+  await flushEvents()
+  console.log(`\n== ${title}`)
+}
 
 // The cloud dev box stand-in: answers with what it saw, echoes WebSocket messages.
 const demoCa = makeCA('cmux demo CA')
 const devBox = https.createServer(makeLeaf(demoCa, [devBoxHost]), (req, res) => {
   res.setHeader('content-type', 'text/plain')
-  res.end(`dev box saw ${req.method} ${req.url} Host=${req.headers.host}`)
+  res.end(`dev box saw ${req.method} ${req.url} Host=${req.headers.host}` +
+    ` X-Cmux-Port-Internal=${req.headers['x-cmux-port-internal']} X-Cmux-Host-Override=${req.headers['x-cmux-host-override']}`)
 })
 const hmr = new WebSocketServer({ server: devBox, path: '/hmr' })
 hmr.on('connection', (socket) => {
@@ -47,9 +69,10 @@ const proxy = await ProxyServer.start('127.0.0.1:0', true, {
     'echo.demo.test:7': `127.0.0.1:${echo.address().port}`,
   },
   upstreamCaPem: [demoCa.certPem],
-  logging: true,
 })
+const unsubscribe = proxy.onEvent((event) => events.push(event))
 const port = proxy.port()
+console.log(`deriveRoute(${JSON.stringify(previewUrl)}) = ${JSON.stringify(route)}`)
 const context = proxy.createContext(1, route)
 const auth = `Basic ${Buffer.from(`${context.username}:${context.password}`).toString('base64')}`
 console.log(`proxy on 127.0.0.1:${port}; context ${context.id} as ${context.username} routes to ${devBoxHost}`)
@@ -65,14 +88,14 @@ async function tunnel(authority) {
   return socket
 }
 
-step('1. Without credentials the proxy challenges (the browser answers in app.on("login"))')
+await step('1. Without credentials the proxy challenges (the browser answers in app.on("login"))')
 let start = performance.now()
 const challenged = await new Promise((resolve, reject) =>
   http.get({ host: '127.0.0.1', port, path: 'http://localhost:3000/' }, resolve).on('error', reject))
 challenged.resume()
 console.log(`${challenged.statusCode} ${challenged.headers['proxy-authenticate']} (${ms(start)})`)
 
-step('2. http://localhost:3000/ is rewritten to the dev box')
+await step("2. http://localhost:3000/ is rewritten to the preview's cmux-proxy origin (the dev box)")
 start = performance.now()
 const page = await new Promise((resolve, reject) =>
   http.get({ host: '127.0.0.1', port, path: 'http://localhost:3000/index.html?v=1', headers: { 'proxy-authorization': auth } }, (res) => {
@@ -82,7 +105,7 @@ const page = await new Promise((resolve, reject) =>
   }).on('error', reject))
 console.log(`${page} (${ms(start)})`)
 
-step('3. A CONNECT tunnel to a non-loopback service is relayed byte for byte')
+await step('3. A CONNECT tunnel to a non-loopback service is relayed byte for byte')
 start = performance.now()
 const raw = await tunnel('echo.demo.test:7')
 raw.write('ping through the tunnel')
@@ -90,7 +113,7 @@ const [echoed] = await once(raw, 'data')
 console.log(`echo service answered "${echoed}" (${ms(start)})`)
 raw.destroy()
 
-step('4. ws://localhost:3000/hmr through CONNECT: the hot-reload socket, both ways')
+await step('4. ws://localhost:3000/hmr through CONNECT: the hot-reload socket, both ways')
 start = performance.now()
 const hmrSocket = await tunnel('localhost:3000')
 const client = new WebSocket('ws://localhost:3000/hmr', { createConnection: () => hmrSocket })
@@ -103,7 +126,7 @@ console.log(`received: ${messages.map((m) => JSON.stringify(m)).join(', ')} (${m
 client.close()
 await once(client, 'close')
 
-step('5. https://localhost:3000/ through CONNECT: TLS terminated with the proxy CA, then rewritten')
+await step('5. https://localhost:3000/ through CONNECT: TLS terminated with the proxy CA, then rewritten')
 start = performance.now()
 const secureTunnel = await tunnel('localhost:3000')
 const secure = tls.connect({ socket: secureTunnel, servername: 'localhost', ca: [proxy.caCertificatePem()], ALPNProtocols: ['http/1.1'] })
@@ -119,14 +142,16 @@ const securePage = await new Promise((resolve, reject) =>
 console.log(`leaf ${leaf.subject.CN} (${leaf.subjectaltname}) issued by "${leaf.issuer.CN}"`)
 console.log(`${securePage} (${ms(start)})`)
 
-step('6. releaseContext revokes the credentials at once')
+await step('6. releaseContext revokes the credentials at once')
 proxy.releaseContext(context.id)
 const revoked = await new Promise((resolve, reject) =>
   http.get({ host: '127.0.0.1', port, path: 'http://localhost:3000/', headers: { 'proxy-authorization': auth }, agent: false }, resolve).on('error', reject))
 revoked.resume()
 console.log(`after release: ${revoked.statusCode}`)
+await flushEvents()
 console.log('stats:', proxy.stats())
 
+unsubscribe()
 await proxy.stop()
 hmr.close()
 devBox.closeAllConnections()
@@ -145,9 +170,10 @@ const {
   waitForHmrText,
 } = await import('../__test__/browser-helpers.mjs')
 
-const webRoute = { morphId: 'web', scope: 'base', domainSuffix: 'demo.test' }
+// Here the route without its cmux-proxy origin: loopback traffic goes to the dev box's own name.
+const { cmuxProxyOrigin: _origin, ...webRoute } = deriveRoute('https://cmux-web-base-3000.cmux.app/')
 const webHost = devHost(webRoute)
-step(`7. Chromium (${CHROMIUM_PATH}, headless) opens http://localhost:3000/; nothing listens on localhost:3000`)
+await step(`7. Chromium (${CHROMIUM_PATH}, headless) opens http://localhost:3000/; nothing listens on localhost:3000`)
 const webBox = await startDevBox({ tls: makeLeaf(demoCa, [webHost]) })
 const browserProxy = await ProxyServer.start('127.0.0.1:0', true, {
   resolve: { [`${webHost}:443`]: `127.0.0.1:${webBox.port}` },
@@ -175,7 +201,7 @@ try {
   console.log('  the dev box saw:')
   for (const r of webBox.requests) console.log(`    ${r.kind === 'ws' ? 'WS  ' : r.method.padEnd(4)} ${r.path.padEnd(12)} Host=${r.host}`)
 
-  step('8. Hot reload in Chromium: ws://localhost:3000/hmr (a CONNECT tunnel the proxy serves), both ways')
+  await step('8. Hot reload in Chromium: ws://localhost:3000/hmr (a CONNECT tunnel the proxy serves), both ways')
   start = performance.now()
   await waitForHmrText(browserPage, 'echo: hello from the page')
   const upgrade = webBox.requests.find((r) => r.kind === 'ws')

@@ -1,0 +1,708 @@
+// @cmux/preview-proxy/electron (electron/index.js): its types checked against
+// Electron's own definitions, and its behaviour in Node with objects that
+// implement exactly the Electron members it calls (electron-helpers.mjs),
+// against its real proxy: credentials are checked with real requests, the
+// certificate verifier with leaves the proxy really issued. Chromium itself is
+// not launched here; the browser tests prove the network side.
+
+import { execFile } from 'node:child_process'
+import crypto from 'node:crypto'
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import tls from 'node:tls'
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, test } from 'vitest'
+import { makeCA, makeLeaf, proxyRequest, basicAuth, waitFor, sleep } from './helpers.mjs'
+import { tlsTunnel } from './tls-helpers.mjs'
+import {
+  connectStatus,
+  derToPem,
+  fakeApp,
+  fakeSession,
+  fakeWebContents,
+  FIRST_PORT,
+  LAST_PORT,
+  listeningPorts,
+  loadModule,
+  occupy,
+  recordingLogger,
+  resignLeaf,
+  unexpected,
+  verifyRequest,
+} from './electron-helpers.mjs'
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..')
+const TSC = join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc')
+const PREVIEW_URL = 'https://cmux-m1-base-3000.cmux.app/'
+const RULES = (scheme, port) => `http=${scheme}://127.0.0.1:${port};https=${scheme}://127.0.0.1:${port}`
+
+let mod
+const held = []
+
+beforeEach(() => {
+  mod = loadModule()
+  unexpected.length = 0
+})
+
+afterEach(async () => {
+  await mod.stopPreviewProxy()
+  for (const server of held.splice(0)) await new Promise((resolve) => server.close(resolve))
+  // The module called no Electron member beyond those the fakes implement.
+  expect(unexpected).toEqual([])
+})
+
+/** A configured preview: its fakes, the cleanup, and its credentials. */
+async function configured(id, { app, sessionControl, logger = recordingLogger().logger, url = PREVIEW_URL, persistKey } = {}) {
+  const control = sessionControl ?? fakeSession(`session#${id}`)
+  const wc = fakeWebContents(id, control.session)
+  if (app) mod.installPreviewProxyLoginHandler(app)
+  const cleanup = await mod.configurePreviewProxyForView({ webContents: wc.webContents, initialUrl: url, persistKey, logger })
+  return { control, wc, cleanup, credentials: mod.getProxyCredentialsForWebContents(id) }
+}
+
+describe('persist keys and partitions', () => {
+  test.each([
+    ['task-run-preview:abc', true, 'persist:cmux-preview-'],
+    ['task-run-preview:', true, 'persist:cmux-preview-'],
+    ['task-run-preview', false, null],
+    ['Task-Run-Preview:abc', false, null],
+    [' task-run-preview:abc', false, null],
+    ['other:abc', false, null],
+    ['', false, null],
+    [undefined, false, null],
+  ])('%j', (key, isPreview, prefix) => {
+    expect(mod.isTaskRunPreviewPersistKey(key)).toBe(isPreview)
+    const partition = mod.getPreviewPartitionForPersistKey(key)
+    if (!prefix) return expect(partition).toBeNull()
+    expect(partition).toMatch(/^persist:cmux-preview-[0-9a-f]{24}$/)
+  })
+
+  test('the partition is persist:cmux-preview- and the first 24 hex characters of SHA-256 of the whole key', () => {
+    const key = 'task-run-preview:abc'
+    const hex = crypto.createHash('sha256').update(key).digest('hex')
+    expect(mod.getPreviewPartitionForPersistKey(key)).toBe(`persist:cmux-preview-${hex.slice(0, 24)}`)
+    expect(mod.getPreviewPartitionForPersistKey('task-run-preview:abd')).not.toBe(mod.getPreviewPartitionForPersistKey(key))
+  })
+})
+
+describe('startPreviewProxy', () => {
+  test('concurrent calls start one proxy, on the first free port of 39385..39434', async () => {
+    const before = await listeningPorts()
+    const { logger, calls } = recordingLogger()
+    const ports = await Promise.all(Array.from({ length: 8 }, () => mod.startPreviewProxy(logger)))
+    const port = ports[0]
+    expect(new Set(ports)).toEqual(new Set([port]))
+    expect(port).toBeGreaterThanOrEqual(FIRST_PORT)
+    expect(port).toBeLessThanOrEqual(LAST_PORT)
+    // Exactly one new listener in the range: this one.
+    const after = await listeningPorts()
+    expect(after.filter((p) => !before.includes(p))).toEqual([port])
+    expect(calls.filter((c) => c.message === 'Preview proxy listening')).toEqual([{ level: 'log', message: 'Preview proxy listening', data: { port, https: false } }])
+    // A later call gives the same port without starting anything.
+    expect(await mod.startPreviewProxy(logger)).toBe(port)
+    expect(await listeningPorts()).toEqual(after)
+  })
+
+  test('EADDRINUSE on the first ports moves on to the next one', async () => {
+    // 39385 held by a listener of our own (or, if it is already taken, by someone else: the same for the module).
+    const first = await occupy(FIRST_PORT)
+    if (first) held.push(first)
+    const second = await occupy(FIRST_PORT + 1)
+    if (second) held.push(second)
+    const port = await mod.startPreviewProxy(recordingLogger().logger)
+    expect(port).toBeGreaterThan(FIRST_PORT + 1)
+    expect(port).toBeLessThanOrEqual(LAST_PORT)
+    // Our listeners are untouched.
+    if (first) expect(first.address().port).toBe(FIRST_PORT)
+  })
+
+  test('stopPreviewProxy frees the port, is idempotent, and waits for a start in flight', async () => {
+    const starting = mod.startPreviewProxy(recordingLogger().logger)
+    await mod.stopPreviewProxy()
+    const port = await starting
+    expect(await listeningPorts()).not.toContain(port)
+    await mod.stopPreviewProxy()
+    expect(mod.getPreviewProxyCertificateAuthorityInfo()).toBeNull()
+    // A new start works.
+    const again = await mod.startPreviewProxy(recordingLogger().logger)
+    expect((await listeningPorts()).includes(again)).toBe(true)
+  })
+})
+
+describe('configurePreviewProxyForView', () => {
+  test('sets the proxy (rules from proxyRules(), <-loopback>), trusts the CA, clears the auth cache, creates the context', async () => {
+    const app = fakeApp()
+    const { control, wc, credentials } = await configured(7, { app: app.app, persistKey: 'task-run-preview:x' })
+    const port = await mod.startPreviewProxy(recordingLogger().logger)
+    expect(control.calls.map((c) => c.method)).toEqual(['setProxy', 'setCertificateVerifyProc', 'clearAuthCache'])
+    expect(control.proxies()).toEqual([{ mode: 'fixed_servers', proxyRules: RULES('http', port), proxyBypassRules: '<-loopback>' }])
+    expect(credentials).toEqual({ username: expect.stringMatching(/^wc-7-[0-9a-f]{8}$/), password: expect.stringMatching(/^[0-9a-f]{32}$/) })
+    // The credentials are live in the proxy.
+    expect(await connectStatus(port, credentials)).toBe(200)
+    expect(await connectStatus(port, null)).toBe(407)
+    // Released on `destroyed`: one listener was added.
+    expect(wc.listeners.map((l) => l.event)).toEqual(['destroyed'])
+  })
+
+  test('a URL without a cmux route: logger.warn, nothing configured, a no-op cleanup, no proxy started', async () => {
+    const { logger, calls } = recordingLogger()
+    const control = fakeSession()
+    const wc = fakeWebContents(3, control.session)
+    const cleanup = await mod.configurePreviewProxyForView({ webContents: wc.webContents, initialUrl: 'http://localhost:3000/', persistKey: 'task-run-preview:y', logger })
+    expect(calls).toEqual([{ level: 'warn', message: 'Preview proxy skipped; unable to parse cmux host', data: { url: 'http://localhost:3000/', persistKey: 'task-run-preview:y' } }])
+    expect(control.calls).toEqual([])
+    expect(wc.listeners).toEqual([])
+    cleanup()
+    expect(control.calls).toEqual([])
+    expect(mod.getPreviewProxyCertificateAuthorityInfo()).toBeNull()
+    expect(mod.getProxyCredentialsForWebContents(3)).toBeNull()
+  })
+
+  test('a setProxy that rejects releases the context (its credentials then get 407) and rethrows', async () => {
+    const app = fakeApp()
+    mod.installPreviewProxyLoginHandler(app.app)
+    const port = await mod.startPreviewProxy(recordingLogger().logger)
+    let during
+    const failure = new Error('setProxy failed')
+    const control = fakeSession('failing', {
+      setProxyImpl: async () => {
+        // The context exists while the session is being configured.
+        during = mod.getProxyCredentialsForWebContents(9)
+        expect(await connectStatus(port, during)).toBe(200)
+        throw failure
+      },
+    })
+    const wc = fakeWebContents(9, control.session)
+    const { logger, calls } = recordingLogger()
+    await expect(mod.configurePreviewProxyForView({ webContents: wc.webContents, initialUrl: PREVIEW_URL, logger })).rejects.toBe(failure)
+    expect(during).toEqual({ username: expect.stringMatching(/^wc-9-/), password: expect.any(String) })
+    expect(mod.getProxyCredentialsForWebContents(9)).toBeNull()
+    expect(await connectStatus(port, during)).toBe(407)
+    expect(calls.at(-1)).toMatchObject({ level: 'warn', message: 'Failed to configure preview proxy', data: { webContentsId: 9, error: 'setProxy failed' } })
+    // Nothing else was done to the session, and the login handler has nothing to answer.
+    expect(control.calls.map((c) => c.method)).toEqual(['setProxy'])
+    expect(app.login(wc.webContents, { isProxy: true, scheme: 'basic', host: '127.0.0.1', port, realm: 'Cmux Preview Proxy' })).toEqual({ prevented: false, answer: null })
+    // A later destroyed is harmless.
+    wc.destroy()
+    expect(control.calls.map((c) => c.method)).toEqual(['setProxy'])
+  })
+
+  test('cleanup releases the context (407), resets the session to direct, and is idempotent', async () => {
+    const { control, cleanup, credentials } = await configured(11, { app: fakeApp().app })
+    const port = await mod.startPreviewProxy(recordingLogger().logger)
+    expect(await connectStatus(port, credentials)).toBe(200)
+    cleanup()
+    expect(await connectStatus(port, credentials)).toBe(407)
+    expect(mod.getProxyCredentialsForWebContents(11)).toBeNull()
+    expect(control.proxies().at(-1)).toEqual({ mode: 'direct' })
+    cleanup()
+    cleanup()
+    expect(control.proxies().filter((p) => p.mode === 'direct')).toHaveLength(1)
+  })
+
+  test('destroyed releases the context (407) and resets the session; the cleanup afterwards does nothing', async () => {
+    const { control, wc, cleanup, credentials } = await configured(12, { app: fakeApp().app })
+    const port = await mod.startPreviewProxy(recordingLogger().logger)
+    wc.destroy()
+    expect(await connectStatus(port, credentials)).toBe(407)
+    expect(control.proxies().at(-1)).toEqual({ mode: 'direct' })
+    cleanup()
+    expect(control.proxies().filter((p) => p.mode === 'direct')).toHaveLength(1)
+  })
+
+  test('releasePreviewProxy releases (407) and resets the session to direct; unknown ids are ignored', async () => {
+    const { control, credentials } = await configured(13, { app: fakeApp().app })
+    const port = await mod.startPreviewProxy(recordingLogger().logger)
+    mod.releasePreviewProxy(13)
+    expect(await connectStatus(port, credentials)).toBe(407)
+    expect(control.proxies()).toEqual([
+      { mode: 'fixed_servers', proxyRules: RULES('http', port), proxyBypassRules: '<-loopback>' },
+      { mode: 'direct' },
+    ])
+    mod.releasePreviewProxy(13)
+    mod.releasePreviewProxy(999)
+    expect(control.proxies()).toHaveLength(2)
+  })
+
+  test('a session shared by two previews is reset to direct only when the last one goes', async () => {
+    const shared = fakeSession('shared')
+    const app = fakeApp().app
+    const a = await configured(21, { app, sessionControl: shared })
+    const b = await configured(22, { app, sessionControl: shared })
+    const port = await mod.startPreviewProxy(recordingLogger().logger)
+    // The verify proc is set once per session.
+    expect(shared.calls.filter((c) => c.method === 'setCertificateVerifyProc')).toHaveLength(1)
+    a.wc.destroy()
+    expect(await connectStatus(port, a.credentials)).toBe(407)
+    expect(await connectStatus(port, b.credentials)).toBe(200)
+    expect(shared.proxies().some((p) => p.mode === 'direct')).toBe(false)
+    b.cleanup()
+    expect(shared.proxies().at(-1)).toEqual({ mode: 'direct' })
+  })
+
+  test('configuring the same WebContents again replaces its context; the first cleanup does not touch the second', async () => {
+    const app = fakeApp().app
+    const control = fakeSession('again')
+    const first = await configured(31, { app, sessionControl: control })
+    const wc = fakeWebContents(31, control.session)
+    const cleanup = await mod.configurePreviewProxyForView({ webContents: wc.webContents, initialUrl: PREVIEW_URL, logger: recordingLogger().logger })
+    const second = mod.getProxyCredentialsForWebContents(31)
+    const port = await mod.startPreviewProxy(recordingLogger().logger)
+    expect(second.username).not.toBe(first.credentials.username)
+    expect(await connectStatus(port, first.credentials)).toBe(407)
+    first.cleanup()
+    expect(await connectStatus(port, second)).toBe(200)
+    cleanup()
+    expect(await connectStatus(port, second)).toBe(407)
+  })
+})
+
+describe('the login handler', () => {
+  test('answers our proxy challenge only: not another host or port, not a non-proxy auth, not unknown WebContents', async () => {
+    const app = fakeApp()
+    const { wc, credentials } = await configured(41, { app: app.app })
+    const port = await mod.startPreviewProxy(recordingLogger().logger)
+    const ours = { isProxy: true, scheme: 'basic', host: '127.0.0.1', port, realm: 'Cmux Preview Proxy' }
+    expect(app.login(wc.webContents, ours)).toEqual({ prevented: true, answer: [credentials.username, credentials.password] })
+
+    const left = { prevented: false, answer: null }
+    expect(app.login(wc.webContents, { ...ours, port: port + 1 })).toEqual(left)
+    expect(app.login(wc.webContents, { ...ours, host: 'localhost' })).toEqual(left)
+    expect(app.login(wc.webContents, { ...ours, host: 'proxy.example.com', port: 8080 })).toEqual(left)
+    expect(app.login(wc.webContents, { ...ours, isProxy: false })).toEqual(left)
+    expect(app.login(wc.webContents, { ...ours, isProxy: false, host: 'localhost', port: 3000 })).toEqual(left)
+    expect(app.login(fakeWebContents(4242, fakeSession().session).webContents, ours)).toEqual(left)
+    expect(app.login(null, ours)).toEqual(left)
+    // Another listener answered first: left alone.
+    expect(app.login(wc.webContents, ours, { alreadyPrevented: true })).toEqual({ prevented: true, answer: null })
+    // Released: nothing to answer with.
+    mod.releasePreviewProxy(41)
+    expect(app.login(wc.webContents, ours)).toEqual(left)
+  })
+
+  test('one listener per app, also when configure installs it again', async () => {
+    const app = fakeApp()
+    mod.installPreviewProxyLoginHandler(app.app)
+    mod.installPreviewProxyLoginHandler(app.app)
+    await configured(51, { app: app.app })
+    await configured(52, { app: app.app })
+    expect(app.listeners.map((l) => l.event)).toEqual(['login'])
+  })
+
+  test('configure installs it on first use on the app given to enablePreviewProxyHttpsMode', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'cmux-electron-module-'))
+    try {
+      const app = fakeApp({ userData: dir })
+      mod.enablePreviewProxyHttpsMode(app.app)
+      expect(app.listeners).toEqual([])
+      const { wc, credentials } = await configured(53)
+      const port = await mod.startPreviewProxy(recordingLogger().logger)
+      expect(app.listeners.map((l) => l.event)).toEqual(['login'])
+      expect(app.login(wc.webContents, { isProxy: true, scheme: 'basic', host: '127.0.0.1', port, realm: '' }).answer).toEqual([credentials.username, credentials.password])
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+    }
+  })
+
+  test('outside Electron with no app given, configure warns once and still configures', async () => {
+    const { logger, calls } = recordingLogger()
+    await configured(54, { logger })
+    await configured(55, { logger })
+    const warnings = calls.filter((c) => c.level === 'warn')
+    expect(warnings).toEqual([{ level: 'warn', message: 'Preview proxy login handler not installed: call installPreviewProxyLoginHandler(app)', data: {} }])
+    expect(mod.getProxyCredentialsForWebContents(55)).not.toBeNull()
+  })
+})
+
+describe('the certificate verify proc', () => {
+  test('accepts a leaf the proxy issued for an intercepted https://localhost, for localhost only', async () => {
+    const { control, credentials } = await configured(61, { app: fakeApp().app })
+    const port = await mod.startPreviewProxy(recordingLogger().logger)
+    const socket = await tlsTunnel(port, 'localhost:3000', basicAuth(credentials.username, credentials.password), {
+      servername: 'localhost',
+      rejectUnauthorized: false,
+    })
+    const leaf = derToPem(socket.getPeerCertificate(true).raw)
+    socket.destroy()
+    expect(new crypto.X509Certificate(leaf).checkIssued(new crypto.X509Certificate(mod.getPreviewProxyCertificateAuthorityInfo().certPem))).toBe(true)
+
+    expect(await control.verify(verifyRequest('localhost', leaf))).toBe(0)
+    // Not for another host (Chromium's verdict stands), not for a loopback name the leaf does not carry.
+    expect(await control.verify(verifyRequest('example.com', leaf))).toBe(-3)
+    expect(await control.verify(verifyRequest('localhost.example.com', leaf))).toBe(-3)
+    expect(await control.verify(verifyRequest('127.0.0.1', leaf))).toBe(-3)
+    expect(await control.verify(verifyRequest('app.localhost', leaf))).toBe(-3)
+    // A leaf for localhost from another CA: Chromium's verdict.
+    const other = makeLeaf(makeCA('someone else'), ['localhost'])
+    expect(await control.verify(verifyRequest('localhost', other.cert))).toBe(-3)
+    // Garbage: Chromium's verdict, no throw.
+    expect(await control.verify(verifyRequest('localhost', 'not a certificate'))).toBe(-3)
+  })
+
+  test('after a restart of the proxy (a new CA without the HTTPS mode) the same session trusts the new CA only', async () => {
+    const { control, credentials } = await configured(62, { app: fakeApp().app })
+    let port = await mod.startPreviewProxy(recordingLogger().logger)
+    const leafOf = async (creds) => {
+      const socket = await tlsTunnel(port, 'localhost:3000', basicAuth(creds.username, creds.password), { servername: 'localhost', rejectUnauthorized: false })
+      const pem = derToPem(socket.getPeerCertificate(true).raw)
+      socket.destroy()
+      return pem
+    }
+    const oldLeaf = await leafOf(credentials)
+    await mod.stopPreviewProxy()
+    expect(await control.verify(verifyRequest('localhost', oldLeaf))).toBe(-3)
+    const wc = fakeWebContents(62, control.session)
+    await mod.configurePreviewProxyForView({ webContents: wc.webContents, initialUrl: PREVIEW_URL, logger: recordingLogger().logger })
+    port = await mod.startPreviewProxy(recordingLogger().logger)
+    const newLeaf = await leafOf(mod.getProxyCredentialsForWebContents(62))
+    expect(await control.verify(verifyRequest('localhost', newLeaf))).toBe(0)
+    expect(await control.verify(verifyRequest('localhost', oldLeaf))).toBe(-3)
+  })
+})
+
+describe('logging', () => {
+  test('on: the proxy events go to the Logger (request through log, failures through warn), never a password; off: nothing more', async () => {
+    const { logger, calls } = recordingLogger()
+    mod.setPreviewProxyLoggingEnabled(true)
+    const { credentials } = await configured(71, { app: fakeApp().app, logger })
+    const port = await mod.startPreviewProxy(logger)
+    expect(await connectStatus(port, credentials)).toBe(200)
+    const request = await waitFor(() => calls.find((c) => c.message === 'Preview proxy' && c.data.event === 'request'), { timeout: 5000 })
+    expect(request).toEqual({
+      level: 'log',
+      message: 'Preview proxy',
+      data: expect.objectContaining({ event: 'request', method: 'CONNECT', url: 'localhost:3000', status: 200, webContentsId: 71, contextId: expect.any(String) }),
+    })
+    expect(calls.some((c) => c.data?.event === 'context' && c.data.phase === 'created' && c.data.webContentsId === 71)).toBe(true)
+
+    // A request the proxy fails (a name that does not resolve: 502): an `error` event and the request, through warn.
+    const failed = await proxyRequest(port, 'http://electron-module-test.invalid/', { auth: basicAuth(credentials.username, credentials.password) })
+    expect(failed.status).toBe(502)
+    await waitFor(() => calls.some((c) => c.level === 'warn' && c.data?.event === 'request' && c.data.status === 502), { timeout: 5000 })
+    expect(calls.find((c) => c.data?.event === 'error')).toMatchObject({ level: 'warn', message: 'Preview proxy', data: { event: 'error', cause: 'dns', status: 502 } })
+
+    const logged = JSON.stringify(calls)
+    expect(logged).not.toContain(credentials.password)
+    expect(logged).not.toContain(Buffer.from(`${credentials.username}:${credentials.password}`).toString('base64'))
+
+    mod.setPreviewProxyLoggingEnabled(false)
+    await sleep(100)
+    const count = calls.length
+    expect(await connectStatus(port, credentials)).toBe(200)
+    mod.releasePreviewProxy(71)
+    await sleep(300)
+    expect(calls.slice(count)).toEqual([])
+  })
+
+  test('turned on after the start, it subscribes then; off by default', async () => {
+    const { logger, calls } = recordingLogger()
+    const { credentials } = await configured(72, { app: fakeApp().app, logger })
+    const port = await mod.startPreviewProxy(logger)
+    expect(await connectStatus(port, credentials)).toBe(200)
+    await sleep(200)
+    expect(calls.filter((c) => c.message === 'Preview proxy')).toEqual([])
+    mod.setPreviewProxyLoggingEnabled(true)
+    expect(await connectStatus(port, credentials)).toBe(200)
+    await waitFor(() => calls.some((c) => c.message === 'Preview proxy' && c.data.event === 'request'), { timeout: 5000 })
+  })
+})
+
+describe('the HTTPS proxy mode (enablePreviewProxyHttpsMode)', () => {
+  let dir
+  beforeAll(() => {
+    dir = mkdtempSync(join(tmpdir(), 'cmux-electron-https-'))
+  })
+  afterAll(() => rmSync(dir, { recursive: true, force: true }))
+
+  test('before ready: creates the CA (0600), appends the SPKI switch; the proxy uses that CA and sessions get https:// rules', async () => {
+    const userData = join(dir, 'user-data')
+    const app = fakeApp({ userData })
+    const info = mod.enablePreviewProxyHttpsMode(app.app)
+    const caFile = join(userData, 'preview-proxy-ca.json')
+    const stored = JSON.parse(readFileSync(caFile, 'utf8'))
+    expect(stored).toEqual({ certPem: info.certPem, keyPem: expect.stringContaining('PRIVATE KEY') })
+    if (process.platform !== 'win32') expect(statSync(caFile).mode & 0o777).toBe(0o600)
+    expect(app.appended).toEqual([['ignore-certificate-errors-spki-list', info.spkiSha256]])
+    // Known before the start.
+    expect(mod.getPreviewProxyCertificateAuthorityInfo()).toEqual(info)
+
+    const { control, credentials } = await configured(81, { app: app.app })
+    const port = await mod.startPreviewProxy(recordingLogger().logger)
+    // The running proxy has that CA: its SPKI is the switch's value.
+    expect(mod.getPreviewProxyCertificateAuthorityInfo()).toEqual(info)
+    expect(control.proxies()).toEqual([{ mode: 'fixed_servers', proxyRules: RULES('https', port), proxyBypassRules: '<-loopback>' }])
+
+    // The proxy's own certificate (TLS on its listener), trusted by the verify proc for 127.0.0.1 only.
+    const socket = tls.connect({ host: '127.0.0.1', port, rejectUnauthorized: false, ALPNProtocols: ['h2', 'http/1.1'] })
+    await new Promise((resolve, reject) => socket.once('secureConnect', resolve).once('error', reject))
+    expect(socket.alpnProtocol).toBe('h2')
+    const own = derToPem(socket.getPeerCertificate(true).raw)
+    socket.destroy()
+    expect(await control.verify(verifyRequest('127.0.0.1', own))).toBe(0)
+    expect(await control.verify(verifyRequest('example.com', own))).toBe(-3)
+    expect(await control.verify(verifyRequest('10.0.0.1', own))).toBe(-3)
+    // And the credentials work over TLS too.
+    expect(await connectStatus(port, credentials)).toBe(200)
+
+    // A leaf of this CA for a name that is not loopback (the proxy never issues one; the CA key
+    // can sign one): the verify proc leaves it to Chromium.
+    const intercepted = await tlsTunnel(port, 'localhost:3000', basicAuth(credentials.username, credentials.password), {
+      servername: 'localhost',
+      rejectUnauthorized: false,
+    })
+    const leafDer = intercepted.getPeerCertificate(true).raw
+    intercepted.destroy()
+    const resigned = derToPem(resignLeaf(leafDer, stored.keyPem))
+    expect(await control.verify(verifyRequest('localhost', resigned))).toBe(0)
+    const forged = derToPem(resignLeaf(leafDer, stored.keyPem, 'localhost', 'evil.test'))
+    const forgedCert = new crypto.X509Certificate(forged)
+    expect(forgedCert.checkHost('evil.test')).toBe('evil.test')
+    expect(forgedCert.verify(new crypto.X509Certificate(info.certPem).publicKey)).toBe(true)
+    expect(await control.verify(verifyRequest('evil.test', forged))).toBe(-3)
+  })
+
+  test('the CA is kept: a new process (module instance) loads the same one, and other SPKI hashes of the switch are kept', async () => {
+    const caFile = join(dir, 'kept', 'ca.json')
+    const first = mod.enablePreviewProxyHttpsMode(fakeApp().app, { caFile })
+    const again = loadModule()
+    const app = fakeApp({ switches: { 'ignore-certificate-errors-spki-list': 'AAAA=' } })
+    const second = again.enablePreviewProxyHttpsMode(app.app, { caFile })
+    expect(second).toEqual(first)
+    expect(app.appended).toEqual([['ignore-certificate-errors-spki-list', `AAAA=,${first.spkiSha256}`]])
+    // Enabling twice does not append twice.
+    again.enablePreviewProxyHttpsMode(app.app, { caFile })
+    expect(app.appended).toHaveLength(1)
+  })
+
+  test('an unusable CA file is replaced by a new CA', async () => {
+    const caFile = join(dir, 'broken', 'ca.json')
+    mkdirSync(dirname(caFile), { recursive: true })
+    writeFileSync(caFile, '{"certPem": "garbage"')
+    const info = mod.enablePreviewProxyHttpsMode(fakeApp().app, { caFile })
+    expect(JSON.parse(readFileSync(caFile, 'utf8')).certPem).toBe(info.certPem)
+    // A cert with someone else's key is unusable too.
+    const other = makeCA('mismatch')
+    writeFileSync(caFile, JSON.stringify({ certPem: info.certPem, keyPem: other.keyPem }))
+    const replaced = loadModule().enablePreviewProxyHttpsMode(fakeApp().app, { caFile })
+    expect(replaced.spkiSha256).not.toBe(info.spkiSha256)
+  })
+
+  test('refused after ready and after the proxy started', async () => {
+    const caFile = join(dir, 'late', 'ca.json')
+    expect(() => mod.enablePreviewProxyHttpsMode(fakeApp({ ready: true }).app, { caFile })).toThrow(/before the app is ready/)
+    await mod.startPreviewProxy(recordingLogger().logger)
+    expect(() => mod.enablePreviewProxyHttpsMode(fakeApp().app, { caFile })).toThrow(/before the preview proxy starts/)
+  })
+})
+
+// ---------------------------------------------------------------------------
+// Types, as a project that installed the package and electron sees them
+
+function tsc(project, cwd) {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [TSC, '-p', project, '--pretty', 'false'], { cwd, timeout: 120000 }, (error, stdout, stderr) => {
+      resolve({ code: error ? (typeof error.code === 'number' ? error.code : -1) : 0, output: `${stdout}${stderr}` })
+    })
+  })
+}
+
+const GOOD = `import { app, session, WebContentsView, type WebContents } from 'electron'
+import {
+  configurePreviewProxyForView,
+  enablePreviewProxyHttpsMode,
+  getPreviewPartitionForPersistKey,
+  getPreviewProxyCertificateAuthorityInfo,
+  getProxyCredentialsForWebContents,
+  installPreviewProxyLoginHandler,
+  isTaskRunPreviewPersistKey,
+  releasePreviewProxy,
+  setPreviewProxyLoggingEnabled,
+  startPreviewProxy,
+  stopPreviewProxy,
+  type ConfigurePreviewProxyOptions,
+  type Logger,
+  type PreviewProxyCertificateAuthorityInfo,
+} from '@cmux/preview-proxy/electron'
+
+// If the package's types were not found, everything would be \`any\` and this directive unused (TS2578).
+// @ts-expect-error a Logger needs warn too
+const notALogger: Logger = { log: () => {} }
+void notALogger
+
+export const logger: Logger = {
+  log: (message: string, data?: object) => console.log(message, data),
+  warn: (message: string, data?: object) => console.warn(message, data),
+}
+export const consoleLogger: Logger = console
+
+const ca: PreviewProxyCertificateAuthorityInfo = enablePreviewProxyHttpsMode(app, { caFile: '/tmp/ca.json' })
+enablePreviewProxyHttpsMode(app)
+const spki: string = ca.spkiSha256
+installPreviewProxyLoginHandler(app)
+setPreviewProxyLoggingEnabled(true)
+
+app.on('will-quit', (event) => {
+  event.preventDefault()
+  void stopPreviewProxy().finally(() => app.exit(0))
+})
+
+export async function openPreview(persistKey: string | undefined, url: string): Promise<() => void> {
+  const port: number = await startPreviewProxy(logger)
+  let partition: string | null = null
+  if (isTaskRunPreviewPersistKey(persistKey)) {
+    const key: string = persistKey
+    partition = getPreviewPartitionForPersistKey(key)
+  }
+  const view = new WebContentsView({ webPreferences: { partition: partition ?? undefined } })
+  const webContents: WebContents = view.webContents
+  const options: ConfigurePreviewProxyOptions = { webContents, initialUrl: url, persistKey, logger }
+  const cleanup: () => void = await configurePreviewProxyForView(options)
+  await configurePreviewProxyForView({ webContents, initialUrl: url, logger: console })
+  app.on('login', (event, contents, _details, authInfo, callback) => {
+    const credentials = getProxyCredentialsForWebContents(contents.id)
+    if (!authInfo.isProxy || authInfo.port !== port || !credentials) return
+    event.preventDefault()
+    callback(credentials.username, credentials.password)
+  })
+  const info = getPreviewProxyCertificateAuthorityInfo()
+  const pem: string | undefined = info?.certPem
+  void pem
+  void spki
+  void session.defaultSession
+  webContents.once('destroyed', () => releasePreviewProxy(webContents.id))
+  return cleanup
+}
+`
+
+// Each line marked `// expect TSnnnn` must produce exactly that error, and no other line any.
+const BAD = `import { app, session, type WebContents } from 'electron'
+import {
+  configurePreviewProxyForView,
+  enablePreviewProxyHttpsMode,
+  getPreviewPartitionForPersistKey,
+  getProxyCredentialsForWebContents,
+  installPreviewProxyLoginHandler,
+  isTaskRunPreviewPersistKey,
+  releasePreviewProxy,
+  setPreviewProxyLoggingEnabled,
+  startPreviewProxy,
+  type Logger,
+} from '@cmux/preview-proxy/electron'
+
+export async function wrong(logger: Logger, webContents: WebContents): Promise<void> {
+  await startPreviewProxy() // expect TS2554
+  await startPreviewProxy({ log: () => {} }) // expect TS2345
+  const port: string = await startPreviewProxy(logger) // expect TS2322
+  await configurePreviewProxyForView({ webContents: webContents.id, initialUrl: 'x', logger }) // expect TS2322
+  await configurePreviewProxyForView({ webContents, logger }) // expect TS2345
+  const cleanup: () => Promise<void> = await configurePreviewProxyForView({ webContents, initialUrl: 'x', logger }) // expect TS2322
+  const user: string = getProxyCredentialsForWebContents(1).username // expect TS2531
+  releasePreviewProxy('1') // expect TS2345
+  setPreviewProxyLoggingEnabled('yes') // expect TS2345
+  isTaskRunPreviewPersistKey(1) // expect TS2345
+  const partition: string = getPreviewPartitionForPersistKey('task-run-preview:x') // expect TS2322
+  installPreviewProxyLoginHandler(session.defaultSession) // expect TS2345
+  enablePreviewProxyHttpsMode(app, { caFile: 1 }) // expect TS2322
+  void port
+  void cleanup
+  void user
+  void partition
+}
+`
+
+describe('types (tsc against Electron\'s own definitions, the package resolved through its exports map)', () => {
+  let project
+  beforeAll(() => {
+    // A project with the package and electron in node_modules (links to this repository and its electron).
+    project = mkdtempSync(join(tmpdir(), 'cmux-electron-types-'))
+    mkdirSync(join(project, 'node_modules', '@cmux'), { recursive: true })
+    symlinkSync(ROOT, join(project, 'node_modules', '@cmux', 'preview-proxy'), 'junction')
+    symlinkSync(join(ROOT, 'node_modules', 'electron'), join(project, 'node_modules', 'electron'), 'junction')
+    writeFileSync(join(project, 'package.json'), JSON.stringify({ name: 'electron-user', private: true }))
+    writeFileSync(join(project, 'good.mts'), GOOD)
+    writeFileSync(join(project, 'bad.mts'), BAD)
+    const compilerOptions = {
+      target: 'ES2022',
+      strict: true,
+      noEmit: true,
+      noUnusedLocals: true,
+      // electron/index.d.ts (and electron.d.ts) checked too.
+      skipLibCheck: false,
+      typeRoots: [join(ROOT, 'node_modules', '@types')],
+      types: ['node'],
+    }
+    for (const [name, options, files] of [
+      ['nodenext', { module: 'nodenext', moduleResolution: 'nodenext' }, ['good.mts']],
+      // The declaration files are checked by the nodenext project already.
+      ['bundler', { module: 'esnext', moduleResolution: 'bundler', skipLibCheck: true }, ['good.mts']],
+      ['bad', { module: 'nodenext', moduleResolution: 'nodenext' }, ['bad.mts']],
+    ]) {
+      writeFileSync(join(project, `tsconfig.${name}.json`), JSON.stringify({ compilerOptions: { ...compilerOptions, ...options }, files }))
+    }
+  })
+  afterAll(() => {
+    if (project) rmSync(project, { recursive: true, force: true })
+  })
+
+  for (const resolution of ['nodenext', 'bundler']) {
+    test(`every export used with real Electron types type-checks (moduleResolution ${resolution})`, async () => {
+      const { code, output } = await tsc(`tsconfig.${resolution}.json`, project)
+      expect(output).toBe('')
+      expect(code).toBe(0)
+    }, 120000)
+  }
+
+  test('wrong uses fail to compile, each with its expected error and nothing else', async () => {
+    const { code, output } = await tsc('tsconfig.bad.json', project)
+    expect(code).not.toBe(0)
+    const expected = BAD.split('\n')
+      .map((line, i) => ({ line: i + 1, code: /\/\/ expect (TS\d+)/.exec(line)?.[1] }))
+      .filter((e) => e.code)
+      .map((e) => `bad.mts ${e.line} ${e.code}`)
+    const errors = [...output.matchAll(/^(.+?)\((\d+),\d+\): error (TS\d+):/gm)].map(([, file, line, tsCode]) => `${file} ${line} ${tsCode}`)
+    expect(errors.sort(), output).toEqual(expected.sort())
+  }, 120000)
+
+  test('import and require of @cmux/preview-proxy/electron give the same module, with every export', async () => {
+    writeFileSync(
+      join(project, 'load.mjs'),
+      `import * as esm from '@cmux/preview-proxy/electron'
+import { createRequire } from 'node:module'
+const cjs = createRequire(import.meta.url)('@cmux/preview-proxy/electron')
+const names = Object.keys(cjs).sort()
+console.log(JSON.stringify({ names, same: names.every((n) => esm[n] === cjs[n]) }))
+`,
+    )
+    const out = await new Promise((resolve, reject) => {
+      execFile(process.execPath, ['load.mjs'], { cwd: project, timeout: 60000 }, (error, stdout, stderr) => (error ? reject(new Error(`${error.message}\n${stderr}`)) : resolve(stdout)))
+    })
+    const { names, same } = JSON.parse(out.trim().split('\n').pop())
+    expect(names).toEqual([
+      'configurePreviewProxyForView',
+      'enablePreviewProxyHttpsMode',
+      'getPreviewPartitionForPersistKey',
+      'getPreviewProxyCertificateAuthorityInfo',
+      'getProxyCredentialsForWebContents',
+      'installPreviewProxyLoginHandler',
+      'isTaskRunPreviewPersistKey',
+      'releasePreviewProxy',
+      'setPreviewProxyLoggingEnabled',
+      'startPreviewProxy',
+      'stopPreviewProxy',
+    ])
+    expect(same).toBe(true)
+  }, 60000)
+
+  test('package.json exports "./electron" with types first, and publishes its files', () => {
+    const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8'))
+    expect(pkg.exports['./electron']).toEqual({
+      types: './electron/index.d.ts',
+      import: './electron/index.js',
+      require: './electron/index.js',
+      default: './electron/index.js',
+    })
+    expect(Object.keys(pkg.exports['./electron'])[0]).toBe('types')
+    expect(pkg.files).toEqual(expect.arrayContaining(['electron/index.js', 'electron/index.d.ts']))
+  })
+})
