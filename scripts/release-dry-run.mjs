@@ -124,7 +124,7 @@ function formatSize(bytes) {
   return `${(bytes / 1024 / 1024).toFixed(1)} MB`
 }
 
-function printPack(title, packageDir, placeholder) {
+function printPack(packageDir, placeholder) {
   const packed = packList(packageDir)
   console.log(`\n## npm pack --dry-run: ${packed.name}@${packed.version}${placeholder ? '   (binary: PLACEHOLDER, built by CI only)' : ''}`)
   for (const file of packed.files) console.log(`  ${formatSize(file.size).padStart(9)}  ${file.path}`)
@@ -145,8 +145,8 @@ function main() {
     const { packageJson, platformPackages } = stageRelease(dir, binaries)
     console.log('\n## package.json of the main package, as published')
     console.log(JSON.stringify(packageJson, null, 2))
-    printPack('main', dir, false)
-    for (const target of TARGETS) printPack(target.platformArchABI, platformPackages[target.platformArchABI], !binaries[target.platformArchABI])
+    printPack(dir, false)
+    for (const target of TARGETS) printPack(platformPackages[target.platformArchABI], !binaries[target.platformArchABI])
     console.log(`
 ## What the publish job (.github/workflows/CI.yml, on a tag v${rootPackage.version}) runs
   npm run artifacts          # napi artifacts: the six bindings-<target> artifacts into npm/<platform>/
