@@ -7,8 +7,8 @@
 import { mkdirSync, rmSync, statSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { afterAll, beforeAll, describe, expect, test } from 'vitest'
-import { makeCA, makeLeaf, ProxyServer, sleep, waitFor } from './helpers.mjs'
+import { afterAll, describe, expect } from 'vitest'
+import { makeCA, makeLeaf, ProxyServer, waitFor } from './helpers.mjs'
 import {
   BURST_MODULES,
   devHost,
@@ -18,16 +18,24 @@ import {
   recordFailures,
   requireChromium,
   startDevBox,
-  TITLE_COLOR,
   waitForHmrText,
 } from './browser-helpers.mjs'
+import {
+  browserSuite,
+  expectAllH2,
+  expectRefusedAfterRelease,
+  expectSeparatePreviews,
+  expectStandInPage,
+  expectWhoami,
+  isStandIn,
+  openStandInPage,
+} from './browser-scenarios.mjs'
 
 const OUTPUT_DIR = join(dirname(fileURLToPath(import.meta.url)), 'output')
 const SUFFIX = 'test.local'
 const R1 = { morphId: 'm1', scope: 'base', domainSuffix: SUFFIX } // HTTP/1.1 stand-in
 const R2 = { morphId: 'm2', scope: 'base', domainSuffix: SUFFIX } // same stand-in, other name
 const R4 = { morphId: 'm4', scope: 'h2', domainSuffix: SUFFIX } // HTTP/2 stand-in
-const isStandIn = (url) => /^(https?|wss?):\/\/localhost:3000\//.test(url)
 
 let ca, devBox, devBoxH2, proxy, browser
 const contexts = []
@@ -41,21 +49,7 @@ async function preview(webContentsId, route) {
 }
 
 // A setup failure (above all: no Chromium) fails every test with its message; nothing is skipped.
-let setupError
-function browserTest(name, fn, timeout) {
-  test(name, async () => {
-    if (setupError) throw setupError
-    await fn()
-  }, timeout)
-}
-
-beforeAll(async () => {
-  try {
-    await setup()
-  } catch (error) {
-    setupError = error
-  }
-}, 60000)
+const browserTest = browserSuite(setup, 60000)
 
 async function setup() {
   requireChromium()
@@ -94,27 +88,17 @@ describe('Chromium through the preview proxy', () => {
     context1 = context
     const page = await context.newPage()
     page1 = page
-    const failures = recordFailures(page, isStandIn)
-    const before = devBox.requests.length
-    const start = performance.now()
-    const response = await page.goto('http://localhost:3000/', { waitUntil: 'load', timeout: 20000 })
-    expect(response.status()).toBe(200)
+    const { failures, response, seen, requestsBefore: before, ms } = await openStandInPage(page, 'http://localhost:3000/', devBox)
     expect(response.headers()['x-dev-box-route']).toBe('m1-base')
-    const seen = await inspectPage(page)
-    console.log(`[scenario 1] loaded in ${(performance.now() - start).toFixed(0)} ms`, {
+    console.log(`[scenario 1] loaded in ${ms.toFixed(0)} ms`, {
       ...seen,
       resources: seen.resources.length,
     })
 
-    expect(seen.url).toBe('http://localhost:3000/')
-    expect(seen.servedBy).toBe(devHost(R1))
-    expect(seen.titleColor).toBe(TITLE_COLOR)
-    expect(seen.routeFromCss).toBe('"m1-base"')
-    expect(seen.js).toBe('module ran at http://localhost:3000')
-    expect(seen.imgNaturalWidth).toBe(24)
-    expect(seen.imgNaturalHeight).toBe(16)
-    await page.waitForFunction(() => document.getElementById('whoami').textContent.startsWith('whoami:'))
-    expect(await page.textContent('#whoami')).toBe(`whoami: ${devHost(R1)} (1.1)`)
+    expectStandInPage(seen, R1, 'http://localhost:3000', [
+      'url', 'servedBy', 'titleColor', 'routeFromCss', 'js', 'imgNaturalWidth', 'imgNaturalHeight',
+    ])
+    await expectWhoami(page, R1)
     expect(failures).toEqual([])
 
     // The stand-in saw every asset, under its own name (the rewrite), never "localhost".
@@ -237,23 +221,13 @@ describe('Chromium through the preview proxy', () => {
     const { context } = await preview(104, R4)
     context4 = context
     const page = await context.newPage()
-    const failures = recordFailures(page, isStandIn)
-    const before = devBoxH2.requests.length
-    const response = await page.goto('https://localhost:3000/', { timeout: 20000 })
-    expect(response.status()).toBe(200)
-    const seen = await inspectPage(page)
+    const { failures, response, seen, requestsBefore: before } = await openStandInPage(page, 'https://localhost:3000/', devBoxH2)
     const security = await response.securityDetails()
     console.log('[scenario 4]', { ...seen, resources: seen.resources, security })
 
-    expect(seen.url).toBe('https://localhost:3000/')
-    expect(seen.servedBy).toBe(devHost(R4))
-    expect(seen.titleColor).toBe(TITLE_COLOR)
-    expect(seen.routeFromCss).toBe('"m4-h2"')
-    expect(seen.js).toBe('module ran at https://localhost:3000')
-    expect(seen.imgNaturalWidth).toBe(24)
+    expectStandInPage(seen, R4, 'https://localhost:3000', ['url', 'servedBy', 'titleColor', 'routeFromCss', 'js', 'imgNaturalWidth'])
     // Chromium negotiated HTTP/2 with the proxy's TLS endpoint, for the page and its assets.
-    expect(seen.nextHopProtocol).toBe('h2')
-    for (const r of seen.resources.filter((e) => isStandIn(e.name))) expect(r.protocol, r.name).toBe('h2')
+    expectAllH2(seen)
     expect(security?.issuer).toBeTruthy()
 
     await waitForHmrText(page, 'connected to m4-h2')
@@ -322,70 +296,13 @@ describe('Chromium through the preview proxy', () => {
     const a = await preview(105, R1)
     const b = await preview(106, R2)
     const [pageA, pageB] = await Promise.all([a.context.newPage(), b.context.newPage()])
-    const failA = recordFailures(pageA, isStandIn)
-    const failB = recordFailures(pageB, isStandIn)
-    // Concurrently, so that the proxy has both contexts' traffic in flight at once.
-    const [resA, resB] = await Promise.all([
-      pageA.goto('http://localhost:3000/?who=a', { timeout: 20000 }),
-      pageB.goto('http://localhost:3000/?who=b', { timeout: 20000 }),
-    ])
-    expect(resA.status()).toBe(200)
-    expect(resB.status()).toBe(200)
-    const [seenA, seenB] = await Promise.all([inspectPage(pageA), inspectPage(pageB)])
-    for (const [page, seen, route, other] of [
-      [pageA, seenA, R1, 'm2-base'],
-      [pageB, seenB, R2, 'm1-base'],
-    ]) {
-      const name = `${route.morphId}-${route.scope}`
-      expect(seen.servedBy).toBe(devHost(route))
-      expect(seen.routeFromCss).toBe(`"${name}"`)
-      await page.waitForFunction(() => document.getElementById('whoami').textContent.startsWith('whoami:'))
-      expect(await page.textContent('#whoami')).toBe(`whoami: ${devHost(route)} (1.1)`)
-      const lines = await waitForHmrText(page, `connected to ${name}`)
-      expect(lines.join('\n')).not.toContain(other)
-      expect(await page.content()).not.toContain(other)
-    }
-    expect(failA).toEqual([])
-    expect(failB).toEqual([])
-    const docs = devBox.requests.filter((r) => r.path === '/?who=a' || r.path === '/?who=b')
-    expect(docs.map((r) => `${r.path} ${r.route}`).sort()).toEqual(['/?who=a m1-base', '/?who=b m2-base'])
+    await expectSeparatePreviews(devBox, [pageA, R1], [pageB, R2], { whoami: true })
   }, 40000)
 
   browserTest('6. after releaseContext the session is refused and nothing reaches the dev box', async () => {
     const { ctx, context } = await preview(107, R1)
     const page = await context.newPage()
-    const response = await page.goto('http://localhost:3000/?who=released', { timeout: 20000 })
-    expect(response.status()).toBe(200)
-    await inspectPage(page)
-    await waitForHmrText(page, 'echo: hello from the page')
-    const contextsBefore = proxy.stats().contexts
-    await sleep(200) // let late asset/favicons settle
-    const seenBefore = devBox.requests.length
-
-    expect(proxy.releaseContext(ctx.id)).toBe(true)
-    expect(proxy.stats().contexts).toBe(contextsBefore - 1)
-    // The page's open HMR tunnel authenticated with the released credentials: it is closed.
-    await page.waitForFunction(() => document.getElementById('hmr-state').textContent.startsWith('hmr: closed'), null, {
-      timeout: 5000,
-    })
-
-    const outcomes = []
-    for (const url of ['http://localhost:3000/?after-release=1', 'https://localhost:3000/?after-release=2']) {
-      try {
-        const res = await page.goto(url, { timeout: 15000 })
-        outcomes.push({ url, status: res?.status() ?? null })
-      } catch (e) {
-        outcomes.push({ url, error: String(e.message).split('\n')[0] })
-      }
-    }
-    console.log('[scenario 6] after release:', outcomes)
-    for (const o of outcomes) {
-      // Refused: either the navigation failed, or Chromium shows the proxy's 407.
-      if (o.error === undefined) expect(o.status, o.url).toBe(407)
-      else expect(o.error).toMatch(/net::ERR_/)
-    }
-    await sleep(300)
-    expect(devBox.requests.slice(seenBefore)).toEqual([])
+    await expectRefusedAfterRelease({ proxy, ctx, page, devBox, label: '[scenario 6]', contextCount: true })
   }, 60000)
 
   browserTest('7. screenshot of scenario 1', async () => {

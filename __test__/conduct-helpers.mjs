@@ -9,8 +9,8 @@ import http from 'node:http'
 import http2 from 'node:http2'
 import net from 'node:net'
 import os from 'node:os'
-import tls from 'node:tls'
-import { closer, listen, makeLeaf, trackSockets, waitFor, withTimeout } from './helpers.mjs'
+import { FRAME, startH2TlsTerminator } from './h2-frames.mjs'
+import { closer, listen, trackSockets, waitFor, withTimeout } from './helpers.mjs'
 import { h2request } from './tls-helpers.mjs'
 
 /** The route of the tests: `http://localhost:3000/x` becomes `https://cmux-m-base-3000.devbox.test/x`. */
@@ -92,49 +92,14 @@ export async function closeSession(session) {
 }
 
 // ---------------------------------------------------------------------------
-// HTTP/2 frames sent by the proxy to an upstream
-
-const H2_PREFACE_LENGTH = 24
-const FRAME_RST_STREAM = 3
-const FRAME_GOAWAY = 7
-
-/**
- * Reads the client→server direction of an HTTP/2 connection (preface, then
- * 9-byte frame headers) and reports RST_STREAM and GOAWAY frames.
- */
-class FrameReader {
-  constructor({ onReset, onGoaway }) {
-    this.buf = Buffer.alloc(0)
-    this.prefaceLeft = H2_PREFACE_LENGTH
-    this.onReset = onReset
-    this.onGoaway = onGoaway
-  }
-
-  feed(chunk) {
-    this.buf = this.buf.length ? Buffer.concat([this.buf, chunk]) : chunk
-    if (this.prefaceLeft > 0) {
-      const n = Math.min(this.prefaceLeft, this.buf.length)
-      this.buf = this.buf.subarray(n)
-      this.prefaceLeft -= n
-    }
-    while (this.buf.length >= 9) {
-      const length = this.buf.readUIntBE(0, 3)
-      if (this.buf.length < 9 + length) break
-      const type = this.buf[3]
-      const streamId = this.buf.readUInt32BE(5) & 0x7fffffff
-      const payload = this.buf.subarray(9, 9 + length)
-      if (type === FRAME_RST_STREAM) this.onReset(streamId, payload.readUInt32BE(0))
-      if (type === FRAME_GOAWAY) this.onGoaway(payload.readUInt32BE(0) & 0x7fffffff, payload.readUInt32BE(4))
-      this.buf = this.buf.subarray(9 + length)
-    }
-  }
-}
+// An HTTP/2 dev box that counts what the proxy does to it
 
 /**
  * An HTTPS "dev box" speaking HTTP/2 (ALPN h2, http/1.1 offered too) that
- * counts what the proxy does to it. Each TLS connection is decrypted here and
- * its bytes are carried over loopback TCP to a plaintext Node http2 (nghttp2)
- * server, while a frame reader watches the proxy's frames.
+ * counts what the proxy does to it (startH2TlsTerminator of h2-frames.mjs):
+ * each TLS connection is decrypted here and its bytes are carried over
+ * loopback TCP to a plaintext Node http2 (nghttp2) server, while a frame
+ * reader watches the proxy's frames.
  *
  * Paths: `/m/...` answers `module <path>` with content-length; `/nolen/...`
  * the same without content-length; `/slow...` streams 1 MiB (16 KiB every 25 ms).
@@ -157,29 +122,17 @@ export async function startCountingH2Upstream({ ca, names = [DEVBOX_HOST], goawa
     alpn: [],
     slowStreamsClosed: 0,
   }
-  const sessions = new Set()
-  const connectionOfPort = new Map()
   const slowTimers = new Set()
 
-  const h2 = http2.createServer()
-  const h2Sockets = trackSockets(h2)
-  h2.on('session', (session) => {
-    session.on('error', () => {})
-    session.streamCount = 0
-    sessions.add(session)
-    session.on('close', () => sessions.delete(session))
-  })
   // Node's compatibility API, as dev servers use it: `res.end(body)` sends the body in a DATA
   // frame and END_STREAM in an empty one after it.
-  h2.on('request', (req, res) => {
+  const onRequest = (req, res) => {
     const stream = req.stream
     const session = stream.session
-    // Known by now: the bytes of a stream come only after the loopback connection was set up.
-    session.connection ??= connectionOfPort.get(session.socket.remotePort)
+    session.streamCount ??= 0
     const path = req.url
     stats.requests++
     stats.streams.push({ connection: session.connection, streamId: stream.id, path })
-    stream.on('error', () => {})
     if (path.startsWith('/slow')) {
       res.writeHead(200, { 'content-type': 'application/octet-stream' })
       const chunk = Buffer.alloc(16 * 1024, 0x61)
@@ -211,54 +164,32 @@ export async function startCountingH2Upstream({ ca, names = [DEVBOX_HOST], goawa
     }
     session.streamCount++
     if (goawayAfter && session.streamCount === goawayAfter) session.close()
-  })
-  const h2Port = await listen(h2)
+  }
 
-  const leaf = makeLeaf(ca, names)
-  const server = tls.createServer({ key: leaf.key, cert: leaf.cert, ALPNProtocols: ['h2', 'http/1.1'] }, (socket) => {
-    const connection = ++stats.connections
-    stats.openConnections++
-    stats.alpn.push(socket.alpnProtocol)
-    socket.on('error', () => {})
-    socket.on('close', () => stats.openConnections--)
-    socket.pause()
-    const frames = new FrameReader({
-      onReset: (streamId, code) => {
+  const box = await startH2TlsTerminator({
+    ca,
+    names,
+    onTls: (socket) => {
+      stats.connections++
+      stats.openConnections++
+      stats.alpn.push(socket.alpnProtocol)
+      socket.on('close', () => stats.openConnections--)
+    },
+    onRequest,
+    onClientFrame: (connection, { type, streamId, payload }) => {
+      if (type === FRAME.RST_STREAM) {
+        const code = payload.readUInt32BE(0)
         stats.resets++
         stats.resetCodes.push(code)
         stats.resetFrames.push({ connection, streamId, code })
-      },
-      onGoaway: () => stats.goaways++,
-    })
-    const inner = net.connect(h2Port, '127.0.0.1')
-    inner.on('error', () => {})
-    inner.once('connect', () => {
-      connectionOfPort.set(inner.localPort, connection)
-      socket.on('data', (d) => {
-        frames.feed(d)
-        inner.write(d)
-      })
-      socket.resume()
-    })
-    socket.on('end', () => inner.end())
-    socket.on('close', () => inner.destroy())
-    inner.pipe(socket)
-    // The session is gone (GOAWAY sent and done, or destroyed): so is the TLS connection.
-    inner.on('close', () => {
-      socket.end()
-      setTimeout(() => socket.destroy(), 1000).unref()
-    })
+      }
+      if (type === FRAME.GOAWAY) stats.goaways++
+    },
+    onClose: () => {
+      for (const t of slowTimers) clearInterval(t)
+    },
   })
-  server.on('tlsClientError', () => {})
-  const tlsSockets = trackSockets(server, 'secureConnection')
-  const port = await listen(server)
-
-  const closeH2 = closer(h2, h2Sockets, () => {
-    for (const s of sessions) s.destroy()
-  })
-  const closeTls = closer(server, tlsSockets, () => {
-    for (const t of slowTimers) clearInterval(t)
-  })
+  const { port, sessions } = box
 
   return {
     port,
@@ -272,10 +203,7 @@ export async function startCountingH2Upstream({ ca, names = [DEVBOX_HOST], goawa
         message: `the dev box's sessions did not close (${sessions.size} sessions, ${stats.openConnections} TLS connections open)`,
       })
     },
-    close: async () => {
-      await closeTls()
-      await closeH2()
-    },
+    close: box.close,
   }
 }
 

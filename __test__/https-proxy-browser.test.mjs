@@ -7,18 +7,10 @@
 // what the mode is for: a handful of multiplexed connections instead of six
 // HTTP/1.1 ones.
 
-import { afterAll, beforeAll, describe, expect, test } from 'vitest'
+import { afterAll, describe, expect } from 'vitest'
 import { makeCA, makeLeaf, ProxyServer, sleep, startHttpServer, waitFor } from './helpers.mjs'
-import {
-  devHost,
-  inspectPage,
-  launchChromium,
-  recordFailures,
-  requireChromium,
-  startDevBox,
-  TITLE_COLOR,
-  waitForHmrText,
-} from './browser-helpers.mjs'
+import { devHost, launchChromium, recordFailures, requireChromium, startDevBox, waitForHmrText } from './browser-helpers.mjs'
+import { browserSuite, expectAllH2, expectRefusedAfterRelease, expectSeparatePreviews, expectStandInPage, expectWhoami, isStandIn, openStandInPage } from './browser-scenarios.mjs'
 import { answerProxyAuth, serveTree, TREE_MODULES } from './https-proxy-helpers.mjs'
 
 const SUFFIX = 'test.local'
@@ -27,7 +19,6 @@ const R2 = { morphId: 'm2', scope: 'base', domainSuffix: SUFFIX } // same stand-
 const R4 = { morphId: 'm4', scope: 'h2', domainSuffix: SUFFIX } // HTTP/2 stand-in
 // The module tree is served by a plain HTTP upstream, as a cmux-proxy origin.
 const RT = { morphId: 'm9', scope: 'tree', domainSuffix: SUFFIX, cmuxProxyOrigin: 'http://tree.test' }
-const isStandIn = (url) => /^(https?|wss?):\/\/localhost:3000\//.test(url)
 const DOCUMENTS = [{ urlPattern: '*', resourceType: 'Document' }]
 
 let ca, devBox, devBoxH2, tree, proxy, browser, baseline
@@ -77,36 +68,24 @@ const delta = (after, before) => ({
 })
 
 // A setup failure (above all: no Chromium) fails every test with its message; nothing is skipped.
-let setupError
-function browserTest(name, fn, timeout) {
-  test(name, async () => {
-    if (setupError) throw setupError
-    await fn()
-  }, timeout)
-}
-
-beforeAll(async () => {
-  try {
-    requireChromium()
-    ca = makeCA('cmux https-proxy browser tests CA')
-    const leaf = makeLeaf(ca, [devHost(R1), devHost(R2), devHost(R4)])
-    devBox = await startDevBox({ tls: leaf })
-    devBoxH2 = await startDevBox({ tls: leaf, h2: true })
-    tree = await startHttpServer((req, res) => {
-      if (!serveTree(req, res, treeSeen)) {
-        res.writeHead(404, { 'content-type': 'text/plain' })
-        res.end(`not found: ${req.url}`)
-      }
-    })
-    proxy = await ProxyServer.start('127.0.0.1:0', true, proxyOptions())
-    browser = await launchWithProxy(`https://127.0.0.1:${proxy.port()}`, proxy.caSpkiSha256())
-    // Chromium opens its own background connections right after launch: count from after them.
-    await sleep(500)
-    baseline = proxy.stats()
-    console.log('[setup] proxy stats after launch', baseline)
-  } catch (error) {
-    setupError = error
-  }
+const browserTest = browserSuite(async () => {
+  requireChromium()
+  ca = makeCA('cmux https-proxy browser tests CA')
+  const leaf = makeLeaf(ca, [devHost(R1), devHost(R2), devHost(R4)])
+  devBox = await startDevBox({ tls: leaf })
+  devBoxH2 = await startDevBox({ tls: leaf, h2: true })
+  tree = await startHttpServer((req, res) => {
+    if (!serveTree(req, res, treeSeen)) {
+      res.writeHead(404, { 'content-type': 'text/plain' })
+      res.end(`not found: ${req.url}`)
+    }
+  })
+  proxy = await ProxyServer.start('127.0.0.1:0', true, proxyOptions())
+  browser = await launchWithProxy(`https://127.0.0.1:${proxy.port()}`, proxy.caSpkiSha256())
+  // Chromium opens its own background connections right after launch: count from after them.
+  await sleep(500)
+  baseline = proxy.stats()
+  console.log('[setup] proxy stats after launch', baseline)
 }, 60000)
 
 afterAll(async () => {
@@ -125,15 +104,10 @@ describe('Chromium through the HTTPS proxy (--proxy-server=https://)', () => {
     const before = proxy.stats()
     const { page, login } = await preview(201, R1)
     page1 = page
-    const failures = recordFailures(page, isStandIn)
-    const seenBefore = devBox.requests.length
-    const start = performance.now()
-    const response = await page.goto('http://localhost:3000/', { timeout: 20000 })
-    expect(response.status()).toBe(200)
+    const { failures, response, seen, requestsBefore: seenBefore, ms } = await openStandInPage(page, 'http://localhost:3000/', devBox)
     expect(response.headers()['x-dev-box-route']).toBe('m1-base')
-    const seen = await inspectPage(page)
     const d = delta(proxy.stats(), before)
-    console.log(`[1] loaded in ${(performance.now() - start).toFixed(0)} ms`, {
+    console.log(`[1] loaded in ${ms.toFixed(0)} ms`, {
       nextHopProtocol: seen.nextHopProtocol,
       resources: seen.resources.length,
       proxyDelta: d,
@@ -141,14 +115,8 @@ describe('Chromium through the HTTPS proxy (--proxy-server=https://)', () => {
     })
     expect(login.errors).toEqual([])
     expect(login.challenges.map((c) => `${c.source} ${c.scheme} ${c.realm} retry=${c.retry}`)).toEqual(['Proxy basic Cmux Preview Proxy retry=false'])
-    expect(seen.servedBy).toBe(devHost(R1))
-    expect(seen.titleColor).toBe(TITLE_COLOR)
-    expect(seen.routeFromCss).toBe('"m1-base"')
-    expect(seen.js).toBe('module ran at http://localhost:3000')
-    expect(seen.imgNaturalWidth).toBe(24)
-    expect(seen.imgNaturalHeight).toBe(16)
-    await page.waitForFunction(() => document.getElementById('whoami').textContent.startsWith('whoami:'))
-    expect(await page.textContent('#whoami')).toBe(`whoami: ${devHost(R1)} (1.1)`)
+    expectStandInPage(seen, R1, 'http://localhost:3000', ['servedBy', 'titleColor', 'routeFromCss', 'js', 'imgNaturalWidth', 'imgNaturalHeight'])
+    await expectWhoami(page, R1)
     expect(failures).toEqual([])
     const paths = devBox.requests.slice(seenBefore).filter((r) => r.kind === 'http').map((r) => r.path)
     for (const p of ['/', '/style.css', '/app.js', '/lib.js', '/pixel.png', '/whoami']) expect(paths).toContain(p)
@@ -181,20 +149,11 @@ describe('Chromium through the HTTPS proxy (--proxy-server=https://)', () => {
 
   browserTest('3. https://localhost:3000/ intercepted (h2 inside the tunnel) with a wss:// HMR socket', async () => {
     const { page } = await preview(204, R4)
-    const failures = recordFailures(page, isStandIn)
-    const before = devBoxH2.requests.length
-    const response = await page.goto('https://localhost:3000/', { timeout: 20000 })
-    expect(response.status()).toBe(200)
-    const seen = await inspectPage(page)
+    const { failures, response, seen, requestsBefore: before } = await openStandInPage(page, 'https://localhost:3000/', devBoxH2)
     const security = await response.securityDetails()
     console.log('[3]', { nextHopProtocol: seen.nextHopProtocol, security })
-    expect(seen.url).toBe('https://localhost:3000/')
-    expect(seen.servedBy).toBe(devHost(R4))
-    expect(seen.routeFromCss).toBe('"m4-h2"')
-    expect(seen.js).toBe('module ran at https://localhost:3000')
-    expect(seen.imgNaturalWidth).toBe(24)
-    expect(seen.nextHopProtocol).toBe('h2')
-    for (const r of seen.resources.filter((e) => isStandIn(e.name))) expect(r.protocol, r.name).toBe('h2')
+    expectStandInPage(seen, R4, 'https://localhost:3000', ['url', 'servedBy', 'routeFromCss', 'js', 'imgNaturalWidth'])
+    expectAllH2(seen)
     // The page's certificate is the proxy's leaf for localhost, issued by its CA.
     expect(security?.subjectName).toBe('localhost')
     expect(security?.issuer).toBe('Cmux Preview Proxy Local CA')
@@ -212,59 +171,12 @@ describe('Chromium through the HTTPS proxy (--proxy-server=https://)', () => {
   browserTest('4. two previews, two proxy contexts: each page only sees its own route', async () => {
     const a = await preview(205, R1)
     const b = await preview(206, R2)
-    const failA = recordFailures(a.page, isStandIn)
-    const failB = recordFailures(b.page, isStandIn)
-    const [resA, resB] = await Promise.all([
-      a.page.goto('http://localhost:3000/?who=a', { timeout: 20000 }),
-      b.page.goto('http://localhost:3000/?who=b', { timeout: 20000 }),
-    ])
-    expect(resA.status()).toBe(200)
-    expect(resB.status()).toBe(200)
-    const [seenA, seenB] = await Promise.all([inspectPage(a.page), inspectPage(b.page)])
-    for (const [page, seen, route, other] of [
-      [a.page, seenA, R1, 'm2-base'],
-      [b.page, seenB, R2, 'm1-base'],
-    ]) {
-      const name = `${route.morphId}-${route.scope}`
-      expect(seen.servedBy).toBe(devHost(route))
-      expect(seen.routeFromCss).toBe(`"${name}"`)
-      const lines = await waitForHmrText(page, `connected to ${name}`)
-      expect(lines.join('\n')).not.toContain(other)
-      expect(await page.content()).not.toContain(other)
-    }
-    expect(failA).toEqual([])
-    expect(failB).toEqual([])
-    const docs = devBox.requests.filter((r) => r.path === '/?who=a' || r.path === '/?who=b')
-    expect(docs.map((r) => `${r.path} ${r.route}`).sort()).toEqual(['/?who=a m1-base', '/?who=b m2-base'])
+    await expectSeparatePreviews(devBox, [a.page, R1], [b.page, R2])
   }, 40000)
 
   browserTest('5. after releaseContext the HMR socket closes and the next loads are refused', async () => {
     const { ctx, page } = await preview(207, R1)
-    const response = await page.goto('http://localhost:3000/?who=released', { timeout: 20000 })
-    expect(response.status()).toBe(200)
-    await inspectPage(page)
-    await waitForHmrText(page, 'echo: hello from the page')
-    await sleep(200) // late assets settle
-    const seenBefore = devBox.requests.length
-
-    expect(proxy.releaseContext(ctx.id)).toBe(true)
-    await page.waitForFunction(() => document.getElementById('hmr-state').textContent.startsWith('hmr: closed'), null, { timeout: 5000 })
-    const outcomes = []
-    for (const url of ['http://localhost:3000/?after-release=1', 'https://localhost:3000/?after-release=2']) {
-      try {
-        const res = await page.goto(url, { timeout: 15000 })
-        outcomes.push({ url, status: res?.status() ?? null })
-      } catch (e) {
-        outcomes.push({ url, error: String(e.message).split('\n')[0] })
-      }
-    }
-    console.log('[5] after release:', outcomes)
-    for (const o of outcomes) {
-      if (o.error === undefined) expect(o.status, o.url).toBe(407)
-      else expect(o.error).toMatch(/net::ERR_/)
-    }
-    await sleep(300)
-    expect(devBox.requests.slice(seenBefore)).toEqual([])
+    await expectRefusedAfterRelease({ proxy, ctx, page, devBox, label: '[5]' })
   }, 60000)
 
   browserTest('6. the browser only ever used the HTTPS listener (no plain HTTP/1.1 or h2c connections)', async () => {
@@ -285,15 +197,24 @@ describe(`${TREE_MODULES} ES modules (a waterfall of depth 3): HTTPS proxy vs pl
     return { text: await page.textContent('#tree'), ms: Math.round(performance.now() - start) }
   }
 
+  /**
+   * A preview of the tree on browser `on` through proxy `via`: its login and
+   * failures, the load, the proxy's connection counts for it, the tree paths served.
+   */
+  async function treeRun(webContentsId, { on = browser, via = proxy } = {}) {
+    const run = await preview(webContentsId, RT, { on, via, patterns: [{ urlPattern: 'http://localhost:3000/tree/index.html' }] })
+    const failures = recordFailures(run.page, isStandIn)
+    const seenBefore = treeSeen.length
+    const before = via.stats()
+    const load = await loadTree(run.page)
+    const connections = delta(via.stats(), before)
+    return { login: run.login, failures, load, connections, paths: new Set(treeSeen.slice(seenBefore)) }
+  }
+
   browserTest('through the HTTPS proxy: at most 2 new h2 connections carry ≥ 500 streams; through the plain proxy: ≥ 6 HTTP/1.1 connections', async () => {
     // HTTPS proxy (the browser launched above).
-    const h2Run = await preview(301, RT, { patterns: [{ urlPattern: 'http://localhost:3000/tree/index.html' }] })
-    const failuresH2 = recordFailures(h2Run.page, isStandIn)
-    const seenBefore = treeSeen.length
-    const before = proxy.stats()
-    const h2Load = await loadTree(h2Run.page)
-    const h2Delta = delta(proxy.stats(), before)
-    const h2Paths = new Set(treeSeen.slice(seenBefore))
+    const h2Run = await treeRun(301)
+    const h2Delta = h2Run.connections
 
     // Plain proxy: a second proxy and a second browser using it as an http:// proxy.
     const plainProxy = await ProxyServer.start('127.0.0.1:0', true, proxyOptions())
@@ -301,33 +222,28 @@ describe(`${TREE_MODULES} ES modules (a waterfall of depth 3): HTTPS proxy vs pl
     const plainBrowser = await launchWithProxy(`http://127.0.0.1:${plainProxy.port()}`, plainProxy.caSpkiSha256())
     extraBrowsers.push(plainBrowser)
     await sleep(500)
-    const plainRun = await preview(302, RT, { on: plainBrowser, via: plainProxy, patterns: [{ urlPattern: 'http://localhost:3000/tree/index.html' }] })
-    const failuresPlain = recordFailures(plainRun.page, isStandIn)
-    const plainSeenBefore = treeSeen.length
-    const plainBefore = plainProxy.stats()
-    const plainLoad = await loadTree(plainRun.page)
-    const plainDelta = delta(plainProxy.stats(), plainBefore)
-    const plainPaths = new Set(treeSeen.slice(plainSeenBefore))
+    const plainRun = await treeRun(302, { on: plainBrowser, via: plainProxy })
+    const plainDelta = plainRun.connections
 
     console.log(`[tree] ${TREE_MODULES} modules, for information:`, {
-      httpsProxy: { ...h2Load, connections: h2Delta },
-      plainProxy: { ...plainLoad, connections: plainDelta },
+      httpsProxy: { ...h2Run.load, connections: h2Delta },
+      plainProxy: { ...plainRun.load, connections: plainDelta },
     })
     await plainBrowser.close()
 
     expect(h2Run.login.errors).toEqual([])
-    expect(failuresH2).toEqual([])
-    expect(h2Load.text).toBe(`tree: ${TREE_MODULES}`)
-    expect(h2Paths.size).toBe(TREE_MODULES + 1)
+    expect(h2Run.failures).toEqual([])
+    expect(h2Run.load.text).toBe(`tree: ${TREE_MODULES}`)
+    expect(h2Run.paths.size).toBe(TREE_MODULES + 1)
     expect(h2Delta.tlsH2, 'new TLS+h2 client connections for the page').toBeLessThanOrEqual(2)
     expect(h2Delta.tlsH2).toBeGreaterThanOrEqual(1)
     expect(h2Delta.http2Streams, 'requests served over HTTP/2').toBeGreaterThanOrEqual(TREE_MODULES)
     expect(h2Delta.http1 + h2Delta.tlsHttp1 + h2Delta.h2c).toBe(0)
 
     expect(plainRun.login.errors).toEqual([])
-    expect(failuresPlain).toEqual([])
-    expect(plainLoad.text).toBe(`tree: ${TREE_MODULES}`)
-    expect(plainPaths.size).toBe(TREE_MODULES + 1)
+    expect(plainRun.failures).toEqual([])
+    expect(plainRun.load.text).toBe(`tree: ${TREE_MODULES}`)
+    expect(plainRun.paths.size).toBe(TREE_MODULES + 1)
     expect(plainDelta.http1, 'plain HTTP/1.1 client connections for the page').toBeGreaterThanOrEqual(6)
     expect(plainDelta.tlsH2 + plainDelta.tlsHttp1 + plainDelta.h2c).toBe(0)
     expect(plainDelta.http2Streams).toBe(0)

@@ -8,6 +8,7 @@ import http2 from 'node:http2'
 import net from 'node:net'
 import tls from 'node:tls'
 import { closer, listen, trackSockets, waitFor, withTimeout } from './helpers.mjs'
+import { h2request, tlsConnect } from './tls-helpers.mjs'
 
 // ---------------------------------------------------------------------------
 // TLS to the proxy's listener
@@ -18,19 +19,7 @@ import { closer, listen, trackSockets, waitFor, withTimeout } from './helpers.mj
  * `opts` go to tls.connect (ca, servername, ALPNProtocols, ...).
  */
 export function tlsToProxy(port, opts = {}) {
-  return withTimeout(new Promise((resolve, reject) => {
-    const socket = tls.connect({ host: '127.0.0.1', port, ...opts })
-    const onError = (err) => {
-      socket.destroy()
-      reject(err)
-    }
-    socket.once('error', onError)
-    socket.once('secureConnect', () => {
-      socket.off('error', onError)
-      socket.on('error', () => {})
-      resolve(socket)
-    })
-  }), 10000, `TLS handshake with the proxy on port ${port}`)
+  return withTimeout(tlsConnect({ host: '127.0.0.1', port, ...opts }), 10000, `TLS handshake with the proxy on port ${port}`)
 }
 
 /**
@@ -56,22 +45,11 @@ export function h2ToProxy(port, ca, opts = {}) {
 
 /** One request on an HTTP/2 session; resolves { status, headers, body, text } or { rstCode } if reset. */
 export function h2Fetch(session, headers, body, timeout = 10000) {
-  return withTimeout(new Promise((resolve, reject) => {
-    const stream = session.request(headers, { endStream: body === undefined })
-    const chunks = []
-    let responseHeaders
-    stream.on('response', (h) => (responseHeaders = h))
-    stream.on('data', (c) => chunks.push(c))
-    stream.on('end', () => {
-      const buf = Buffer.concat(chunks)
-      resolve({ status: responseHeaders?.[':status'], headers: responseHeaders, body: buf, text: buf.toString() })
-    })
-    stream.on('close', () => {
-      if (!responseHeaders) resolve({ status: undefined, rstCode: stream.rstCode })
-    })
-    stream.on('error', reject)
-    if (body !== undefined) stream.end(body)
-  }), timeout, `HTTP/2 ${headers[':method']} ${headers[':authority']}${headers[':path'] ?? ''}`)
+  return withTimeout(
+    h2request(session, headers, body, { resolveReset: true }),
+    timeout,
+    `HTTP/2 ${headers[':method']} ${headers[':authority']}${headers[':path'] ?? ''}`,
+  )
 }
 
 /**

@@ -117,12 +117,12 @@ export function connectTunnel(proxyPort, authority, auth, { extraHeaders = [] } 
 }
 
 /**
- * TLS over an already open socket; resolves with the TLSSocket after the
- * handshake, rejects on any TLS error. `opts` go to tls.connect.
+ * tls.connect with `opts` (host and port, or a `socket` to run over); resolves
+ * with the TLSSocket after the handshake, rejects on any TLS error.
  */
-export function tlsOver(socket, opts) {
+export function tlsConnect(opts) {
   return new Promise((resolve, reject) => {
-    const t = tls.connect({ socket, ...opts })
+    const t = tls.connect(opts)
     const onError = (err) => {
       t.destroy()
       reject(err)
@@ -134,6 +134,14 @@ export function tlsOver(socket, opts) {
       resolve(t)
     })
   })
+}
+
+/**
+ * TLS over an already open socket; resolves with the TLSSocket after the
+ * handshake, rejects on any TLS error. `opts` go to tls.connect.
+ */
+export function tlsOver(socket, opts) {
+  return tlsConnect({ socket, ...opts })
 }
 
 /** CONNECT `authority` then TLS with `opts`; resolves the TLSSocket. */
@@ -213,8 +221,12 @@ export function h2Over(tlsSocket, authority = 'https://localhost:3000') {
   return session
 }
 
-/** One request on an HTTP/2 session; resolves { status, headers, body, text }. */
-export function h2request(session, headers, body) {
+/**
+ * One request on an HTTP/2 session; resolves { status, headers, body, text }.
+ * `resolveReset`: a stream closed without a response (reset without an error)
+ * resolves { status: undefined, rstCode } instead of leaving it pending.
+ */
+export function h2request(session, headers, body, { resolveReset = false } = {}) {
   return new Promise((resolve, reject) => {
     const stream = session.request(headers, { endStream: body === undefined })
     const chunks = []
@@ -225,6 +237,11 @@ export function h2request(session, headers, body) {
       const buf = Buffer.concat(chunks)
       resolve({ status: responseHeaders?.[':status'], headers: responseHeaders, body: buf, text: buf.toString() })
     })
+    if (resolveReset) {
+      stream.on('close', () => {
+        if (!responseHeaders) resolve({ status: undefined, rstCode: stream.rstCode })
+      })
+    }
     stream.on('error', reject)
     if (body !== undefined) stream.end(body)
   })

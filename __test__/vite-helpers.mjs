@@ -5,12 +5,10 @@
 
 import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises'
 import http from 'node:http'
-import http2 from 'node:http2'
 import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
-import tls from 'node:tls'
-import { closer, listen, makeLeaf, trackSockets } from './helpers.mjs'
+import { FLAG_END_STREAM, FRAME, startH2TlsTerminator } from './h2-frames.mjs'
 
 // ---------------------------------------------------------------------------
 // The app
@@ -123,42 +121,6 @@ export async function startVite(root, port) {
 }
 
 // ---------------------------------------------------------------------------
-// HTTP/2 frames
-
-const H2_PREFACE_LENGTH = 24
-export const FRAME = { DATA: 0, HEADERS: 1, RST_STREAM: 3, SETTINGS: 4, PING: 6, GOAWAY: 7, WINDOW_UPDATE: 8 }
-const FLAG_END_STREAM = 0x1
-
-/** Splits one direction of an HTTP/2 connection into frames: onFrame({ type, flags, streamId, payload }). */
-class FrameReader {
-  constructor({ preface, onFrame }) {
-    this.buf = Buffer.alloc(0)
-    this.prefaceLeft = preface ? H2_PREFACE_LENGTH : 0
-    this.onFrame = onFrame
-  }
-
-  feed(chunk) {
-    this.buf = this.buf.length ? Buffer.concat([this.buf, chunk]) : chunk
-    if (this.prefaceLeft > 0) {
-      const n = Math.min(this.prefaceLeft, this.buf.length)
-      this.buf = this.buf.subarray(n)
-      this.prefaceLeft -= n
-    }
-    while (this.buf.length >= 9) {
-      const length = this.buf.readUIntBE(0, 3)
-      if (this.buf.length < 9 + length) break
-      this.onFrame({
-        type: this.buf[3],
-        flags: this.buf[4],
-        streamId: this.buf.readUInt32BE(5) & 0x7fffffff,
-        payload: this.buf.subarray(9, 9 + length),
-      })
-      this.buf = this.buf.subarray(9 + length)
-    }
-  }
-}
-
-// ---------------------------------------------------------------------------
 // The dev box stand-in
 
 // Connection-specific headers: not relayed (and forbidden in HTTP/2 responses).
@@ -183,12 +145,12 @@ function relayableHeaders(headers) {
  * Vite's own address) and its response streamed back; HTTP/1.1 upgrades (the
  * HMR WebSocket) are piped to Vite as raw TCP.
  *
- * To see the proxy's frames, each h2 TLS connection is decrypted here and its
- * bytes carried over loopback TCP to a plaintext Node http2 server (nghttp2,
- * as http2.createSecureServer would use), with a frame reader on each
- * direction: client→server (RST_STREAM, GOAWAY, new HEADERS) and
- * server→client (END_STREAM, so a reset can be classed as on a completed
- * stream or on one still in flight).
+ * To see the proxy's frames (startH2TlsTerminator of h2-frames.mjs), each h2
+ * TLS connection is decrypted here and its bytes carried over loopback TCP to
+ * a plaintext Node http2 server (nghttp2, as http2.createSecureServer would
+ * use), with a frame reader on each direction: client→server (RST_STREAM,
+ * GOAWAY, new HEADERS) and server→client (END_STREAM, so a reset can be
+ * classed as on a completed stream or on one still in flight).
  *
  * stats:
  *   tls: [{ id, alpn, open }]          every TLS connection accepted (open: not closed yet)
@@ -271,24 +233,6 @@ export async function startDevBox({ ca, names, vitePort }) {
     req.pipe(upstream)
   }
 
-  // Plaintext HTTP/2 behind the TLS terminator.
-  const connectionOfPort = new Map()
-  const sessions = new Set()
-  const h2 = http2.createServer()
-  const h2Sockets = trackSockets(h2)
-  h2.on('session', (session) => {
-    session.on('error', () => {})
-    sessions.add(session)
-    session.on('close', () => sessions.delete(session))
-  })
-  h2.on('request', (req, res) => {
-    req.stream.on('error', () => {})
-    const session = req.stream.session
-    session.connection ??= connectionOfPort.get(session.socket.remotePort)
-    forward('h2', session.connection)(req, res)
-  })
-  const h2Port = await listen(h2)
-
   // HTTP/1.1 (the WebSocket upgrades) is served straight on the TLS socket.
   const h1 = http.createServer()
   h1.on('request', (req, res) => forward('http/1.1', null)(req, res))
@@ -319,99 +263,66 @@ export async function startDevBox({ ca, names, vitePort }) {
     upstream.on('close', () => socket.destroy())
   })
 
-  const leaf = makeLeaf(ca, names)
-  let nextConnection = 0
-  const server = tls.createServer({ key: leaf.key, cert: leaf.cert, ALPNProtocols: ['h2', 'http/1.1'] }, (socket) => {
-    const connection = ++nextConnection
-    const alpn = socket.alpnProtocol || 'none'
-    const record = { id: connection, alpn, open: true }
-    stats.tls.push(record)
-    socket.on('error', () => {})
-    socket.on('close', () => (record.open = false))
-    if (alpn !== 'h2') {
-      h1.emit('connection', socket)
-      return
-    }
-    socket.pause()
-    const fromClient = new FrameReader({
-      preface: true,
-      onFrame: ({ type, flags, streamId, payload }) => {
-        if (type === FRAME.HEADERS && !streamInfo.get(connection)?.has(streamId)) stats.h2Streams++
-        if ((type === FRAME.DATA || type === FRAME.HEADERS) && flags & FLAG_END_STREAM) {
-          infoOf(connection, streamId).requestEnded = true
-        } else if (type === FRAME.HEADERS) {
-          infoOf(connection, streamId)
-        } else if (type === FRAME.RST_STREAM) {
-          const info = infoOf(connection, streamId)
-          info.reset = true
-          stats.resets.push({
-            connection,
-            streamId,
-            code: payload.readUInt32BE(0),
-            completed: info.ended,
-            // How long after the dev box wrote its END_STREAM the reset arrived (null: not ended).
-            msAfterEnd: info.ended ? Math.round((performance.now() - info.endedAt) * 10) / 10 : null,
-            // Whether the proxy had ended its own side (the request) before resetting.
-            requestEnded: info.requestEnded,
-            // The request head is read by the http2 server after this frame reader: path and status are
-            // looked up when reported.
-            get path() {
-              return info.path
-            },
-            get status() {
-              return info.status
-            },
-          })
-        } else if (type === FRAME.GOAWAY) {
-          stats.goaways.push({ connection, lastStreamId: payload.readUInt32BE(0) & 0x7fffffff, code: payload.readUInt32BE(4) })
-        }
-      },
-    })
-    const fromServer = new FrameReader({
-      preface: false,
-      onFrame: ({ type, flags, streamId }) => {
-        if ((type === FRAME.DATA || type === FRAME.HEADERS) && flags & FLAG_END_STREAM) {
-          const info = infoOf(connection, streamId)
-          info.ended = true
-          info.endedAt = performance.now()
-        }
-        if (type === FRAME.RST_STREAM) stats.serverResets++
-      },
-    })
-    const inner = net.connect(h2Port, '127.0.0.1')
-    inner.on('error', () => {})
-    pipes.add(inner)
-    inner.once('connect', () => {
-      connectionOfPort.set(inner.localPort, connection)
-      socket.on('data', (d) => {
-        fromClient.feed(d)
-        inner.write(d)
-      })
-      socket.resume()
-    })
-    inner.on('data', (d) => {
-      // Recorded before the bytes leave: an RST read after this saw a completed stream.
-      fromServer.feed(d)
-      socket.write(d)
-    })
-    socket.on('end', () => inner.end())
-    socket.on('close', () => inner.destroy())
-    inner.on('end', () => socket.end())
-    inner.on('close', () => {
-      pipes.delete(inner)
-      socket.destroy()
-    })
+  // HTTP/2 goes to a plaintext HTTP/2 server behind the TLS terminator, watched frame by frame.
+  const box = await startH2TlsTerminator({
+    ca,
+    names,
+    onTls: (socket, connection) => {
+      const alpn = socket.alpnProtocol || 'none'
+      const record = { id: connection, alpn, open: true }
+      stats.tls.push(record)
+      socket.on('close', () => (record.open = false))
+      if (alpn !== 'h2') {
+        h1.emit('connection', socket)
+        return false
+      }
+    },
+    onRequest: (req, res) => forward('h2', req.stream.session.connection)(req, res),
+    onClientFrame: (connection, { type, flags, streamId, payload }) => {
+      if (type === FRAME.HEADERS && !streamInfo.get(connection)?.has(streamId)) stats.h2Streams++
+      if ((type === FRAME.DATA || type === FRAME.HEADERS) && flags & FLAG_END_STREAM) {
+        infoOf(connection, streamId).requestEnded = true
+      } else if (type === FRAME.HEADERS) {
+        infoOf(connection, streamId)
+      } else if (type === FRAME.RST_STREAM) {
+        const info = infoOf(connection, streamId)
+        info.reset = true
+        stats.resets.push({
+          connection,
+          streamId,
+          code: payload.readUInt32BE(0),
+          completed: info.ended,
+          // How long after the dev box wrote its END_STREAM the reset arrived (null: not ended).
+          msAfterEnd: info.ended ? Math.round((performance.now() - info.endedAt) * 10) / 10 : null,
+          // Whether the proxy had ended its own side (the request) before resetting.
+          requestEnded: info.requestEnded,
+          // The request head is read by the http2 server after this frame reader: path and status are
+          // looked up when reported.
+          get path() {
+            return info.path
+          },
+          get status() {
+            return info.status
+          },
+        })
+      } else if (type === FRAME.GOAWAY) {
+        stats.goaways.push({ connection, lastStreamId: payload.readUInt32BE(0) & 0x7fffffff, code: payload.readUInt32BE(4) })
+      }
+    },
+    // Recorded before the bytes leave: an RST read after this saw a completed stream.
+    onServerFrame: (connection, { type, flags, streamId }) => {
+      if ((type === FRAME.DATA || type === FRAME.HEADERS) && flags & FLAG_END_STREAM) {
+        const info = infoOf(connection, streamId)
+        info.ended = true
+        info.endedAt = performance.now()
+      }
+      if (type === FRAME.RST_STREAM) stats.serverResets++
+    },
+    onClose: () => {
+      for (const p of pipes) p.destroy()
+    },
   })
-  server.on('tlsClientError', () => {})
-  const tlsSockets = trackSockets(server, 'secureConnection')
-  const port = await listen(server)
-
-  const closeTls = closer(server, tlsSockets, () => {
-    for (const p of pipes) p.destroy()
-  })
-  const closeH2 = closer(h2, h2Sockets, () => {
-    for (const s of sessions) s.destroy()
-  })
+  const port = box.port
 
   return {
     port,
@@ -460,8 +371,7 @@ export async function startDevBox({ ca, names, vitePort }) {
       }
     },
     async close() {
-      await closeTls()
-      await closeH2()
+      await box.close()
       agent.destroy()
     },
   }
