@@ -50,8 +50,21 @@ afterAll(() => {
 })
 
 describe('the published main package', () => {
-  test('holds the loader, its types, README, LICENSE and package.json, and no binary', () => {
-    expect(release.main.files).toEqual(['LICENSE', 'README.md', 'index.d.ts', 'index.js', 'package.json'])
+  test('holds what package.json "files" names, README, LICENSE and package.json, and no binary', () => {
+    expect(release.main.files).toEqual([...rootPackage.files, 'LICENSE', 'README.md', 'package.json'].sort())
+    expect(release.main.files).toContain('index.js')
+    expect(release.main.files).toContain('index.d.ts')
+    expect(release.main.files.filter((file) => file.endsWith('.node'))).toEqual([])
+  })
+
+  test('holds every file its exports map points to', () => {
+    const targets = new Set()
+    const collect = (value) => {
+      if (typeof value === 'string') targets.add(value.replace(/^\.\//, ''))
+      else for (const v of Object.values(value)) collect(v)
+    }
+    collect(release.staged.packageJson.exports)
+    expect([...targets].filter((file) => !release.main.files.includes(file))).toEqual([])
   })
 
   test('depends on each platform package at exactly its own version (added by napi prepublish)', () => {
@@ -114,6 +127,29 @@ describe('npm install of the two tarballs into a fresh project', () => {
     expect(result.totalRequests).toBeGreaterThanOrEqual(1)
     expect(result.loaded.map((file) => realpathSync(file))).toEqual([installedBinary()])
   }
+
+  test('every subpath of the exports map loads with require() and import(), with the same named exports', async () => {
+    const specifiers = Object.keys(release.staged.packageJson.exports)
+      .filter((subpath) => subpath !== './package.json')
+      .map((subpath) => PACKAGE_NAME + subpath.slice(1))
+    expect(specifiers).toContain(PACKAGE_NAME)
+    const script = `(async () => {
+  const out = {}
+  for (const specifier of ${JSON.stringify(specifiers)}) {
+    const cjs = require(specifier)
+    const esm = await import(specifier)
+    out[specifier] = { cjs: Object.keys(cjs).sort(), esm: Object.keys(esm).filter((k) => k !== 'default').sort() }
+  }
+  console.log(JSON.stringify(out))
+})()`
+    const loaded = clientResult(await run(process.execPath, ['-e', script], { cwd: project }))
+    expect(Object.keys(loaded).sort()).toEqual([...specifiers].sort())
+    for (const specifier of specifiers) {
+      expect(loaded[specifier].cjs.length, specifier).toBeGreaterThan(0)
+      expect(loaded[specifier].esm, specifier).toEqual(loaded[specifier].cjs)
+    }
+    expect(loaded[PACKAGE_NAME].cjs).toContain('ProxyServer')
+  })
 
   test('require() from CommonJS', async () => {
     expectProxied(clientResult(await run(process.execPath, ['client-cjs.cjs'], { cwd: project })), 'cjs')

@@ -30,8 +30,8 @@ export const BINARY_NAME = rootPackage.napi.binaryName
 /** package.json's napi.targets, parsed: { triple, platformArchABI, platform, arch, abi }. */
 export const TARGETS = rootPackage.napi.targets.map(parseTriple)
 
-/** The files of the package root a release starts from (what `npm pack` may take, and package.json). */
-const ROOT_FILES = ['package.json', 'index.js', 'index.d.ts', 'README.md', 'LICENSE', '.npmrc']
+/** Files of the package root that a release reads but npm does not pack. */
+const ROOT_CONFIG_FILES = ['.npmrc']
 
 export const PLACEHOLDER = 'placeholder: this platform is built by CI only\n'
 
@@ -75,7 +75,7 @@ function copyTree(from, to, skip) {
 
 /**
  * Lays out a release in `dir` as CI's publish job does, and runs its steps up
- * to (not including) the publishing: the package root and npm/ are copied,
+ * to (not including) the publishing: the package root (as npm packs it) and npm/ are copied,
  * each target's binary is put where `actions/download-artifact` puts it
  * (artifacts/bindings-<triple>/), `napi artifacts` moves them into the
  * platform packages, and `napi prepublish -t npm --skip-optional-publish
@@ -87,8 +87,12 @@ function copyTree(from, to, skip) {
  * package's directory.
  */
 export function stageRelease(dir, binaries = localReleaseBinaries()) {
-  for (const file of ROOT_FILES) {
-    if (existsSync(join(root, file))) copyFileSync(join(root, file), join(dir, file))
+  // The package root as npm packs it (package.json "files", README, LICENSE, package.json).
+  const rootFiles = packList(root).files.map((file) => file.path)
+  for (const file of [...rootFiles, ...ROOT_CONFIG_FILES]) {
+    if (!existsSync(join(root, file))) continue
+    mkdirSync(dirname(join(dir, file)), { recursive: true })
+    copyFileSync(join(root, file), join(dir, file))
   }
   // Only the committed files of each platform package: a .node left there by a local `napi artifacts` is not taken.
   copyTree(join(root, 'npm'), join(dir, 'npm'), (entry) => entry.endsWith('.node'))
