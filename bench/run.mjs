@@ -11,7 +11,13 @@
 //   BENCH_SKIP_BUILD=1      do not run the addon build (use the .node already there)
 //   BENCH_QUICK=1           short runs, one round (checks the script, not the proxy)
 //   BENCH_ONLY=s1,s3        run only these scenarios (s6 is measured inside s1)
-//   BENCH_ROUNDS=N          rounds per scenario (default 3)
+//   BENCH_ROUNDS=N          rounds per scenario (default 3); for s7, cold + warm page
+//                           loads per variant and delay (default 9, BENCH_QUICK 1)
+//
+// s7 (bench/pageload.mjs) is the page load a user feels: a Vite app of 501 modules in
+// headless Chromium through the proxy (http:// and https://), straight to the dev box,
+// and through the peer. A run of only s7 (or only s1-s6) rewrites its own section of
+// bench/RESULTS.md and bench/results.json and keeps the other's from the last run.
 import { spawn, spawnSync } from 'node:child_process'
 import { chmodSync, closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs'
 import { createHash, randomBytes } from 'node:crypto'
@@ -20,6 +26,7 @@ import os from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { buildAddon, installNodePackages, root } from '../scripts/setup.mjs'
+import { renderPageLoad, scenarioPageLoad } from './pageload.mjs'
 
 const BENCH = join(root, 'bench')
 const QUICK = process.env.BENCH_QUICK === '1'
@@ -37,8 +44,11 @@ const CFG = {
   h2Streams: 25,
   tunnels: QUICK ? 200 : 1000,
   settleMs: 2000,
+  s7Loads: Number(process.env.BENCH_ROUNDS || (QUICK ? 1 : 9)),
 }
 const enabled = (s) => !ONLY || ONLY.has(s)
+/** The scenarios of the main table (s6 is measured inside s1); s7 has a section of its own. */
+const MAIN_SCENARIOS = ['s1', 's2', 's3', 's4', 's5', 's6']
 const TARGETS = ['direct', 'rust', 'peer']
 const started = Date.now()
 const log = (...args) => console.log(`[bench ${((Date.now() - started) / 1000).toFixed(0).padStart(3)}s]`, ...args)
@@ -788,6 +798,25 @@ async function scenarioMemory(ctx) {
   }
 }
 
+async function scenarioPageLoadOf(ctx) {
+  const loadAtStart = os.loadavg().map((x) => x.toFixed(2)).join(' ')
+  const t = Date.now()
+  ctx.pageload = await scenarioPageLoad({
+    loads: CFG.s7Loads,
+    quick: QUICK,
+    log,
+    launch,
+    nextJson,
+    stop,
+    addonEnv: addon.env,
+    dir: tmpDir,
+    openssl: need('openssl'),
+    cleanups: ctx.cleanups,
+  })
+  ctx.pageload.seconds = (Date.now() - t) / 1000
+  ctx.pageload.loadAverage = { start: loadAtStart, end: os.loadavg().map((x) => x.toFixed(2)).join(' ') }
+}
+
 // ---------------------------------------------------------------------------
 // Report
 
@@ -982,13 +1011,15 @@ async function main() {
   snapshotAddon(tmpDir)
   machine.addon = addon.file ? `${addon.file} (built ${addon.built}, sha256 ${addon.sha256}…)` : 'as index.js finds it'
   log(`addon: ${machine.addon}`)
-  ctx.certs = makeCerts(tmpDir)
-  mkdirSync(join(tmpDir, 'www'), { recursive: true })
-  if (enabled('s3')) makeBulkFile(join(tmpDir, 'www', 'bulk'), CFG.bulkMiB)
-  ctx.nginx = await startNginx(tmpDir, ctx.certs)
-  log(`nginx: http ${ctx.nginx.ports.http}, https ${ctx.nginx.ports.tls}, h2 ${ctx.nginx.ports.h2}`)
+  if (MAIN_SCENARIOS.some(enabled)) {
+    ctx.certs = makeCerts(tmpDir)
+    mkdirSync(join(tmpDir, 'www'), { recursive: true })
+    if (enabled('s3')) makeBulkFile(join(tmpDir, 'www', 'bulk'), CFG.bulkMiB)
+    ctx.nginx = await startNginx(tmpDir, ctx.certs)
+    log(`nginx: http ${ctx.nginx.ports.http}, https ${ctx.nginx.ports.tls}, h2 ${ctx.nginx.ports.h2}`)
+  }
 
-  ctx.proxyOptions = {
+  if (ctx.nginx) ctx.proxyOptions = {
     resolve: { [`${DEV_BOX}:443`]: `127.0.0.1:${ctx.nginx.ports.h2}`, [`${DEV_BOX_H1}:443`]: `127.0.0.1:${ctx.nginx.ports.tls}` },
     upstreamCaPem: [ctx.certs.caPem],
     route: { morphId: 'b', scope: 's', domainSuffix: 'bench.test' },
@@ -1022,6 +1053,7 @@ async function main() {
   await stop(ctx.rust)
   await stop(ctx.peer)
   if (enabled('s5')) await timed('s5', scenarioMemory)
+  if (enabled('s7')) await timed('s7', scenarioPageLoadOf)
   const benchSeconds = (Date.now() - benchStarted) / 1000
   machine.loadAverageAtEnd = os.loadavg().map((x) => x.toFixed(2)).join(' ')
 
@@ -1060,17 +1092,64 @@ async function main() {
     ...report.how.map((h) => `- ${h}`),
     '',
   ].join('\n')
-  writeFileSync(join(BENCH, 'RESULTS.md'), md)
-  writeFileSync(join(BENCH, 'results.json'), JSON.stringify({
+  const mainJson = {
     date, command: 'npm run bench', quick: QUICK, only: ONLY ? [...ONLY] : null, config: CFG, machine,
     seconds: { total: benchSeconds, ...scenarioTimes },
     medians: report.med, values, errors, rounds: raw, targets: report.targets, footnotes: report.footnotes,
-  }, null, 2) + '\n')
+  }
 
-  console.log('\n' + report.table + '\n')
-  for (const f of report.footnotes) console.log(f)
-  console.log('\nTargets:')
-  for (const t of report.targetLines) console.log(t)
+  // s7's section: this run's when s7 ran, else the last run's, kept as it was.
+  const mdPath = join(BENCH, 'RESULTS.md')
+  const jsonPath = join(BENCH, 'results.json')
+  const prevMd = existsSync(mdPath) ? readFileSync(mdPath, 'utf8') : ''
+  let prevJson = null
+  try {
+    prevJson = JSON.parse(readFileSync(jsonPath, 'utf8'))
+  } catch {}
+  const S7_SECTION = /<!-- s7:begin -->[\s\S]*?<!-- s7:end -->\n*/
+  let s7Section = null
+  let s7Json = prevJson?.pageload ?? null
+  if (enabled('s7')) {
+    const envs = ['BENCH_SKIP_BUILD', 'BENCH_QUICK', 'BENCH_ONLY', 'BENCH_ROUNDS'].filter((k) => process.env[k]).map((k) => `${k}=${process.env[k]}`)
+    const command = `${envs.length ? envs.join(' ') + ' ' : ''}npm run bench`
+    const machineLine = `Machine: ${machine.nproc} CPUs (${machine.cpuModel}), ${machine.memTotal}, node ${machine.node}; ` +
+      `load average when s7 started ${ctx.pageload?.loadAverage?.start ?? '?'}, when it ended ${ctx.pageload?.loadAverage?.end ?? '?'}`
+    if (ctx.pageload) {
+      s7Section = renderPageLoad(ctx.pageload, { date, command, machineLine, quick: QUICK }).join('\n') + '\n\n'
+      console.log('\n' + s7Section)
+    } else {
+      const message = raw.s7?.find((r) => r.error)?.error ?? 'no result'
+      s7Section = ['<!-- s7:begin -->', '## s7: preview page load in Chromium (what a user feels)', '',
+        `Command: \`${command}\`  `, `Date: ${date}. ${machineLine}.`, '', `**The scenario failed:** ${message}`, '<!-- s7:end -->'].join('\n') + '\n\n'
+    }
+    s7Json = { date, command, quick: QUICK, machine: { nproc: machine.nproc, cpuModel: machine.cpuModel, memTotal: machine.memTotal, kernel: machine.kernel, node: machine.node, addon: machine.addon },
+      ...(ctx.pageload ?? { error: raw.s7?.find((r) => r.error)?.error ?? 'no result' }) }
+  } else {
+    s7Section = S7_SECTION.exec(prevMd)?.[0] ?? null
+  }
+  // The s7 section sits after the main table and its footnotes, before the main targets.
+  const withS7 = (text) => {
+    const base = text.replace(S7_SECTION, '')
+    if (!s7Section) return base
+    const at = base.indexOf('\n## Targets')
+    return at < 0 ? `${base.trimEnd()}\n\n${s7Section}` : `${base.slice(0, at + 1)}${s7Section}${base.slice(at + 1)}`
+  }
+  const ranMain = MAIN_SCENARIOS.some(enabled)
+  if (ranMain || !prevMd) {
+    writeFileSync(mdPath, withS7(md))
+    writeFileSync(jsonPath, JSON.stringify({ ...mainJson, pageload: s7Json }, null, 2) + '\n')
+  } else {
+    // Only s7 ran: the main table, its targets and notes stay as the last run wrote them.
+    writeFileSync(mdPath, withS7(prevMd))
+    writeFileSync(jsonPath, JSON.stringify({ ...(prevJson ?? mainJson), pageload: s7Json }, null, 2) + '\n')
+  }
+
+  if (ranMain) {
+    console.log('\n' + report.table + '\n')
+    for (const f of report.footnotes) console.log(f)
+    console.log('\nTargets:')
+    for (const t of report.targetLines) console.log(t)
+  }
   console.log(`\nMeasurements took ${benchSeconds.toFixed(0)} s. Wrote bench/RESULTS.md and bench/results.json.`)
 }
 
