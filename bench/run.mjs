@@ -11,6 +11,12 @@
 //   BENCH_SKIP_BUILD=1      do not run the addon build (use the .node already there)
 //   BENCH_QUICK=1           short runs, one round (checks the script, not the proxy)
 //   BENCH_ONLY=s1,s3        run only these scenarios (s6 is measured inside s1)
+//
+// s1 and s2 (and s6, CPU per request) also measure a fourth target, the "nginx relay":
+// a second nginx, one process (master_process off), that relays the same absolute-form
+// proxy requests to the same upstream nginx through a keep-alive pool: a reference for
+// what an L7 relay costs on this machine (issue #13). It has no CONNECT, so it has no
+// row in s3-s5.
 //   BENCH_ROUNDS=N          rounds per scenario (default 3); for s7, cold + warm page
 //                           loads per variant and delay (default 9, BENCH_QUICK 1)
 //
@@ -21,6 +27,7 @@
 import { spawn, spawnSync } from 'node:child_process'
 import { chmodSync, closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs'
 import { createHash, randomBytes } from 'node:crypto'
+import http from 'node:http'
 import net from 'node:net'
 import os from 'node:os'
 import { join } from 'node:path'
@@ -50,6 +57,10 @@ const enabled = (s) => !ONLY || ONLY.has(s)
 /** The scenarios of the main table (s6 is measured inside s1); s7 has a section of its own. */
 const MAIN_SCENARIOS = ['s1', 's2', 's3', 's4', 's5', 's6']
 const TARGETS = ['direct', 'rust', 'peer']
+/** s1/s2 (and s6) also run through the nginx relay. */
+const RELAY = 'nginx-relay'
+const SMALL_TARGETS = [...TARGETS, RELAY]
+const ALL_TARGETS = SMALL_TARGETS
 const started = Date.now()
 const log = (...args) => console.log(`[bench ${((Date.now() - started) / 1000).toFixed(0).padStart(3)}s]`, ...args)
 
@@ -372,6 +383,98 @@ http {
   return { child, ports, errorLog: join(dir, 'nginx-error.log') }
 }
 
+/**
+ * The nginx relay: a second nginx in ONE process (`master_process off`, so that its CPU
+ * is read from /proc/<pid>/stat the same way as a proxy child's), an L7 relay of the
+ * absolute-form `GET http://127.0.0.1:<upstream>/small` that wrk sends to the proxies,
+ * with the same Proxy-Authorization check (the rust proxy's credentials, so wrk sends
+ * the same bytes) and a keep-alive pool to the upstream nginx. No CONNECT.
+ */
+async function startNginxRelay(dir, upstreamPort, auth) {
+  const nginx = need('nginx')
+  const rdir = join(dir, 'relay')
+  mkdirSync(join(rdir, 'tmp'), { recursive: true })
+  const port = await freePort()
+  const conf = `
+master_process off;
+worker_processes 1;
+daemon off;
+worker_rlimit_nofile ${NOFILE_EFFECTIVE || NOFILE};
+pid ${rdir}/nginx.pid;
+error_log ${rdir}/error.log warn;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  client_body_temp_path ${rdir}/tmp/body;
+  proxy_temp_path ${rdir}/tmp/proxy;
+  fastcgi_temp_path ${rdir}/tmp/fastcgi;
+  uwsgi_temp_path ${rdir}/tmp/uwsgi;
+  scgi_temp_path ${rdir}/tmp/scgi;
+  tcp_nodelay on;
+  keepalive_timeout 300s;
+  keepalive_requests 1000000000;
+  client_header_timeout 300s;
+  upstream upstream_pool {
+    server 127.0.0.1:${upstreamPort};
+    keepalive 64;
+    keepalive_requests 1000000000;
+    keepalive_timeout 300s;
+  }
+  server {
+    listen 127.0.0.1:${port};
+    location / {
+      if ($http_proxy_authorization != "${auth}") { return 407; }
+      proxy_pass http://upstream_pool;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Proxy-Authorization "";
+    }
+  }
+}
+`
+  const confPath = join(rdir, 'nginx.conf')
+  writeFileSync(confPath, conf)
+  const test = spawnSync(nginx, ['-t', '-q', '-p', rdir, '-c', confPath], { encoding: 'utf8' })
+  if (test.status !== 0) throw new Error(`nginx -t (relay) failed: ${tail(test.stderr)}`)
+  // One process: launch() execs nginx in place, so child.pid is nginx itself (checked).
+  const child = launch('nginx relay', nginx, ['-p', rdir, '-c', confPath])
+  const errLog = () => (existsSync(join(rdir, 'error.log')) ? readFileSync(join(rdir, 'error.log'), 'utf8') : '')
+  try {
+    if (!(await waitForPort(port, 10000, () => !child.exit))) throw new Error(`it did not listen on ${port}: ${tail(child.stderr + errLog())}`)
+    const comm = readFileSync(`/proc/${child.pid}/comm`, 'utf8').trim()
+    if (comm !== 'nginx') throw new Error(`pid ${child.pid} is ${comm}, not nginx`)
+    const threads = Number(/Threads:\s+(\d+)/.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'))[1])
+    const path = `http://127.0.0.1:${upstreamPort}/small`
+    const host = `127.0.0.1:${upstreamPort}`
+    // The check works both ways: 407 without the credentials, nginx's "ok" with them.
+    const denied = await httpGet(port, path, { Host: host })
+    if (denied.status !== 407) throw new Error(`a request without Proxy-Authorization got ${denied.status}, not 407`)
+    const ok = await httpGet(port, path, { Host: host, 'Proxy-Authorization': auth })
+    if (ok.status !== 200 || ok.body !== 'ok') throw new Error(`a proxied request got ${ok.status} "${tail(ok.body, 60)}", not 200 "ok"`)
+    child.info = { pid: child.pid, port, threads }
+    child.auth = auth
+    child.errorLog = join(rdir, 'error.log')
+    return child
+  } catch (e) {
+    await stop(child)
+    throw new Error(`the nginx relay did not start: ${e.message}`)
+  }
+}
+
+function httpGet(port, path, headers) {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: '127.0.0.1', port, path, headers, agent: false }, (res) => {
+      let body = ''
+      res.setEncoding('utf8')
+      res.on('data', (d) => (body += d))
+      res.on('end', () => resolve({ status: res.statusCode, body }))
+    })
+    req.setTimeout(5000, () => req.destroy(new Error('timed out')))
+    req.on('error', reject)
+    req.end()
+  })
+}
+
 /** Distinct reasons nginx gave for rejecting requests ("client sent ..."), logged after byte `offset`. */
 function nginxRejections(nginx, offset) {
   let text = ''
@@ -607,24 +710,25 @@ const rotate = (list, n) => list.map((_, i) => list[(i + n) % list.length])
 
 async function scenarioSmall(ctx) {
   const { nginx, rust, peer } = ctx
-  const proxies = { rust, peer }
+  const proxies = { rust, peer, [RELAY]: ctx.relay }
   const s1 = { connections: CFG.s1Connections, threads: CFG.s1Threads, seconds: CFG.s1Seconds }
   const s2 = { connections: 1, threads: 1, seconds: CFG.s2Seconds }
   if (enabled('s1')) {
     log(`s1/s6: small responses, ${s1.connections} connections, ${s1.threads} threads, ${s1.seconds} s, ${CFG.rounds} rounds`)
-    for (const target of ['rust', 'peer']) {
+    for (const target of ['rust', 'peer', RELAY]) {
       if (!proxies[target]) continue
       // Warm-up, not recorded: fills the upstream pools and lets V8 optimise the peer.
       await wrk({ target, proxy: proxies[target], nginx, ...s1, seconds: CFG.warmupSeconds }).catch(() => {})
     }
     for (let round = 1; round <= CFG.rounds; round++) {
-      for (const target of rotate(TARGETS, round - 1)) {
+      for (const target of rotate(SMALL_TARGETS, round - 1)) {
         const proxy = proxies[target]
         if (target !== 'direct' && !proxy) {
-          for (const m of ['s1_rps', 's1_p50', 's1_p99', 's6_cpu']) putError(m, target, ctx.proxyErrors[target])
+          for (const m of ['s1_rps', 's1_p50', 's1_p99', 's6_cpu', 's6_us']) putError(m, target, ctx.proxyErrors[target])
           continue
         }
-        await attempt('s1', round, target, ['s1_rps', 's1_p50', 's1_p99', 's6_cpu'], async () => {
+        await attempt('s1', round, target, ['s1_rps', 's1_p50', 's1_p99', 's6_cpu', 's6_us'], async () => {
+          const load1 = os.loadavg()[0]
           const stats0 = target === 'rust' ? await childStats(proxy).catch(() => null) : null
           const cpu0 = proxy ? cpuSeconds(proxy.pid) : null
           const res = await wrk({ target, proxy, nginx, ...s1 })
@@ -641,10 +745,14 @@ async function scenarioSmall(ctx) {
             res.proxy_cpu_s = cpu1 - cpu0
             res.proxy_rss_kib = rssKiB(proxy.pid)
             res.cpu_s_per_100k = (res.proxy_cpu_s / res.requests) * 100000
+            res.cpu_us_per_request = (res.proxy_cpu_s / res.requests) * 1e6
             put('s6_cpu', target, res.cpu_s_per_100k)
+            put('s6_us', target, res.cpu_us_per_request)
           }
+          res.load1_at_start = load1
           log(`  s1 round ${round} ${target}: ${res.rps.toFixed(0)} req/s, p50 ${res.p50_us} µs, p99 ${res.p99_us} µs` +
-            (proxy ? `, proxy CPU ${res.proxy_cpu_s.toFixed(2)} s for ${res.requests} requests` : ''))
+            (proxy ? `, CPU ${res.proxy_cpu_s.toFixed(2)} s for ${res.requests} requests (${res.cpu_us_per_request.toFixed(1)} µs each)` : '') +
+            `; load ${load1.toFixed(2)}`)
           return res
         })
         await sleep(300)
@@ -654,7 +762,7 @@ async function scenarioSmall(ctx) {
   if (enabled('s2')) {
     log(`s2: small responses, 1 connection, 1 thread, ${s2.seconds} s, ${CFG.rounds} rounds`)
     for (let round = 1; round <= CFG.rounds; round++) {
-      for (const target of rotate(TARGETS, round - 1)) {
+      for (const target of rotate(SMALL_TARGETS, round - 1)) {
         const proxy = proxies[target]
         if (target !== 'direct' && !proxy) {
           for (const m of ['s2_p50', 's2_p99']) putError(m, target, ctx.proxyErrors[target])
@@ -832,11 +940,12 @@ function buildReport(machine, ctx) {
   const med = {}
   for (const metric of Object.keys({ ...values, ...errors })) {
     med[metric] = {}
-    for (const t of TARGETS) med[metric][t] = median(values[metric]?.[t])
+    for (const t of ALL_TARGETS) med[metric][t] = median(values[metric]?.[t])
   }
   // Derived metrics (from medians).
   const diff = (a, b) => (a == null || b == null ? null : a - b)
-  med.s2_added = { direct: null, rust: diff(med.s2_p50?.rust, med.s2_p50?.direct), peer: diff(med.s2_p50?.peer, med.s2_p50?.direct) }
+  med.s2_added = { direct: null }
+  for (const t of ALL_TARGETS.slice(1)) med.s2_added[t] = diff(med.s2_p50?.[t], med.s2_p50?.direct)
   med.s5_cost = { direct: null, rust: diff(med.s5_idle?.rust, med.s5_idle?.direct), peer: diff(med.s5_idle?.peer, med.s5_idle?.direct) }
 
   const notes = []
@@ -847,6 +956,7 @@ function buildReport(machine, ctx) {
   }
   const NA_S4 = 'n/a: the `proxy` package relays a CONNECT blindly; it cannot terminate TLS inside a tunnel, serve HTTP/2 there or rewrite to the dev box, so it has no counterpart of this scenario.'
   const NA_DIRECT = '—'
+  const RELAY_NOTE = 'nginx relay: a second nginx in one process (`master_process off`), an L7 relay of the same absolute-form GETs with the same Proxy-Authorization check and a keep-alive upstream pool (see "How each number is measured"); measured in s1, s2 and s6 only, as it has no CONNECT.'
 
   function cell(metric, target, format, { derivedFrom } = {}) {
     if (metric.startsWith('s4') && target === 'peer') return `n/a ${noteFor(NA_S4)}`
@@ -886,6 +996,7 @@ function buildReport(machine, ctx) {
     { metric: 's5_cost', title: 's5 idle RSS over bare Node (MiB)', f: fmt.d1, derivedFrom: 's5_idle', noDirectRatio: true },
     { metric: 's5_tunnel', title: 's5 RSS per idle CONNECT tunnel (KiB)', f: fmt.d1, noDirectRatio: true },
     { metric: 's6_cpu', title: 's6 proxy CPU per 100k small requests (s)', f: fmt.d2, noDirectRatio: true },
+    { metric: 's6_us', title: 's6 proxy CPU per small request, all threads (µs)', f: fmt.d1, noDirectRatio: true },
   ]
   function metricTitle(metric) {
     return rows.find((r) => r.metric === metric)?.title ?? metric
@@ -894,14 +1005,22 @@ function buildReport(machine, ctx) {
     const src = r.derivedFrom ?? r.metric
     return values[src] || errors[src]
   })
-  const lines = [
-    '| metric (median of rounds) | direct | rust proxy | node peer | rust ÷ direct | rust ÷ peer |',
-    '| --- | ---: | ---: | ---: | ---: | ---: |',
-  ]
+  const withRelay = shown.some((r) => values[r.derivedFrom ?? r.metric]?.[RELAY] || errors[r.derivedFrom ?? r.metric]?.[RELAY])
+  const lines = withRelay
+    ? [
+        `| metric (median of rounds) | direct | rust proxy | node peer | nginx relay ${noteFor(RELAY_NOTE)} | rust ÷ direct | rust ÷ peer | rust ÷ nginx relay |`,
+        '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+      ]
+    : [
+        '| metric (median of rounds) | direct | rust proxy | node peer | rust ÷ direct | rust ÷ peer |',
+        '| --- | ---: | ---: | ---: | ---: | ---: |',
+      ]
   for (const r of shown) {
     const d = r.derivedFrom ? NA_DIRECT : cell(r.metric, 'direct', r.f)
     lines.push(`| ${r.title} | ${d} | ${cell(r.metric, 'rust', r.f, r)} | ${cell(r.metric, 'peer', r.f, r)} | ` +
-      `${r.noDirectRatio ? '—' : ratio(r.metric, 'rust', 'direct')} | ${r.noPeerRatio ? '—' : ratio(r.metric, 'rust', 'peer')} |`)
+      (withRelay ? `${cell(r.metric, RELAY, r.f, r)} | ` : '') +
+      `${r.noDirectRatio ? '—' : ratio(r.metric, 'rust', 'direct')} | ${r.noPeerRatio ? '—' : ratio(r.metric, 'rust', 'peer')} |` +
+      (withRelay ? ` ${ratio(r.metric, 'rust', RELAY)} |` : ''))
   }
 
   // Targets.
@@ -914,6 +1033,28 @@ function buildReport(machine, ctx) {
   if (med.s2_p50) {
     const a = med.s2_added.rust
     check('s2: added p50 ≤ 50 µs', a, a <= 50, a != null && `${a.toFixed(0)} µs`)
+  }
+  // Issue #13: against the nginx relay, and stricter latency and tunnel targets.
+  const relayShown = (v) => (v == null ? 'error' : v)
+  if (med.s1_rps) {
+    const r = med.s1_rps.rust != null && med.s1_rps[RELAY] ? med.s1_rps.rust / med.s1_rps[RELAY] : null
+    check('s1 (issue #13): rust req/s ≥ 0.8× the nginx relay\'s', r, r >= 0.8,
+      r != null && `${r.toFixed(2)}× (${fmt.int(med.s1_rps.rust)} against ${relayShown(med.s1_rps[RELAY] && fmt.int(med.s1_rps[RELAY]))} req/s)`)
+  }
+  if (med.s6_us) {
+    const r = med.s6_us.rust != null && med.s6_us[RELAY] ? med.s6_us.rust / med.s6_us[RELAY] : null
+    check('s6 (issue #13): rust CPU per request ≤ 1.5× the nginx relay\'s', r, r <= 1.5,
+      r != null && `${r.toFixed(2)}× (${med.s6_us.rust.toFixed(1)} against ${med.s6_us[RELAY].toFixed(1)} µs per request)`)
+  }
+  if (med.s2_p50) {
+    const a = med.s2_added.rust
+    const b = med.s2_added[RELAY]
+    check('s2 (issue #13): added p50 at one connection ≤ 30 µs', a, a <= 30,
+      a != null && `${a.toFixed(0)} µs (the nginx relay adds ${b == null ? 'error' : `${b.toFixed(0)} µs`})`)
+  }
+  if (med.s3_tunnel) {
+    const r = med.s3_tunnel.rust != null && med.s3_tunnel.direct ? med.s3_tunnel.rust / med.s3_tunnel.direct : null
+    check('s3a (issue #13): blind CONNECT tunnel ≥ 95 % of direct', r, r >= 0.95, r != null && `${(r * 100).toFixed(1)} %`)
   }
   for (const [metric, what] of [['s3_tunnel', 's3a: TLS through CONNECT ≥ 90 % of direct'], ['s3_forward', 's3b: plain forwarding ≥ 90 % of direct']]) {
     if (!med[metric]) continue
@@ -932,12 +1073,17 @@ function buildReport(machine, ctx) {
     `s3: curl \`%{speed_download}\` for a ${CFG.bulkMiB} MiB file from nginx: (a) https through a CONNECT tunnel (\`curl -p\`, TLS end to end, context without route, so relayed blindly), direct = curl to nginx's TLS port; (b) http, absolute-form forwarding.`,
     `s4: h2load -n ${CFG.h2Requests} -c ${CFG.h2Clients} -m ${CFG.h2Streams} (${CFG.h2Clients * CFG.h2Streams} concurrent streams) → a Node TCP forwarder (each connection opens \`CONNECT localhost:3000\` on the proxy with a routed context) → the proxy terminates TLS (its own CA, ALPN h2) and rewrites to \`https://${DEV_BOX}\`, resolved to nginx's TLS + HTTP/2 port (bench CA trusted), so its upstream pool speaks h2. The extra row does the same with \`CONNECT localhost:3001\` → \`https://${DEV_BOX_H1}\`, resolved to nginx's TLS port without HTTP/2, so the upstream pool speaks HTTP/1.1. Direct (both rows) = h2load straight to nginx's h2 port, so the rust column also pays for the Node forwarder and a second TLS session. All ${CFG.h2Requests} requests must get a 2xx, else the cell is an error.`,
     `s5: fresh processes of bench/child.mjs: "bare" (Node, no addon), "rust" (addon loaded, proxy started, contexts created), "peer" (\`proxy\` package listening). VmRSS from /proc/<pid>/status ${CFG.settleMs / 1000} s after start; then ${CFG.tunnels} idle CONNECT tunnels to nginx's HTTP port are opened from another process, and (RSS with tunnels − idle RSS) / ${CFG.tunnels} is reported per tunnel. The "direct" column of the idle row is the bare Node process.`,
-    `s6: utime+stime of the proxy process (/proc/<pid>/stat ÷ CLK_TCK) across each s1 run, divided by the requests wrk completed, × 100k. The proxy child is a Node process: its main thread is idle during the run.`,
+    `s6: utime+stime of the proxy process, all its threads (/proc/<pid>/stat ÷ CLK_TCK), across each s1 run, divided by the requests wrk completed: × 100k (s), and in µs per request. The proxy child is a Node process: its main thread is idle during the run. For the nginx relay, the one nginx process.`,
+    `nginx relay (s1, s2, s6): a second nginx ${versionOfNginx()} started for s1/s2 with its own config: \`master_process off; worker_processes 1; daemon off;\` (one process, one thread, so its CPU is read from /proc/<pid>/stat like a proxy child's), \`listen 127.0.0.1:<port>\`, \`location / { if ($http_proxy_authorization != "Basic …") { return 407; } proxy_pass http://upstream_pool; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Proxy-Authorization ""; }\` with \`upstream upstream_pool { server 127.0.0.1:<nginx http port>; keepalive 64; keepalive_requests 1000000000; keepalive_timeout 300s; }\`, access log off, client keep-alive as the upstream nginx's. wrk sends it exactly what it sends the proxies (absolute-form \`GET http://127.0.0.1:<nginx>/small\`, the rust proxy's Proxy-Authorization value); checked at start: 407 without the header, 200 "ok" with it. No CONNECT, so no s3-s5. Rounds rotate direct / rust / peer / nginx relay.`,
   ]
 
   const table = lines.join('\n')
   const footnotes = notes.map((n, i) => `[${i + 1}] ${n}`)
   return { med, table, footnotes, targets, targetLines, how }
+}
+
+function versionOfNginx() {
+  return versionOf('nginx', ['-v'], /nginx\/(\S+)/)
 }
 
 function machineDescription() {
@@ -1036,6 +1182,18 @@ async function main() {
       }
     }
   }
+  if (enabled('s1') || enabled('s2')) {
+    // The relay checks the same Proxy-Authorization value as the rust proxy's (a random
+    // one of the same shape if the rust proxy did not start).
+    const auth = ctx.rust?.auth ?? 'Basic ' + Buffer.from(`${randomBytes(8).toString('hex')}:${randomBytes(16).toString('hex')}`).toString('base64')
+    try {
+      ctx.relay = await startNginxRelay(tmpDir, ctx.nginx.ports.http, auth)
+      log(`nginx relay: pid ${ctx.relay.pid} (${ctx.relay.info.threads} thread${ctx.relay.info.threads === 1 ? '' : 's'}), port ${ctx.relay.info.port}`)
+    } catch (e) {
+      ctx.proxyErrors[RELAY] = e.message
+      log(e.message)
+    }
+  }
   const scenarioTimes = {}
   const timed = async (name, fn) => {
     const t = Date.now()
@@ -1048,6 +1206,7 @@ async function main() {
     scenarioTimes[name] = (Date.now() - t) / 1000
   }
   if (enabled('s1') || enabled('s2')) await timed('s1+s2', scenarioSmall)
+  await stop(ctx.relay)
   if (enabled('s3')) await timed('s3', scenarioBulk)
   if (enabled('s4')) await timed('s4', scenarioH2)
   await stop(ctx.rust)

@@ -1,7 +1,8 @@
 -- wrk script of bench/run.mjs. wrk connects to the host:port of its URL (the
--- proxy, or nginx for "direct"); this script sets the request line and headers:
+-- proxy or the nginx relay, or nginx for "direct"); this script sets the request
+-- line and headers:
 --   BENCH_PATH  request target: "http://127.0.0.1:<nginx>/small" through a proxy
---               (absolute form), "/small" direct
+--               or the nginx relay (absolute form), "/small" direct
 --   BENCH_HOST  Host header (nginx's host:port)
 --   BENCH_AUTH  Proxy-Authorization value, or empty for direct
 -- No request() function, so wrk builds the request once (static request).
