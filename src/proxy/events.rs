@@ -154,69 +154,31 @@ impl Drop for OpenTunnel {
     }
 }
 
-/// A request body whose bytes are counted for its record.
-pub(crate) struct Counted {
+/// A body whose data bytes are added to its [`Meter`] as they pass.
+pub(crate) struct Metered<M> {
     inner: Body,
-    counter: Arc<AtomicU64>,
+    meter: M,
 }
 
-impl Counted {
-    pub(crate) fn new(inner: Body, counter: Arc<AtomicU64>) -> Counted {
-        Counted { inner, counter }
+impl<M> Metered<M> {
+    pub(crate) fn new(inner: Body, meter: M) -> Self {
+        Metered { inner, meter }
     }
 }
 
-impl hyper::body::Body for Counted {
-    type Data = Bytes;
-    type Error = hyper::Error;
+/// Where a [`Metered`] body's bytes go.
+pub(crate) trait Meter: Unpin {
+    fn add(&mut self, bytes: u64);
+}
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        let data = match &frame {
-            Some(Ok(frame)) => frame.data_ref().map_or(0, |d| d.len()),
-            _ => 0,
-        };
-        self.counter.fetch_add(data as u64, Ordering::Relaxed);
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+/// A request body's bytes, shared with its record.
+impl Meter for Arc<AtomicU64> {
+    fn add(&mut self, bytes: u64) {
+        self.fetch_add(bytes, Ordering::Relaxed);
     }
 }
 
-/// A response body that completes its request's record when it is done
-/// (sent or dropped): the context's byte counters and the `request` event.
-pub(crate) struct RecordedBody {
-    inner: Body,
-    bytes_out: u64,
-    record: RequestRecord,
-}
-
-pub(crate) struct RequestRecord {
-    pub(crate) events: Arc<Events>,
-    pub(crate) context: Arc<Context>,
-    /// Built only when someone listens.
-    pub(crate) event: Option<Event>,
-    pub(crate) started: Instant,
-    /// The request body's bytes, counted by [`Counted`] (absent without a body).
-    pub(crate) bytes_in: Option<Arc<AtomicU64>>,
-}
-
-impl RecordedBody {
-    pub(crate) fn new(inner: Body, record: RequestRecord) -> RecordedBody {
-        RecordedBody { inner, bytes_out: 0, record }
-    }
-}
-
-impl hyper::body::Body for RecordedBody {
+impl<M: Meter> hyper::body::Body for Metered<M> {
     type Data = Bytes;
     type Error = hyper::Error;
 
@@ -226,7 +188,8 @@ impl hyper::body::Body for RecordedBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
         if let Some(Ok(frame)) = &frame {
-            self.bytes_out += frame.data_ref().map_or(0, |d| d.len() as u64);
+            let bytes = frame.data_ref().map_or(0, |d| d.len() as u64);
+            self.meter.add(bytes);
         }
         Poll::Ready(frame)
     }
@@ -240,17 +203,36 @@ impl hyper::body::Body for RecordedBody {
     }
 }
 
-impl Drop for RecordedBody {
+/// A request's record, the meter of its response body: completed when that
+/// body is done (sent or dropped) with the context's byte counters and the
+/// `request` event.
+pub(crate) struct RequestRecord {
+    pub(crate) events: Arc<Events>,
+    pub(crate) context: Arc<Context>,
+    /// Built only when someone listens.
+    pub(crate) event: Option<Event>,
+    pub(crate) started: Instant,
+    /// The request body's bytes (absent without a body).
+    pub(crate) bytes_in: Option<Arc<AtomicU64>>,
+    pub(crate) bytes_out: u64,
+}
+
+impl Meter for RequestRecord {
+    fn add(&mut self, bytes: u64) {
+        self.bytes_out += bytes;
+    }
+}
+
+impl Drop for RequestRecord {
     fn drop(&mut self) {
-        let record = &mut self.record;
-        let bytes_in = record.bytes_in.as_ref().map_or(0, |b| b.load(Ordering::Relaxed));
-        record.context.stats.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
-        record.context.stats.bytes_out.fetch_add(self.bytes_out, Ordering::Relaxed);
-        if let Some(mut event) = record.event.take() {
-            event.duration_ms = Some(record.started.elapsed().as_secs_f64() * 1000.0);
+        let bytes_in = self.bytes_in.as_ref().map_or(0, |b| b.load(Ordering::Relaxed));
+        self.context.stats.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
+        self.context.stats.bytes_out.fetch_add(self.bytes_out, Ordering::Relaxed);
+        if let Some(mut event) = self.event.take() {
+            event.duration_ms = Some(self.started.elapsed().as_secs_f64() * 1000.0);
             event.bytes_in = Some(bytes_in);
             event.bytes_out = Some(self.bytes_out);
-            record.events.emit(|| event);
+            self.events.emit(|| event);
         }
     }
 }

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::auth::Context;
 use super::error::ProxyError;
 use super::error_page;
-use super::events::{Counted, Event, RecordedBody, RequestRecord};
+use super::events::{Event, Metered, RequestRecord};
 use super::forward::{client_response, upgrade_protocol, upstream_request};
 use super::prefixed::sniff_stream;
 use super::reply::{self, Body};
@@ -331,8 +331,15 @@ async fn handle_contained(
         protocol: Some(protocol),
         ..Event::of("request", Some(&context))
     });
-    let record = RequestRecord { events: shared.events.clone(), context, event, started, bytes_in: trace.bytes_in };
-    response.map(|body| RecordedBody::new(body, record).boxed())
+    let record = RequestRecord {
+        events: shared.events.clone(),
+        context,
+        event,
+        started,
+        bytes_in: trace.bytes_in,
+        bytes_out: 0,
+    };
+    response.map(|body| Metered::new(body, record).boxed())
 }
 
 /// What [`handle`] learned about a request, for its record.
@@ -408,7 +415,7 @@ async fn handle(
         req.map(|body| body.boxed())
     } else {
         let bytes_in = trace.bytes_in.insert(Arc::default()).clone();
-        req.map(|body| Counted::new(body.boxed(), bytes_in).boxed())
+        req.map(|body| Metered::new(body.boxed(), bytes_in).boxed())
     };
     match forward(&shared, req, &upstream).await {
         Ok(response) => response,
