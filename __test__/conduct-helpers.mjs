@@ -129,6 +129,7 @@ export async function startCountingH2Upstream({ ca, names = [DEVBOX_HOST], goawa
   const onRequest = (req, res) => {
     const stream = req.stream
     const session = stream.session
+    if (stream.id > (session.lastServedStreamId ?? Infinity)) return
     session.streamCount ??= 0
     const path = req.url
     stats.requests++
@@ -163,7 +164,18 @@ export async function startCountingH2Upstream({ ca, names = [DEVBOX_HOST], goawa
       res.end(body)
     }
     session.streamCount++
-    if (goawayAfter && session.streamCount === goawayAfter) session.close()
+    if (goawayAfter && session.streamCount === goawayAfter) goAway(session, stream.id)
+  }
+
+  // A graceful shutdown: GOAWAY naming the last stream served, then close once it is sent.
+  // Not `session.close()` at once: Node 20 answers a stream that arrives between the GOAWAY's
+  // submission and its sending with a re-entrant RST_STREAM that corrupts the heap
+  // ("malloc(): mismatching next->prev_size"; oven-sh/bun#43475 describes the path). Streams
+  // above the last one are left unanswered: nghttp2 closes them as refused when it sends GOAWAY.
+  const goAway = (session, lastStreamId) => {
+    session.lastServedStreamId = lastStreamId
+    session.goaway(http2.constants.NGHTTP2_NO_ERROR, lastStreamId)
+    setImmediate(() => session.close())
   }
 
   const box = await startH2TlsTerminator({

@@ -438,7 +438,8 @@ describe('idle tunnels and WebSockets: idleTunnelTimeoutMs', () => {
     const { conn, res } = await openTunnel(proxyPort, 'localhost:3000', authOf(routed))
     try {
       expect(res.status).toBe(200)
-      expect(proxy.stats().activeTunnels).toBe(1)
+      // The tunnel is counted once hyper hands over the connection, just after the 200 is written.
+      await waitFor(() => proxy.stats().activeTunnels === 1, { message: 'the tunnel is counted' })
       // Either limit may close it (idle tunnel or request head); it must not stay open.
       await closedWithin(conn, (IDLE + HEAD) * 3)
     } finally {
