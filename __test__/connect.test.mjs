@@ -69,6 +69,26 @@ describe('relayed tunnels', () => {
     }
   })
 
+  test('bytes sent in the same write as the CONNECT head reach the target first, and count as the tunnel\'s', async () => {
+    const ctx = proxy.createContext(11)
+    const conn = await Conn.connect(proxyPort)
+    try {
+      const head = buildRequest('CONNECT', echoAuthority(), [['Host', echoAuthority()], ['Proxy-Authorization', authOf(ctx)]])
+      conn.write(Buffer.concat([Buffer.from(head), Buffer.from('early-bytes|')]))
+      expect((await conn.readResponse({ connect: true })).status).toBe(200)
+      expect((await conn.readBytes(12)).toString()).toBe('early-bytes|')
+      conn.write('later')
+      expect((await conn.readBytes(5)).toString()).toBe('later')
+    } finally {
+      conn.destroy()
+    }
+    // Counted once the tunnel closed.
+    await waitFor(() => proxy.contextStats(ctx.id).bytesIn === 17, { message: JSON.stringify(proxy.contextStats(ctx.id)) })
+    // Out: the 17 echoed, and the echo server's farewell if it left before the client closed.
+    expect([17, 17 + ECHO_FINAL.length]).toContain(proxy.contextStats(ctx.id).bytesOut)
+    proxy.releaseContext(ctx.id)
+  })
+
   test('half-close: the server sees end, its final bytes still arrive, then the client sees end', async () => {
     const { conn, res } = await openTunnel(proxyPort, echoAuthority(), authOf(plain), { allowHalfOpen: true })
     try {

@@ -16,6 +16,8 @@ pub(crate) mod reply;
 pub(crate) mod routing;
 pub(crate) mod server;
 pub(crate) mod sniff;
+#[cfg(target_os = "linux")]
+pub(crate) mod splice;
 pub(crate) mod tunnel;
 pub(crate) mod upstream;
 
@@ -150,6 +152,9 @@ pub(crate) struct Shared {
     pub(crate) tasks: TaskTracker,
     /// One permit per client connection on the listener.
     pub(crate) connection_slots: Arc<tokio::sync::Semaphore>,
+    /// Pipes for the blind tunnels that splice(2) relays.
+    #[cfg(target_os = "linux")]
+    pub(crate) pipes: splice::Pipes,
 }
 
 #[derive(Debug)]
@@ -226,6 +231,8 @@ impl Proxy {
             shutdown,
             tasks,
             connection_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
+            #[cfg(target_os = "linux")]
+            pipes: splice::Pipes::default(),
             limits,
         });
         shared.tasks.spawn(server::accept_loop(shared.clone(), listener));

@@ -43,8 +43,13 @@ pub(crate) struct Prefixed<I> {
 }
 
 impl<I> Prefixed<I> {
-    pub(crate) fn new(prefix: Vec<u8>, io: I) -> Self {
-        Prefixed { prefix: Bytes::from(prefix), io }
+    pub(crate) fn new(prefix: impl Into<Bytes>, io: I) -> Self {
+        Prefixed { prefix: prefix.into(), io }
+    }
+
+    /// The bytes not yet replayed, and the stream.
+    pub(crate) fn into_parts(self) -> (Bytes, I) {
+        (self.prefix, self.io)
     }
 }
 

@@ -26,7 +26,7 @@ use super::error::ProxyError;
 use super::error_page;
 use super::events::{Event, Metered, RequestRecord};
 use super::forward::{client_response, upgrade_protocol, upstream_request};
-use super::prefixed::sniff_stream;
+use super::prefixed::{sniff_stream, Prefixed};
 use super::reply::{self, Body};
 use super::routing::{target_of_uri, upstream_for, HostPort, Scheme, Upstream};
 use super::sniff::Protocol;
@@ -41,6 +41,10 @@ pub(crate) struct Binding {
     pub(crate) target: HostPort,
     pub(crate) scheme: Scheme,
 }
+
+/// What the HTTP server of a connection reads and writes: the stream as it
+/// came, or the TLS inside it (the listener in HTTPS proxy mode).
+pub(crate) type ServedIo<I> = Either<Prefixed<I>, tokio_rustls::server::TlsStream<Prefixed<I>>>;
 
 pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     loop {
@@ -191,14 +195,14 @@ where
                     )??;
                     let h2 = shared.http2 && tls.get_ref().1.alpn_protocol() == Some(b"h2");
                     shared.stats.connection_accepted(if h2 { ClientProtocol::TlsH2 } else { ClientProtocol::TlsHttp1 });
-                    (Either::Right(tls), h2)
+                    (ServedIo::Right(tls), h2)
                 }
                 _ => {
                     let h2 = shared.http2 && protocol == Protocol::Http2;
                     if on_listener {
                         shared.stats.connection_accepted(if h2 { ClientProtocol::H2c } else { ClientProtocol::Http1 });
                     }
-                    (Either::Left(io), h2)
+                    (ServedIo::Left(io), h2)
                 }
             };
             let io = TokioIo::new(io);

@@ -10,9 +10,10 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::ext::ReasonPhrase;
-use hyper::upgrade::OnUpgrade;
+use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::Context;
@@ -83,7 +84,11 @@ pub(crate) async fn connect(
     };
     shared.log.event(format_args!("CONNECT {target}: tunnel open"));
     let record = TunnelRecord::new("tunnel", &target, Some(&target), &context, "blind");
-    spawn_relay(shared, cancel, slot, record, client, upstream);
+    let traffic = record.traffic.clone();
+    spawn_tunnel(shared.clone(), cancel, slot, record, async move {
+        let client = client.await.map_err(io::Error::other)?;
+        relay_to_socket(&shared, client, upstream, &traffic).await
+    });
     established()
 }
 
@@ -143,6 +148,8 @@ where
     F: std::future::Future<Output = io::Result<()>> + Send + 'static,
 {
     let tasks = shared.tasks.clone();
+    // Boxed: moved into `select!` below, it would take its size twice in the task.
+    let work = Box::pin(work);
     tasks.spawn(async move {
         let _active = shared.stats.tunnel_opened();
         let _open = OpenTunnel::new(record.context.clone());
@@ -183,6 +190,54 @@ fn spawn_relay(
         let client = TokioIo::new(client.await.map_err(io::Error::other)?);
         relay(client, upstream, idle, traffic).await
     });
+}
+
+/// Relays a blind tunnel's client to the target's socket; in the kernel
+/// (splice) when the client is a plain TCP connection of the listener on Linux.
+async fn relay_to_socket(
+    shared: &Shared,
+    client: Upgraded,
+    upstream: TcpStream,
+    traffic: &Arc<Traffic>,
+) -> io::Result<()> {
+    let idle = shared.limits.idle_tunnel_timeout;
+    #[cfg(target_os = "linux")]
+    let client = match client_socket(client) {
+        Ok((socket, first)) => {
+            let mut upstream = upstream;
+            // What the client sent after its CONNECT, already read. Let go of before the relay:
+            // it holds on to the HTTP server's whole read buffer.
+            for bytes in first {
+                tokio::io::AsyncWriteExt::write_all(&mut upstream, &bytes).await?;
+                traffic.a_to_b.fetch_add(bytes.len() as u64, Relaxed);
+            }
+            return super::splice::relay(&shared.pipes, socket, upstream, idle, traffic).await;
+        }
+        Err(client) => client,
+    };
+    #[cfg(not(target_os = "linux"))]
+    let client = TokioIo::new(client);
+    relay(client, upstream, idle, traffic.clone()).await
+}
+
+/// The client's socket of a blind tunnel, with the bytes it sent that were
+/// already read, when it is a plain TCP connection of the listener; otherwise
+/// the upgraded stream as it is. A function apart, so that the tunnel's task
+/// does not hold the TLS variant's large state while it waits.
+#[cfg(target_os = "linux")]
+fn client_socket(client: Upgraded) -> Result<(TcpStream, [bytes::Bytes; 2]), Box<dyn Stream>> {
+    use super::prefixed::Prefixed;
+    use super::server::ServedIo;
+    match client.downcast::<TokioIo<ServedIo<TcpStream>>>() {
+        Ok(hyper::upgrade::Parts { io, read_buf, .. }) => match io.into_inner() {
+            ServedIo::Left(plain) => {
+                let (unread, socket) = plain.into_parts();
+                Ok((socket, [unread, read_buf]))
+            }
+            tls => Err(Box::new(Prefixed::new(read_buf, tls))),
+        },
+        Err(client) => Err(Box::new(TokioIo::new(client))),
+    }
 }
 
 /// Serves plaintext HTTP inside a loopback tunnel itself; TLS and anything

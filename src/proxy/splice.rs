@@ -1,0 +1,217 @@
+//! Blind tunnels between two TCP sockets on Linux: splice(2) moves the bytes
+//! from one socket into a pipe and from the pipe into the other socket, inside
+//! the kernel, so they are never copied to user space.
+//!
+//! A direction holds a pipe only while bytes are in it, taken from a small
+//! pool shared by the proxy's tunnels: an idle tunnel holds no buffer and no
+//! extra file descriptor, as with the portable relay.
+
+use std::io;
+use std::net::Shutdown;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use nix::fcntl::{splice, OFlag, SpliceFFlags};
+use parking_lot::Mutex;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+use super::relay::Traffic;
+
+/// A pipe's capacity, and the bytes asked of one splice.
+const CHUNK: usize = 1024 * 1024;
+/// Empty pipes kept for the next tunnel that has bytes to move.
+const POOLED_PIPES: usize = 64;
+
+/// A pipe: bytes spliced into `write` come out of `read`.
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+/// Empty pipes, reused: creating one per burst of bytes would cost three syscalls.
+#[derive(Default)]
+pub(crate) struct Pipes(Mutex<Vec<Pipe>>);
+
+impl Pipes {
+    fn take(&self) -> io::Result<Pipe> {
+        if let Some(pipe) = self.0.lock().pop() {
+            return Ok(pipe);
+        }
+        let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
+        // Fewer, larger splices (a third less CPU per GiB than the default 64 KiB); the pages
+        // are only taken while bytes are in the pipe. Past the user's pipe quota, 64 KiB it is.
+        let _ = nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_SETPIPE_SZ(CHUNK as i32));
+        Ok(Pipe { read, write })
+    }
+
+    /// Takes back a pipe that is empty; one with bytes left in it is closed instead.
+    fn give_back(&self, pipe: Pipe) {
+        let mut pool = self.0.lock();
+        if pool.len() < POOLED_PIPES {
+            pool.push(pipe);
+        }
+    }
+}
+
+/// Relays `a` and `b` both ways until both directions ended (half-closes
+/// passed on). Fails with `TimedOut` once no byte moved for `idle_timeout`.
+pub(crate) async fn relay(
+    pipes: &Pipes,
+    a: TcpStream,
+    b: TcpStream,
+    idle_timeout: Duration,
+    traffic: &Traffic,
+) -> io::Result<()> {
+    let both = async {
+        tokio::try_join!(pump(pipes, &a, &b, &traffic.a_to_b), pump(pipes, &b, &a, &traffic.b_to_a)).map(|_| ())
+    };
+    until_idle(both, idle_timeout, traffic).await
+}
+
+/// Runs `work` unless no byte moved for `idle_timeout` (checked four times per period).
+async fn until_idle(
+    work: impl std::future::Future<Output = io::Result<()>>,
+    idle_timeout: Duration,
+    traffic: &Traffic,
+) -> io::Result<()> {
+    let total = || traffic.a_to_b.load(Ordering::Relaxed) + traffic.b_to_a.load(Ordering::Relaxed);
+    let tick = idle_timeout / 4;
+    tokio::pin!(work);
+    let (mut seen, mut quiet) = (total(), Duration::ZERO);
+    loop {
+        tokio::select! {
+            result = &mut work => return result,
+            _ = tokio::time::sleep(tick) => {
+                let now = total();
+                quiet = if now == seen { quiet + tick } else { Duration::ZERO };
+                seen = now;
+                if quiet >= idle_timeout {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "tunnel idle"));
+                }
+            }
+        }
+    }
+}
+
+/// Moves bytes from `from` to `to` until `from` ends, then shuts `to` down for writing.
+async fn pump(pipes: &Pipes, from: &TcpStream, to: &TcpStream, moved: &AtomicU64) -> io::Result<()> {
+    let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+    // Held only while bytes are in it.
+    let mut pipe: Option<Pipe> = None;
+    let mut in_pipe = 0;
+    loop {
+        if let Some(full) = pipe.as_ref().filter(|_| in_pipe > 0) {
+            to.writable().await?;
+            match to.try_io(Interest::WRITABLE, || Ok(splice(&full.read, None, to, None, in_pipe, flags)?)) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => in_pipe -= n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+            if in_pipe == 0 {
+                pipes.give_back(pipe.take().expect("a pipe with bytes in it"));
+            }
+            continue;
+        }
+        from.readable().await?;
+        let empty = match pipe.take() {
+            Some(pipe) => pipe,
+            None => pipes.take()?,
+        };
+        match from.try_io(Interest::READABLE, || Ok(splice(from, None, &empty.write, None, CHUNK, flags)?)) {
+            Ok(0) => {
+                pipes.give_back(empty);
+                return socket2::SockRef::from(to).shutdown(Shutdown::Write).or_else(already_closed);
+            }
+            Ok(n) => {
+                moved.fetch_add(n as u64, Ordering::Relaxed);
+                in_pipe = n;
+                pipe = Some(empty);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => pipes.give_back(empty),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Shutting down a socket the peer already closed is not an error of the relay.
+fn already_closed(e: io::Error) -> io::Result<()> {
+    if e.kind() == io::ErrorKind::NotConnected {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A connected pair of loopback TCP sockets.
+    async fn socket_pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (connected, accepted) = tokio::join!(TcpStream::connect(listener.local_addr().unwrap()), listener.accept());
+        (connected.unwrap(), accepted.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn bytes_flow_both_ways_in_order_and_half_closes_pass_on() {
+        let (mut client, proxy_client_side) = socket_pair().await;
+        let (proxy_upstream_side, mut upstream) = socket_pair().await;
+        let pipes = std::sync::Arc::new(Pipes::default());
+        let traffic = std::sync::Arc::new(Traffic::default());
+        let relaying = tokio::spawn({
+            let (pipes, traffic) = (pipes.clone(), traffic.clone());
+            async move { relay(&pipes, proxy_client_side, proxy_upstream_side, Duration::from_secs(5), &traffic).await }
+        });
+        let big: Vec<u8> = (0..5_000_000u32).map(|i| (i % 251) as u8).collect();
+        let sent = big.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&sent).await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut back = Vec::new();
+            client.read_to_end(&mut back).await.unwrap();
+            back
+        });
+        let mut received = Vec::new();
+        upstream.read_to_end(&mut received).await.unwrap();
+        assert!(received == big, "the upstream got every byte, in order");
+        upstream.write_all(b"bye").await.unwrap();
+        upstream.shutdown().await.unwrap();
+        assert_eq!(writer.await.unwrap(), b"bye");
+        relaying.await.unwrap().unwrap();
+        assert_eq!(traffic.a_to_b.load(Ordering::Relaxed), 5_000_000);
+        assert_eq!(traffic.b_to_a.load(Ordering::Relaxed), 3);
+        let pooled = pipes.0.lock().len();
+        assert!((1..=2).contains(&pooled), "pipes went back to the pool empty: {pooled}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_tunnel_times_out_and_gives_its_pipes_back() {
+        let (_client, a) = socket_pair().await;
+        let (b, _upstream) = socket_pair().await;
+        let pipes = Pipes::default();
+        let error = relay(&pipes, a, b, Duration::from_secs(600), &Traffic::default()).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        // A wake-up without bytes may have taken a pipe; it went back at once.
+        assert!(pipes.0.lock().len() <= 2);
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_resets_ends_the_relay_with_an_error() {
+        let (client, a) = socket_pair().await;
+        let (b, upstream) = socket_pair().await;
+        let pipes = Pipes::default();
+        // SO_LINGER 0: closing sends RST.
+        socket2::SockRef::from(&upstream).set_linger(Some(Duration::ZERO)).unwrap();
+        drop(upstream);
+        let mut client = client;
+        let _writing = tokio::spawn(async move { client.write_all(&[7u8; 200_000]).await });
+        let relayed = relay(&pipes, a, b, Duration::from_secs(5), &Traffic::default()).await;
+        assert!(relayed.is_err(), "writing into a reset connection fails: {relayed:?}");
+    }
+}
