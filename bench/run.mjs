@@ -210,6 +210,22 @@ function cpuSeconds(pid) {
   return (Number(fields[11]) + Number(fields[12])) / CLK_TCK
 }
 
+/** The machine's CPU time counters (/proc/stat, all CPUs, in ticks). */
+function cpuTimes() {
+  const [, ...fields] = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/)
+  const ticks = fields.map(Number)
+  return { total: ticks.slice(0, 8).reduce((a, b) => a + b, 0), steal: ticks[7] ?? 0 }
+}
+
+/**
+ * Share of the machine's CPU time the hypervisor gave to others between two readings: on a
+ * VM shared with busy neighbours, runs of the same binary differ by a third.
+ */
+function stealPercent(before, after) {
+  const total = after.total - before.total
+  return total > 0 ? ((after.steal - before.steal) / total) * 100 : 0
+}
+
 function rssKiB(pid) {
   return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))[1])
 }
@@ -1206,8 +1222,10 @@ async function main() {
     }
   }
   const scenarioTimes = {}
+  const scenarioSteal = {}
   const timed = async (name, fn) => {
     const t = Date.now()
+    const cpu0 = cpuTimes()
     try {
       await fn(ctx)
     } catch (e) {
@@ -1215,6 +1233,7 @@ async function main() {
       record(name, { error: e.message })
     }
     scenarioTimes[name] = (Date.now() - t) / 1000
+    scenarioSteal[name] = stealPercent(cpu0, cpuTimes())
   }
   if (enabled('s1') || enabled('s2')) await timed('s1+s2', scenarioSmall)
   await stop(ctx.relay)
@@ -1238,6 +1257,8 @@ async function main() {
     `- tools: wrk ${machine.tools.wrk}, nginx ${machine.tools.nginx}, h2load (nghttp2) ${machine.tools.h2load}, curl ${machine.tools.curl}, OpenSSL ${machine.tools.openssl}`,
     `- load average (1, 5, 15 min) when the run started: ${machine.loadAverageAtStart}; when it ended: ${machine.loadAverageAtEnd}`,
     `- open-file limit of the child processes: ${machine.childrenNofile}`,
+    `- CPU time taken by the hypervisor for other guests (steal, /proc/stat) during each scenario: ${
+      Object.entries(scenarioSteal).map(([name, pct]) => `${name} ${pct.toFixed(1)} %`).join(', ') || 'n/a'}`,
   ]
   const md = [
     '# Benchmark: direct vs this proxy (Rust addon) vs a Node.js peer (`proxy` package)',
@@ -1265,6 +1286,7 @@ async function main() {
   const mainJson = {
     date, command: 'npm run bench', quick: QUICK, only: ONLY ? [...ONLY] : null, config: CFG, machine,
     seconds: { total: benchSeconds, ...scenarioTimes },
+    stealPercent: scenarioSteal,
     medians: report.med, values, errors, rounds: raw, targets: report.targets, footnotes: report.footnotes,
   }
 

@@ -6,9 +6,11 @@
 //! pool shared by the proxy's tunnels: an idle tunnel holds no buffer and no
 //! extra file descriptor, as with the portable relay.
 
+use std::future::Future;
 use std::io;
 use std::net::Shutdown;
 use std::os::fd::OwnedFd;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -64,25 +66,25 @@ pub(crate) async fn relay(
     idle_timeout: Duration,
     traffic: &Traffic,
 ) -> io::Result<()> {
-    let both = async {
+    let both = std::pin::pin!(async {
         tokio::try_join!(pump(pipes, &a, &b, &traffic.a_to_b), pump(pipes, &b, &a, &traffic.b_to_a)).map(|_| ())
-    };
+    });
     until_idle(both, idle_timeout, traffic).await
 }
 
 /// Runs `work` unless no byte moved for `idle_timeout` (checked four times per period).
+/// Pinned by the caller: moved in, it would take its size twice in the tunnel's task.
 async fn until_idle(
-    work: impl std::future::Future<Output = io::Result<()>>,
+    mut work: Pin<&mut impl Future<Output = io::Result<()>>>,
     idle_timeout: Duration,
     traffic: &Traffic,
 ) -> io::Result<()> {
     let total = || traffic.a_to_b.load(Ordering::Relaxed) + traffic.b_to_a.load(Ordering::Relaxed);
     let tick = idle_timeout / 4;
-    tokio::pin!(work);
     let (mut seen, mut quiet) = (total(), Duration::ZERO);
     loop {
         tokio::select! {
-            result = &mut work => return result,
+            result = work.as_mut() => return result,
             _ = tokio::time::sleep(tick) => {
                 let now = total();
                 quiet = if now == seen { quiet + tick } else { Duration::ZERO };
