@@ -3,9 +3,10 @@
 //! by plain requests, upgrades and HTTP/2 streams alike.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 
-use super::routing::{Upstream, HEADER_HOST_OVERRIDE, HEADER_PORT_INTERNAL};
+use super::routing::{Scheme, Upstream, HEADER_HOST_OVERRIDE, HEADER_PORT_INTERNAL};
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 9] = [
@@ -65,10 +66,8 @@ pub(crate) fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
 /// the protocol switch that hop-by-hop stripping would otherwise drop.
 pub(crate) fn upstream_request<B>(req: Request<B>, upstream: &Upstream, upgrade: Option<HeaderValue>) -> Request<B> {
     let (mut parts, body) = req.into_parts();
-    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let path_and_query = if path_and_query.starts_with('/') { path_and_query } else { "/" };
-    parts.uri = Uri::try_from(format!("{}://{}{}", upstream.scheme.as_str(), upstream.host_header(), path_and_query))
-        .unwrap_or_else(|_| Uri::from_static("/"));
+    let host = upstream.host_header();
+    parts.uri = absolute_uri(&parts.uri, upstream, &host);
     parts.version = Version::HTTP_11;
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
@@ -80,7 +79,7 @@ pub(crate) fn upstream_request<B>(req: Request<B>, upstream: &Upstream, upgrade:
             headers.insert(*name, value);
         }
     }
-    if let Ok(host) = HeaderValue::from_str(&upstream.host_header()) {
+    if let Ok(host) = HeaderValue::from_str(&host) {
         headers.insert(header::HOST, host);
     }
     if let Some(protocol) = upgrade {
@@ -88,6 +87,20 @@ pub(crate) fn upstream_request<B>(req: Request<B>, upstream: &Upstream, upgrade:
         headers.insert(header::UPGRADE, protocol);
     }
     Request::from_parts(parts, body)
+}
+
+/// The URI of `asked`'s path and query at `upstream` (whose `Host` is `host`),
+/// built from parts: the path is not parsed again.
+fn absolute_uri(asked: &Uri, upstream: &Upstream, host: &str) -> Uri {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(match upstream.scheme {
+        Scheme::Http => http::uri::Scheme::HTTP,
+        Scheme::Https => http::uri::Scheme::HTTPS,
+    });
+    parts.authority = host.parse().ok();
+    let path_and_query = asked.path_and_query().filter(|pq| pq.as_str().starts_with('/'));
+    parts.path_and_query = Some(path_and_query.cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
+    Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
 }
 
 /// Cleans an upstream's response for the client; a `101` keeps its handshake headers.

@@ -1,6 +1,7 @@
 //! The accept loop, `serve_stream` (one HTTP server for the listener and for
 //! the inside of tunnels), and the service that dispatches each request.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -175,6 +176,8 @@ where
             accepted: Mutex::new(None),
         });
         let on_listener = binding.is_none();
+        // Shared by the requests of the connection: a clone per request would copy the target.
+        let binding = binding.map(Arc::new);
         let service = {
             let (shared, connection) = (shared.clone(), connection.clone());
             service_fn(move |req| {
@@ -294,7 +297,7 @@ async fn until_drained<C: Future>(
 async fn handle_contained(
     shared: Arc<Shared>,
     connection: Arc<Connection>,
-    binding: Option<Binding>,
+    binding: Option<Arc<Binding>>,
     req: Request<Incoming>,
 ) -> Response<Body> {
     let drain = connection.drain.clone();
@@ -360,7 +363,7 @@ struct Trace {
 async fn handle(
     shared: Arc<Shared>,
     connection: Arc<Connection>,
-    binding: Option<Binding>,
+    binding: Option<Arc<Binding>>,
     req: Request<Incoming>,
     trace: &mut Trace,
 ) -> Response<Body> {
@@ -379,16 +382,16 @@ async fn handle(
     };
     trace.context = Some(context.clone());
     if shared.events.listening() {
-        trace.url = Some(asked_url(binding.as_ref(), req.uri()));
+        trace.url = Some(asked_url(binding.as_deref(), req.uri()));
     }
 
     if req.method() == Method::CONNECT && req.extensions().get::<hyper::ext::Protocol>().is_none() {
         return tunnel::connect(shared, context, req, connection.slot.clone()).await;
     }
     let (scheme, target) = match &binding {
-        Some(binding) => (binding.scheme, binding.target.clone()),
+        Some(binding) => (binding.scheme, Cow::Borrowed(&binding.target)),
         None => match target_of_uri(req.uri()) {
-            Ok(found) => found,
+            Ok((scheme, target)) => (scheme, Cow::Owned(target)),
             Err(e) => {
                 let error = ProxyError::BadRequest(format!("a proxy request needs an absolute URI: {e}"));
                 return shared.fail(Some(&context), &error);
@@ -404,16 +407,16 @@ async fn handle(
     }
     if req.method() == Method::CONNECT {
         // An extended CONNECT (RFC 8441): a WebSocket over an HTTP/2 stream.
-        let asked = asked_url(binding.as_ref(), req.uri());
+        let asked = asked_url(binding.as_deref(), req.uri());
         return tunnel::websocket_over_h2(shared, context, req, (asked, upstream), connection.slot.clone()).await;
     }
     if let Some(protocol) = upgrade_protocol(req.headers()) {
-        let asked = asked_url(binding.as_ref(), req.uri());
+        let asked = asked_url(binding.as_deref(), req.uri());
         return tunnel::upgrade(shared, context, req, (asked, upstream), protocol, connection.slot.clone()).await;
     }
     // A page load that fails gets a page that says why (and recovers by itself).
     let navigation =
-        error_page::is_navigation(req.method(), req.headers()).then(|| asked_url(binding.as_ref(), req.uri()));
+        error_page::is_navigation(req.method(), req.headers()).then(|| asked_url(binding.as_deref(), req.uri()));
     // Only a body is counted: a GET allocates nothing for it.
     let req = if hyper::body::Body::is_end_stream(req.body()) {
         req.map(|body| body.boxed())
