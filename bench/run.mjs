@@ -1326,13 +1326,22 @@ async function main() {
     const at = base.indexOf('\n## Targets')
     return at < 0 ? `${base.trimEnd()}\n\n${s7Section}` : `${base.slice(0, at + 1)}${s7Section}${base.slice(at + 1)}`
   }
+  // Notes written by hand (what each change bought, runs compared): kept as they are, before "Machine".
+  const NOTES_SECTION = /<!-- notes:begin -->[\s\S]*?<!-- notes:end -->\n*/
+  const notes = NOTES_SECTION.exec(prevMd)?.[0] ?? null
+  const withNotes = (text) => {
+    const base = text.replace(NOTES_SECTION, '')
+    if (!notes) return base
+    const at = base.indexOf('\n## Machine')
+    return at < 0 ? `${base.trimEnd()}\n\n${notes}` : `${base.slice(0, at + 1)}${notes}${base.slice(at + 1)}`
+  }
   const ranMain = MAIN_SCENARIOS.some(enabled)
   if (ranMain || !prevMd) {
-    writeFileSync(mdPath, withS7(md))
+    writeFileSync(mdPath, withNotes(withS7(md)))
     writeFileSync(jsonPath, JSON.stringify({ ...mainJson, pageload: s7Json }, null, 2) + '\n')
   } else {
     // Only s7 ran: the main table, its targets and notes stay as the last run wrote them.
-    writeFileSync(mdPath, withS7(prevMd))
+    writeFileSync(mdPath, withNotes(withS7(prevMd)))
     writeFileSync(jsonPath, JSON.stringify({ ...(prevJson ?? mainJson), pageload: s7Json }, null, 2) + '\n')
   }
 
