@@ -27,6 +27,57 @@ pub(crate) struct Traffic {
     pub(crate) b_to_a: AtomicU64,
 }
 
+impl Traffic {
+    fn total(&self) -> u64 {
+        self.a_to_b.load(Ordering::Relaxed) + self.b_to_a.load(Ordering::Relaxed)
+    }
+}
+
+/// The two directions of a relay, which of them ended, and the idle timeout:
+/// what this relay and the splice relay (Linux) share. `D` moves bytes one way.
+pub(crate) struct Joined<D> {
+    a_to_b: D,
+    b_to_a: D,
+    ended: [bool; 2],
+    idle: Pin<Box<Sleep>>,
+    idle_timeout: Duration,
+}
+
+impl<D: Default> Joined<D> {
+    pub(crate) fn new(idle_timeout: Duration) -> Self {
+        let idle = Box::pin(tokio::time::sleep(idle_timeout));
+        Joined { a_to_b: D::default(), b_to_a: D::default(), ended: [false; 2], idle, idle_timeout }
+    }
+
+    /// Polls each direction that has not ended with `poll_move(direction, cx,
+    /// a_to_b)`: `Ready(Ok)` once both ended, `Ready(Err)` on the first error or
+    /// once no byte moved for the idle timeout.
+    pub(crate) fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        traffic: &Traffic,
+        mut poll_move: impl FnMut(&mut D, &mut Context<'_>, bool) -> Poll<io::Result<()>>,
+    ) -> Poll<io::Result<()>> {
+        let before = traffic.total();
+        for (i, (direction, a_to_b)) in [(&mut self.a_to_b, true), (&mut self.b_to_a, false)].into_iter().enumerate() {
+            if !self.ended[i] {
+                if let Poll::Ready(result) = poll_move(direction, cx, a_to_b) {
+                    result?;
+                    self.ended[i] = true;
+                }
+            }
+        }
+        if self.ended == [true; 2] {
+            return Poll::Ready(Ok(()));
+        }
+        if traffic.total() != before {
+            self.idle.as_mut().reset(Instant::now() + self.idle_timeout);
+        }
+        ready!(self.idle.as_mut().poll(cx));
+        Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "tunnel idle")))
+    }
+}
+
 /// Copies `a` to `b` and `b` to `a` until both directions have ended; fails
 /// with `TimedOut` when no byte moved either way for `idle_timeout`.
 pub(crate) async fn relay<A, B>(a: A, b: B, idle_timeout: Duration, traffic: Arc<Traffic>) -> io::Result<()>
@@ -34,17 +85,13 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let idle = Box::pin(tokio::time::sleep(idle_timeout));
-    Relay { a, b, a_to_b: Direction::default(), b_to_a: Direction::default(), idle, idle_timeout, traffic }.await
+    Relay { a, b, joined: Joined::new(idle_timeout), traffic }.await
 }
 
 struct Relay<A, B> {
     a: A,
     b: B,
-    a_to_b: Direction,
-    b_to_a: Direction,
-    idle: Pin<Box<Sleep>>,
-    idle_timeout: Duration,
+    joined: Joined<Direction>,
     traffic: Arc<Traffic>,
 }
 
@@ -55,25 +102,9 @@ struct Direction {
     written: usize,
     eof: bool,
     unflushed: bool,
-    done: bool,
 }
 
 impl Direction {
-    /// Polls this direction unless it has ended; an error ends the relay.
-    fn step<R, W>(&mut self, cx: &mut Context<'_>, reader: &mut R, writer: &mut W, moved: &AtomicU64) -> io::Result<()>
-    where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
-    {
-        if !self.done {
-            if let Poll::Ready(result) = self.poll_move(cx, reader, writer, moved) {
-                result?;
-                self.done = true;
-            }
-        }
-        Ok(())
-    }
-
     /// Moves bytes from `reader` to `writer`, adding what it read to `moved`;
     /// `Ready(Ok)` once the reader ended and the writer was shut down.
     fn poll_move<R, W>(
@@ -147,39 +178,30 @@ where
     type Output = io::Result<()>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = this.traffic.a_to_b.load(Ordering::Relaxed) + this.traffic.b_to_a.load(Ordering::Relaxed);
-        this.a_to_b.step(cx, &mut this.a, &mut this.b, &this.traffic.a_to_b)?;
-        this.b_to_a.step(cx, &mut this.b, &mut this.a, &this.traffic.b_to_a)?;
-        if this.a_to_b.done && this.b_to_a.done {
-            return Poll::Ready(Ok(()));
-        }
-        let after = this.traffic.a_to_b.load(Ordering::Relaxed) + this.traffic.b_to_a.load(Ordering::Relaxed);
-        if after != before {
-            this.idle.as_mut().reset(Instant::now() + this.idle_timeout);
-        }
-        match this.idle.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "tunnel idle"))),
-            Poll::Pending => Poll::Pending,
-        }
+        let Relay { a, b, joined, traffic } = self.get_mut();
+        joined.poll(cx, traffic, |direction, cx, a_to_b| match a_to_b {
+            true => direction.poll_move(cx, a, b, &traffic.a_to_b),
+            false => direction.poll_move(cx, b, a, &traffic.b_to_a),
+        })
     }
 }
 
+/// The ends of a relay under test, as a client and an upstream use them.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+pub(crate) mod exchange {
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-    #[tokio::test]
-    async fn bytes_flow_both_ways_and_half_closes_pass_on() {
-        let (mut client, proxy_client_side) = tokio::io::duplex(1024);
-        let (proxy_upstream_side, mut upstream) = tokio::io::duplex(1024);
-        let traffic = Arc::new(Traffic::default());
-        let relaying =
-            tokio::spawn(relay(proxy_client_side, proxy_upstream_side, Duration::from_secs(5), traffic.clone()));
-        let big: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
-        let sent = big.clone();
-        let writer = tokio::spawn(async move {
+    /// The client sends `size` patterned bytes and half-closes; the upstream
+    /// checks it got them all in order, answers `bye` and closes; the client
+    /// must get `bye` and its end.
+    pub(crate) async fn both_ways<C, U>(mut client: C, mut upstream: U, size: u32)
+    where
+        C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        U: AsyncRead + AsyncWrite + Unpin,
+    {
+        let sent: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let expected = sent.clone();
+        let client_side = tokio::spawn(async move {
             client.write_all(&sent).await.unwrap();
             client.shutdown().await.unwrap();
             let mut back = Vec::new();
@@ -188,10 +210,25 @@ mod tests {
         });
         let mut received = Vec::new();
         upstream.read_to_end(&mut received).await.unwrap();
-        assert_eq!(received, big);
+        assert!(received == expected, "the upstream got every byte, in order");
         upstream.write_all(b"bye").await.unwrap();
         upstream.shutdown().await.unwrap();
-        assert_eq!(writer.await.unwrap(), b"bye");
+        assert_eq!(client_side.await.unwrap(), b"bye");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bytes_flow_both_ways_and_half_closes_pass_on() {
+        let (client, proxy_client_side) = tokio::io::duplex(1024);
+        let (proxy_upstream_side, upstream) = tokio::io::duplex(1024);
+        let traffic = Arc::new(Traffic::default());
+        let relaying =
+            tokio::spawn(relay(proxy_client_side, proxy_upstream_side, Duration::from_secs(5), traffic.clone()));
+        exchange::both_ways(client, upstream, 300_000).await;
         relaying.await.unwrap().unwrap();
         assert_eq!(traffic.a_to_b.load(Ordering::Relaxed), 300_000);
         assert_eq!(traffic.b_to_a.load(Ordering::Relaxed), 3);

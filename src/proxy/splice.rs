@@ -19,9 +19,8 @@ use nix::fcntl::{splice, OFlag, SpliceFFlags};
 use parking_lot::Mutex;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep};
 
-use super::relay::Traffic;
+use super::relay::{Joined, Traffic};
 
 /// A pipe's capacity, and the bytes asked of one splice. Linux counts a
 /// pipe's capacity against its user's quota (`pipe-user-pages-soft`, 64 MiB
@@ -75,18 +74,14 @@ pub(crate) fn relay<'a>(
     idle_timeout: Duration,
     traffic: &'a Traffic,
 ) -> impl Future<Output = io::Result<()>> + 'a {
-    let idle = Box::pin(tokio::time::sleep(idle_timeout));
-    SpliceRelay { pipes, a, b, a_to_b: Pump::default(), b_to_a: Pump::default(), idle, idle_timeout, traffic }
+    SpliceRelay { pipes, a, b, joined: Joined::new(idle_timeout), traffic }
 }
 
 struct SpliceRelay<'a> {
     pipes: &'a Pipes,
     a: TcpStream,
     b: TcpStream,
-    a_to_b: Pump,
-    b_to_a: Pump,
-    idle: Pin<Box<Sleep>>,
-    idle_timeout: Duration,
+    joined: Joined<Pump>,
     traffic: &'a Traffic,
 }
 
@@ -94,22 +89,11 @@ impl Future for SpliceRelay<'_> {
     type Output = io::Result<()>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let traffic = this.traffic;
-        let total = || traffic.a_to_b.load(Ordering::Relaxed) + traffic.b_to_a.load(Ordering::Relaxed);
-        let before = total();
-        this.a_to_b.step(cx, this.pipes, (&this.a, &this.b), &traffic.a_to_b)?;
-        this.b_to_a.step(cx, this.pipes, (&this.b, &this.a), &traffic.b_to_a)?;
-        if this.a_to_b.done && this.b_to_a.done {
-            return Poll::Ready(Ok(()));
-        }
-        if total() != before {
-            this.idle.as_mut().reset(Instant::now() + this.idle_timeout);
-        }
-        match this.idle.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "tunnel idle"))),
-            Poll::Pending => Poll::Pending,
-        }
+        let SpliceRelay { pipes, a, b, joined, traffic } = self.get_mut();
+        joined.poll(cx, traffic, |pump, cx, a_to_b| match a_to_b {
+            true => pump.poll_move(cx, pipes, a, b, &traffic.a_to_b),
+            false => pump.poll_move(cx, pipes, b, a, &traffic.b_to_a),
+        })
     }
 }
 
@@ -118,27 +102,9 @@ impl Future for SpliceRelay<'_> {
 struct Pump {
     /// A pipe and the bytes in it, held only while there are some.
     in_flight: Option<(Pipe, usize)>,
-    done: bool,
 }
 
 impl Pump {
-    /// Polls this direction unless it has ended; an error ends the relay.
-    fn step(
-        &mut self,
-        cx: &mut Context<'_>,
-        pipes: &Pipes,
-        (from, to): (&TcpStream, &TcpStream),
-        moved: &AtomicU64,
-    ) -> io::Result<()> {
-        if !self.done {
-            if let Poll::Ready(result) = self.poll_move(cx, pipes, from, to, moved) {
-                result?;
-                self.done = true;
-            }
-        }
-        Ok(())
-    }
-
     /// Moves bytes from `from` to `to`; `Ready(Ok)` once `from` ended and `to`
     /// was shut down for writing.
     fn poll_move(
@@ -198,7 +164,7 @@ fn already_closed(e: io::Error) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
 
     /// A connected pair of loopback TCP sockets.
@@ -210,29 +176,15 @@ mod tests {
 
     #[tokio::test]
     async fn bytes_flow_both_ways_in_order_and_half_closes_pass_on() {
-        let (mut client, proxy_client_side) = socket_pair().await;
-        let (proxy_upstream_side, mut upstream) = socket_pair().await;
+        let (client, proxy_client_side) = socket_pair().await;
+        let (proxy_upstream_side, upstream) = socket_pair().await;
         let pipes = std::sync::Arc::new(Pipes::default());
         let traffic = std::sync::Arc::new(Traffic::default());
         let relaying = tokio::spawn({
             let (pipes, traffic) = (pipes.clone(), traffic.clone());
             async move { relay(&pipes, proxy_client_side, proxy_upstream_side, Duration::from_secs(5), &traffic).await }
         });
-        let big: Vec<u8> = (0..5_000_000u32).map(|i| (i % 251) as u8).collect();
-        let sent = big.clone();
-        let writer = tokio::spawn(async move {
-            client.write_all(&sent).await.unwrap();
-            client.shutdown().await.unwrap();
-            let mut back = Vec::new();
-            client.read_to_end(&mut back).await.unwrap();
-            back
-        });
-        let mut received = Vec::new();
-        upstream.read_to_end(&mut received).await.unwrap();
-        assert!(received == big, "the upstream got every byte, in order");
-        upstream.write_all(b"bye").await.unwrap();
-        upstream.shutdown().await.unwrap();
-        assert_eq!(writer.await.unwrap(), b"bye");
+        crate::proxy::relay::exchange::both_ways(client, upstream, 5_000_000).await;
         relaying.await.unwrap().unwrap();
         assert_eq!(traffic.a_to_b.load(Ordering::Relaxed), 5_000_000);
         assert_eq!(traffic.b_to_a.load(Ordering::Relaxed), 3);
