@@ -61,6 +61,8 @@ const TARGETS = ['direct', 'rust', 'peer']
 /** s1/s2 (and s6) also run through the nginx relay. */
 const RELAY = 'nginx-relay'
 const SMALL_TARGETS = [...TARGETS, RELAY]
+// What one s1 round records per target (s6 is its proxy CPU, read around the same wrk run).
+const S1_METRICS = ['s1_rps', 's1_p50', 's1_p99', 's6_cpu', 's6_us', 's6_user', 's6_kernel']
 const ALL_TARGETS = SMALL_TARGETS
 const started = Date.now()
 const log = (...args) => console.log(`[bench ${((Date.now() - started) / 1000).toFixed(0).padStart(3)}s]`, ...args)
@@ -203,11 +205,18 @@ function failure(what, r) {
 
 const CLK_TCK = Number(spawnSync('getconf', ['CLK_TCK']).stdout?.toString().trim()) || 100
 
-function cpuSeconds(pid) {
+/** A process's CPU time, all threads: user, kernel and their sum, in seconds. */
+function cpuSplit(pid) {
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
   // fields[0] is field 3 (state); utime and stime are fields 14 and 15.
-  return (Number(fields[11]) + Number(fields[12])) / CLK_TCK
+  const user = Number(fields[11]) / CLK_TCK
+  const kernel = Number(fields[12]) / CLK_TCK
+  return { user, kernel, total: user + kernel }
+}
+
+function cpuSeconds(pid) {
+  return cpuSplit(pid).total
 }
 
 /** The machine's CPU time counters (/proc/stat, all CPUs, in ticks). */
@@ -741,15 +750,15 @@ async function scenarioSmall(ctx) {
       for (const target of rotate(SMALL_TARGETS, round - 1)) {
         const proxy = proxies[target]
         if (target !== 'direct' && !proxy) {
-          for (const m of ['s1_rps', 's1_p50', 's1_p99', 's6_cpu', 's6_us']) putError(m, target, ctx.proxyErrors[target])
+          for (const m of S1_METRICS) putError(m, target, ctx.proxyErrors[target])
           continue
         }
-        await attempt('s1', round, target, ['s1_rps', 's1_p50', 's1_p99', 's6_cpu', 's6_us'], async () => {
+        await attempt('s1', round, target, S1_METRICS, async () => {
           const load1 = os.loadavg()[0]
           const stats0 = target === 'rust' ? await childStats(proxy).catch(() => null) : null
-          const cpu0 = proxy ? cpuSeconds(proxy.pid) : null
+          const cpu0 = proxy ? cpuSplit(proxy.pid) : null
           const res = await wrk({ target, proxy, nginx, ...s1 })
-          const cpu1 = proxy ? cpuSeconds(proxy.pid) : null
+          const cpu1 = proxy ? cpuSplit(proxy.pid) : null
           if (stats0) {
             // Sanity check: the proxy itself counted the requests wrk sent through it.
             const stats1 = await childStats(proxy).catch(() => null)
@@ -759,16 +768,20 @@ async function scenarioSmall(ctx) {
           put('s1_p50', target, res.p50_us)
           put('s1_p99', target, res.p99_us)
           if (proxy) {
-            res.proxy_cpu_s = cpu1 - cpu0
+            res.proxy_cpu_s = cpu1.total - cpu0.total
             res.proxy_rss_kib = rssKiB(proxy.pid)
             res.cpu_s_per_100k = (res.proxy_cpu_s / res.requests) * 100000
             res.cpu_us_per_request = (res.proxy_cpu_s / res.requests) * 1e6
+            res.kernel_us_per_request = ((cpu1.kernel - cpu0.kernel) / res.requests) * 1e6
+            res.user_us_per_request = ((cpu1.user - cpu0.user) / res.requests) * 1e6
             put('s6_cpu', target, res.cpu_s_per_100k)
             put('s6_us', target, res.cpu_us_per_request)
+            put('s6_user', target, res.user_us_per_request)
+            put('s6_kernel', target, res.kernel_us_per_request)
           }
           res.load1_at_start = load1
           log(`  s1 round ${round} ${target}: ${res.rps.toFixed(0)} req/s, p50 ${res.p50_us} µs, p99 ${res.p99_us} µs` +
-            (proxy ? `, CPU ${res.proxy_cpu_s.toFixed(2)} s for ${res.requests} requests (${res.cpu_us_per_request.toFixed(1)} µs each)` : '') +
+            (proxy ? `, CPU ${res.proxy_cpu_s.toFixed(2)} s for ${res.requests} requests (${res.cpu_us_per_request.toFixed(1)} µs each, ${res.user_us_per_request.toFixed(1)} user + ${res.kernel_us_per_request.toFixed(1)} kernel)` : '') +
             `; load ${load1.toFixed(2)}`)
           return res
         })
@@ -1024,6 +1037,8 @@ function buildReport(machine, ctx) {
     { metric: 's5_tunnel', title: 's5 RSS per idle CONNECT tunnel (KiB)', f: fmt.d1, noDirectRatio: true },
     { metric: 's6_cpu', title: 's6 proxy CPU per 100k small requests (s)', f: fmt.d2, noDirectRatio: true },
     { metric: 's6_us', title: 's6 proxy CPU per small request, all threads (µs)', f: fmt.d1, noDirectRatio: true },
+    { metric: 's6_user', title: 's6 … of which in user space (µs)', f: fmt.d1, noDirectRatio: true },
+    { metric: 's6_kernel', title: 's6 … of which in the kernel (µs)', f: fmt.d1, noDirectRatio: true },
   ]
   function metricTitle(metric) {
     return rows.find((r) => r.metric === metric)?.title ?? metric
@@ -1100,7 +1115,7 @@ function buildReport(machine, ctx) {
     `s3: curl \`%{speed_download}\` for a ${CFG.bulkMiB} MiB file from nginx: (a) https through a CONNECT tunnel (\`curl -p\`, TLS end to end, context without route, so relayed blindly), direct = curl to nginx's TLS port; (b) http, absolute-form forwarding.`,
     `s4: h2load -n ${CFG.h2Requests} -c ${CFG.h2Clients} -m ${CFG.h2Streams} (${CFG.h2Clients * CFG.h2Streams} concurrent streams) → a Node TCP forwarder (each connection opens \`CONNECT localhost:3000\` on the proxy with a routed context) → the proxy terminates TLS (its own CA, ALPN h2) and rewrites to \`https://${DEV_BOX}\`, resolved to nginx's TLS + HTTP/2 port (bench CA trusted), so its upstream pool speaks h2. The extra row does the same with \`CONNECT localhost:3001\` → \`https://${DEV_BOX_H1}\`, resolved to nginx's TLS port without HTTP/2, so the upstream pool speaks HTTP/1.1. Direct (both rows) = h2load straight to nginx's h2 port, so the rust column also pays for the Node forwarder and a second TLS session. All ${CFG.h2Requests} requests must get a 2xx, else the cell is an error.`,
     `s5: fresh processes of bench/child.mjs: "bare" (Node, no addon), "rust" (addon loaded, proxy started, contexts created), "peer" (\`proxy\` package listening). VmRSS from /proc/<pid>/status ${CFG.settleMs / 1000} s after start; then ${CFG.tunnels} idle CONNECT tunnels to nginx's HTTP port are opened from another process, and (RSS with tunnels − idle RSS) / ${CFG.tunnels} is reported per tunnel. The "direct" column of the idle row is the bare Node process.`,
-    `s6: utime+stime of the proxy process, all its threads (/proc/<pid>/stat ÷ CLK_TCK), across each s1 run, divided by the requests wrk completed: × 100k (s), and in µs per request. The proxy child is a Node process: its main thread is idle during the run. For the nginx relay, the one nginx process.`,
+    `s6: utime+stime of the proxy process, all its threads (/proc/<pid>/stat ÷ CLK_TCK), across each s1 run, divided by the requests wrk completed: × 100k (s), and in µs per request, also split into utime (user space) and stime (the kernel: for a relay on loopback mostly the TCP work of its own four syscalls per request). The proxy child is a Node process: its main thread is idle during the run. For the nginx relay, the one nginx process.`,
     `nginx relay (s1, s2, s6): a second nginx ${versionOfNginx()} started for s1/s2 with its own config: \`master_process off; worker_processes 1; daemon off;\` (one process, one thread, so its CPU is read from /proc/<pid>/stat like a proxy child's), \`listen 127.0.0.1:<port>\`, \`location / { if ($http_proxy_authorization != "Basic …") { return 407; } proxy_pass http://upstream_pool; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Proxy-Authorization ""; }\` with \`upstream upstream_pool { server 127.0.0.1:<nginx http port>; keepalive 64; keepalive_requests 1000000000; keepalive_timeout 300s; }\`, access log off, client keep-alive as the upstream nginx's. wrk sends it exactly what it sends the proxies (absolute-form \`GET http://127.0.0.1:<nginx>/small\`, the rust proxy's Proxy-Authorization value); checked at start: 407 without the header, 200 "ok" with it. No CONNECT, so no s3-s5. Rounds rotate direct / rust / peer / nginx relay.`,
   ]
 

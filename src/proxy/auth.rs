@@ -2,6 +2,7 @@
 //! `Proxy-Authorization` parsing, constant-time checks, revocation.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use base64::Engine;
@@ -21,12 +22,24 @@ pub(crate) struct Context {
     /// Cancelled when the context is released or replaced: every connection and
     /// tunnel that authenticated with it closes.
     pub(crate) revoked: CancellationToken,
+    /// Set with `revoked`, read on every request of a connection that already
+    /// authenticated (the token's own check takes a mutex).
+    revoked_flag: AtomicBool,
     pub(crate) stats: super::events::ContextStats,
 }
 
 impl Context {
     pub(crate) fn password(&self) -> &str {
         &self.password
+    }
+
+    pub(crate) fn is_revoked(&self) -> bool {
+        self.revoked_flag.load(Ordering::Acquire)
+    }
+
+    fn revoke(&self) {
+        self.revoked_flag.store(true, Ordering::Release);
+        self.revoked.cancel();
     }
 }
 
@@ -72,13 +85,14 @@ impl Contexts {
             password: random_hex::<16>(),
             route,
             revoked: self.shutdown.child_token(),
+            revoked_flag: AtomicBool::new(false),
             stats: Default::default(),
         });
         let mut maps = self.maps.write();
         if let Some(old) = maps.by_web_contents.insert(web_contents_id, context.clone()) {
             maps.by_username.remove(&old.username);
             maps.by_id.remove(&old.id);
-            old.revoked.cancel();
+            old.revoke();
         }
         maps.by_username.insert(context.username.clone(), context.clone());
         maps.by_id.insert(context.id.clone(), context.clone());
@@ -93,7 +107,7 @@ impl Contexts {
             maps.by_web_contents.remove(&context.web_contents_id);
         }
         drop(maps);
-        context.revoked.cancel();
+        context.revoke();
         true
     }
 
@@ -112,7 +126,7 @@ impl Contexts {
     pub(crate) fn clear(&self) {
         let maps = std::mem::take(&mut *self.maps.write());
         for context in maps.by_id.values() {
-            context.revoked.cancel();
+            context.revoke();
         }
     }
 
@@ -197,11 +211,11 @@ mod tests {
         assert_eq!(contexts.authenticate(None).unwrap_err(), AuthError::Missing);
         // A second context for the same WebContents replaces the first.
         let a2 = contexts.create(1, None);
-        assert!(a.revoked.is_cancelled());
+        assert!(a.revoked.is_cancelled() && a.is_revoked());
         assert_eq!(contexts.authenticate(Some(&header)).unwrap_err(), AuthError::Rejected);
         assert!(!contexts.release(&a.id));
         assert!(contexts.release(&a2.id));
-        assert!(a2.revoked.is_cancelled());
+        assert!(a2.revoked.is_cancelled() && a2.is_revoked());
         assert_eq!(contexts.count(), 0);
         assert!(contexts.for_web_contents(1).is_none());
     }

@@ -124,7 +124,7 @@ impl Connection {
         let header = header?;
         if let Some((value, context)) = &*self.accepted.lock() {
             let same: bool = value.as_bytes().ct_eq(header.as_bytes()).into();
-            if same && !context.revoked.is_cancelled() {
+            if same && !context.is_revoked() {
                 return Some(context.clone());
             }
         }
