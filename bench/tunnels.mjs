@@ -5,6 +5,9 @@
 //
 // Prints one JSON line {ok, failed, errors} once every CONNECT was answered,
 // keeps the tunnels open (no bytes sent) until its stdin closes, then exits.
+// A line "open" on stdin opens COUNT more the same way (and prints their line):
+// the RSS they add is what one more tunnel costs, past the allocator's high-water
+// mark of the first batch's handshakes.
 import net from 'node:net'
 import { createInterface } from 'node:readline'
 
@@ -48,22 +51,27 @@ function openTunnel() {
   })
 }
 
-let next = 0
-let ok = 0
-async function worker() {
-  while (next < count) {
-    next++
-    if (await openTunnel()) ok++
+/** Opens `count` tunnels, `concurrency` at a time, and prints how that went. */
+async function openBatch() {
+  errors.clear()
+  let next = 0
+  let ok = 0
+  async function worker() {
+    while (next < count) {
+      next++
+      if (await openTunnel()) ok++
+    }
   }
+  await Promise.all(Array.from({ length: Math.min(concurrency, count) }, worker))
+  process.stdout.write(JSON.stringify({ ok, failed: count - ok, errors: Object.fromEntries(errors) }) + '\n')
 }
-await Promise.all(Array.from({ length: Math.min(concurrency, count) }, worker))
-process.stdout.write(
-  JSON.stringify({ ok, failed: count - ok, errors: Object.fromEntries(errors) }) + '\n',
-)
+
+await openBatch()
 
 // "status" on stdin: how many of the established tunnels are still open.
 const lines = createInterface({ input: process.stdin })
 lines.on('line', (line) => {
+  if (line.trim() === 'open') return void openBatch()
   if (line.trim() !== 'status') return
   const open = sockets.filter((s) => !s.destroyed && s.readyState === 'open').length
   process.stdout.write(JSON.stringify({ open }) + '\n')
