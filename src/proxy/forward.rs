@@ -21,16 +21,29 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
+/// Headers of this proxy's own protocol with the app, never forwarded.
+const INTERNAL: [HeaderName; 2] =
+    [HeaderName::from_static(HEADER_PORT_INTERNAL), HeaderName::from_static(HEADER_HOST_OVERRIDE)];
+
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in listed.iter().chain(HOP_BY_HOP.iter()) {
+    // Copied first: `Connection` itself goes, and with it the list.
+    let connection: Vec<HeaderValue> = headers.get_all(header::CONNECTION).iter().cloned().collect();
+    let listed = |name: &HeaderName| {
+        connection
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
+    };
+    remove_where(headers, |name| HOP_BY_HOP.contains(name) || listed(name));
+}
+
+/// Removes every header `unwanted` picks. A removal hashes its name; a scan of
+/// the dozen names a message carries compares them, which costs less than
+/// asking for each of the names that could be there.
+fn remove_where(headers: &mut HeaderMap, unwanted: impl Fn(&HeaderName) -> bool) {
+    while let Some(name) = headers.keys().find(|name| unwanted(name)).cloned() {
         headers.remove(name);
     }
 }
@@ -71,9 +84,8 @@ pub(crate) fn upstream_request<B>(req: Request<B>, upstream: &Upstream, upgrade:
     parts.version = Version::HTTP_11;
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
+    remove_where(headers, |name| INTERNAL.contains(name));
     join_cookies(headers);
-    headers.remove(HEADER_PORT_INTERNAL);
-    headers.remove(HEADER_HOST_OVERRIDE);
     for (name, value) in &upstream.extra_headers {
         if let Ok(value) = HeaderValue::from_str(value) {
             headers.insert(*name, value);
@@ -136,7 +148,10 @@ mod tests {
             &[
                 ("connection", "keep-alive, x-secret"),
                 ("x-secret", "1"),
+                ("x-other", "2"),
+                ("connection", " X-Other "),
                 ("keep-alive", "timeout=5"),
+                ("te", "gzip"),
                 ("proxy-authorization", "Basic abc"),
                 ("proxy-connection", "keep-alive"),
                 ("te", "trailers"),
@@ -144,6 +159,7 @@ mod tests {
                 ("upgrade", "websocket"),
                 ("cookie", "a=1"),
                 ("x-cmux-port-internal", "1"),
+                ("x-cmux-host-override", "a.test"),
             ],
         );
         let target = HostPort { host: "example.com".into(), port: 80 };
