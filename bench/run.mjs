@@ -356,6 +356,13 @@ async function waitForPort(port, timeoutMs, isAlive) {
   return false
 }
 
+/** nginx's temp directories, inside `dir` (nginx's defaults are under /var). */
+function nginxTempPaths(dir) {
+  return ['client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi']
+    .map((kind) => `${kind}_temp_path ${dir}/tmp/${kind === 'client_body' ? 'body' : kind};`)
+    .join(' ')
+}
+
 async function startNginx(dir, certs) {
   const nginx = need('nginx')
   const ports = { http: await freePort(), tls: await freePort(), h2: await freePort() }
@@ -374,11 +381,7 @@ events { worker_connections 16384; }
 http {
   access_log off;
   default_type application/octet-stream;
-  client_body_temp_path ${dir}/tmp/body;
-  proxy_temp_path ${dir}/tmp/proxy;
-  fastcgi_temp_path ${dir}/tmp/fastcgi;
-  uwsgi_temp_path ${dir}/tmp/uwsgi;
-  scgi_temp_path ${dir}/tmp/scgi;
+  ${nginxTempPaths(dir)}
   sendfile on;
   tcp_nopush on;
   tcp_nodelay on;
@@ -431,11 +434,7 @@ error_log ${rdir}/error.log warn;
 events { worker_connections 16384; }
 http {
   access_log off;
-  client_body_temp_path ${rdir}/tmp/body;
-  proxy_temp_path ${rdir}/tmp/proxy;
-  fastcgi_temp_path ${rdir}/tmp/fastcgi;
-  uwsgi_temp_path ${rdir}/tmp/uwsgi;
-  scgi_temp_path ${rdir}/tmp/scgi;
+  ${nginxTempPaths(rdir)}
   tcp_nodelay on;
   keepalive_timeout 300s;
   keepalive_requests 1000000000;
