@@ -88,11 +88,25 @@ export interface ContextStats {
 }
 
 /**
- * The route of a preview URL (cmux's naming, read backwards): `port-<n>-morphvm-<id><suffix>` or
- * `cmux-<morphId>-<scope>-<port>.<cmux.app|cmux.sh|cmux.dev|cmux.local|cmux.localhost|autobuild.app>`;
- * `null` for any other URL.
+ * The route of a preview URL, by cmux's `deriveRoute` rules: `port-<n>-morphvm-<id>.<suffix>`, or
+ * `<cmux-|manaflow-><morphId>-<scope>-<port>.<domain>` under one of cmux's ten domains (`cmux.app`,
+ * `cmux.sh`, `cmux.dev`, `cmux.com`, `cmux.local`, `cmux.localhost`, `manaflow.com`, `manaflow.local`,
+ * `manaflow.localhost`, `autobuild.app`); `null` for any other URL.
  */
 export declare function deriveRoute(url: string): ProxyRoute | null
+
+/**
+ * Whether a routed context's `CONNECT` to `host` is looked into (and its TLS terminated with a leaf of
+ * the proxy's CA): loopback hosts, and hosts under `.cmux.local` or `.manaflow.local`.
+ */
+export declare function isInterceptedHost(host: string): boolean
+
+/**
+ * Whether `host` means this machine to a page: `localhost`, `*.localhost`, `127.0.0.0/8`, `::1`,
+ * `0.0.0.0`, `::` and `::ffff:127.x`, bracketed or not, with or without a trailing dot. For a routed
+ * context these go to the dev box instead.
+ */
+export declare function isLoopbackHost(host: string): boolean
 
 export interface ProxyContext {
   id: string
@@ -204,4 +218,11 @@ export interface StartOptions {
   http2IdleTimeoutMs?: number
   /** `SETTINGS_MAX_CONCURRENT_STREAMS` for HTTP/2 clients (default 1000). */
   http2MaxConcurrentStreams?: number
+  /**
+   * Test only (cmux's `TEST_CMUX_PROXY_ORIGIN`): every request of a routed context, whatever its
+   * host, goes through this cmux-proxy origin (which may be a loopback address).
+   */
+  testCmuxProxyOrigin?: string
+  /** Test only (cmux's `TEST_ALLOW_INSECURE_UPSTREAM`): upstream certificates are not verified. */
+  testAllowInsecureUpstream?: boolean
 }

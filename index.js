@@ -837,3 +837,5 @@ module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __n
 module.exports = nativeBinding
 module.exports.ProxyServer = nativeBinding.ProxyServer
 module.exports.deriveRoute = nativeBinding.deriveRoute
+module.exports.isInterceptedHost = nativeBinding.isInterceptedHost
+module.exports.isLoopbackHost = nativeBinding.isLoopbackHost

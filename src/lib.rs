@@ -9,7 +9,7 @@ mod tls;
 #[doc(hidden)]
 pub mod fuzzing {
     pub use crate::proxy::auth::parse_basic;
-    pub use crate::proxy::routing::{derive_route, is_loopback_host, parse_authority};
+    pub use crate::proxy::routing::{derive_route, is_intercepted_host, is_loopback_host, parse_authority};
     pub use crate::proxy::sniff::sniff;
 }
 
@@ -44,9 +44,10 @@ mod addon {
         pub cmux_proxy_origin: Option<String>,
     }
 
-    /// The route of a preview URL (cmux's naming, read backwards): `port-<n>-morphvm-<id><suffix>` or
-    /// `cmux-<morphId>-<scope>-<port>.<cmux.app|cmux.sh|cmux.dev|cmux.local|cmux.localhost|autobuild.app>`;
-    /// `null` for any other URL.
+    /// The route of a preview URL, by cmux's `deriveRoute` rules: `port-<n>-morphvm-<id>.<suffix>`, or
+    /// `<cmux-|manaflow-><morphId>-<scope>-<port>.<domain>` under one of cmux's ten domains (`cmux.app`,
+    /// `cmux.sh`, `cmux.dev`, `cmux.com`, `cmux.local`, `cmux.localhost`, `manaflow.com`, `manaflow.local`,
+    /// `manaflow.localhost`, `autobuild.app`); `null` for any other URL.
     #[napi(catch_unwind)]
     pub fn derive_route(url: String) -> Option<ProxyRoute> {
         proxy::routing::derive_route(&url).map(|d| ProxyRoute {
@@ -55,6 +56,21 @@ mod addon {
             domain_suffix: d.domain_suffix,
             cmux_proxy_origin: Some(d.cmux_proxy_origin),
         })
+    }
+
+    /// Whether `host` means this machine to a page: `localhost`, `*.localhost`, `127.0.0.0/8`, `::1`,
+    /// `0.0.0.0`, `::` and `::ffff:127.x`, bracketed or not, with or without a trailing dot. For a routed
+    /// context these go to the dev box instead.
+    #[napi(catch_unwind)]
+    pub fn is_loopback_host(host: String) -> bool {
+        proxy::routing::is_loopback_host(&host)
+    }
+
+    /// Whether a routed context's `CONNECT` to `host` is looked into (and its TLS terminated with a leaf of
+    /// the proxy's CA): loopback hosts, and hosts under `.cmux.local` or `.manaflow.local`.
+    #[napi(catch_unwind)]
+    pub fn is_intercepted_host(host: String) -> bool {
+        proxy::routing::is_intercepted_host(&host)
     }
 
     #[napi(object)]
@@ -107,6 +123,11 @@ mod addon {
         pub http2_idle_timeout_ms: Option<f64>,
         /// `SETTINGS_MAX_CONCURRENT_STREAMS` for HTTP/2 clients (default 1000).
         pub http2_max_concurrent_streams: Option<f64>,
+        /// Test only (cmux's `TEST_CMUX_PROXY_ORIGIN`): every request of a routed context, whatever its
+        /// host, goes through this cmux-proxy origin (which may be a loopback address).
+        pub test_cmux_proxy_origin: Option<String>,
+        /// Test only (cmux's `TEST_ALLOW_INSECURE_UPSTREAM`): upstream certificates are not verified.
+        pub test_allow_insecure_upstream: Option<bool>,
     }
 
     /// The limits `options` asks for, on top of the defaults.
@@ -325,6 +346,8 @@ mod addon {
                 resolve: options.resolve.unwrap_or_default(),
                 upstream_ca_pem: options.upstream_ca_pem.unwrap_or_default(),
                 logging: options.logging.unwrap_or(false),
+                test_proxy_origin: options.test_cmux_proxy_origin,
+                insecure_upstream: options.test_allow_insecure_upstream.unwrap_or(false),
             };
             let started = proxy::runtime().spawn(async move { proxy::Proxy::start(&listen_addr, options).await });
             match started.await {

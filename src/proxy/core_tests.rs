@@ -89,6 +89,7 @@ fn pool_for(host_port: &str, addr: SocketAddr, extra_roots_pem: Vec<String>) -> 
         resolve: HashMap::from([(host_port.to_owned(), addr)]),
         extra_roots_pem,
         connect_timeout: Duration::from_secs(5),
+        insecure: false,
     })
     .unwrap();
     Pool::new(connector, TaskTracker::new(), CancellationToken::new())
@@ -196,6 +197,8 @@ fn options() -> Options {
         tls_interception: true,
         https_proxy: true,
         ca_pem: None,
+        test_proxy_origin: None,
+        insecure_upstream: false,
     }
 }
 

@@ -34,7 +34,7 @@ use tokio_util::task::TaskTracker;
 
 use auth::{Context, Contexts};
 use pool::Pool;
-use routing::Route;
+use routing::{Origin, Route};
 use upstream::{Connector, UpstreamOptions};
 
 use crate::tls::ca::CertificateAuthority;
@@ -73,6 +73,11 @@ pub(crate) struct Options {
     pub(crate) https_proxy: bool,
     /// The CA for intercepted hosts, as (certificate, key) PEM; generated when absent.
     pub(crate) ca_pem: Option<(String, String)>,
+    /// Test only (cmux's `TEST_CMUX_PROXY_ORIGIN`): every request of a routed
+    /// context, whatever its host, goes through this origin.
+    pub(crate) test_proxy_origin: Option<String>,
+    /// Test only (cmux's `TEST_ALLOW_INSECURE_UPSTREAM`): upstream certificates are not verified.
+    pub(crate) insecure_upstream: bool,
 }
 
 /// Timeouts and sizes that bound what a client or an upstream can make the proxy hold.
@@ -149,6 +154,8 @@ pub(crate) struct Shared {
     pub(crate) log: Log,
     pub(crate) events: Arc<events::Events>,
     pub(crate) http2: bool,
+    /// Given to every routed context's route (see [`Options::test_proxy_origin`]).
+    pub(crate) test_proxy_origin: Option<Origin>,
     /// Terminates TLS inside loopback tunnels; `None` when interception is off.
     pub(crate) interceptor: Option<Interceptor>,
     /// Terminates TLS on the listener (HTTPS proxy mode); `None` when off.
@@ -202,8 +209,15 @@ impl Proxy {
             resolve: upstream::parse_resolve(options.resolve).map_err(StartError::BadOption)?,
             extra_roots_pem: options.upstream_ca_pem,
             connect_timeout: limits.connect_timeout,
+            insecure: options.insecure_upstream,
         })
         .map_err(StartError::BadOption)?;
+        let test_proxy_origin = match &options.test_proxy_origin {
+            Some(origin) => Some(Origin::parse(origin).ok_or_else(|| {
+                StartError::BadOption(format!("testCmuxProxyOrigin must be an http(s) origin, got {origin:?}"))
+            })?),
+            None => None,
+        };
         let ca = match &options.ca_pem {
             Some((cert, key)) => CertificateAuthority::from_pem(cert, key),
             None => CertificateAuthority::generate(),
@@ -233,6 +247,7 @@ impl Proxy {
             log: Log(AtomicBool::new(options.logging)),
             events: Arc::default(),
             http2: options.http2,
+            test_proxy_origin,
             interceptor,
             listener_tls,
             ca_cert_pem,
@@ -280,6 +295,10 @@ impl Proxy {
     }
 
     pub(crate) fn create_context(&self, web_contents_id: u32, route: Option<Route>) -> Arc<Context> {
+        let route = match &self.shared.test_proxy_origin {
+            Some(origin) => route.map(|route| route.through_test_origin(origin.clone())),
+            None => route,
+        };
         let context = self.shared.contexts.create(web_contents_id, route);
         self.shared.log.event(format_args!("context {} for WebContents {web_contents_id}", context.id));
         self.shared

@@ -178,6 +178,34 @@ pub fn is_loopback_host(host: &str) -> bool {
     }
 }
 
+/// Hosts under these suffixes are the developer's own machine by design
+/// (cmux's local development domains): a routed preview may reach them
+/// wherever they resolve.
+const LOCAL_DEV_SUFFIXES: [&str; 4] = ["cmux.local", "cmux.localhost", "manaflow.local", "manaflow.localhost"];
+/// Besides loopback names, a routed context's CONNECTs to hosts under these
+/// are looked into (cmux's `shouldInterceptTls`).
+const INTERCEPTED_SUFFIXES: [&str; 2] = ["cmux.local", "manaflow.local"];
+
+/// `host` (lowercase, no trailing dot) is a subdomain of `suffix`.
+fn is_under(host: &str, suffix: &str) -> bool {
+    host.strip_suffix(suffix).is_some_and(|rest| rest.ends_with('.'))
+}
+
+/// `host` or a subdomain of it is a local development domain.
+pub(crate) fn is_local_dev_host(host: &str) -> bool {
+    LOCAL_DEV_SUFFIXES.iter().any(|suffix| host == *suffix || is_under(host, suffix))
+}
+
+/// Whether a routed context's `CONNECT` to `host` is looked into: loopback
+/// names, and hosts under `.cmux.local` or `.manaflow.local`.
+pub fn is_intercepted_host(host: &str) -> bool {
+    if is_loopback_host(host) {
+        return true;
+    }
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    INTERCEPTED_SUFFIXES.iter().any(|suffix| is_under(&host, suffix))
+}
+
 /// The cloud dev box a context's loopback traffic goes to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Route {
@@ -185,6 +213,9 @@ pub(crate) struct Route {
     pub(crate) scope: String,
     pub(crate) domain_suffix: String,
     pub(crate) proxy_origin: Option<Origin>,
+    /// Every host is rewritten, not only loopback ones: cmux's test hook
+    /// (`TEST_CMUX_PROXY_ORIGIN`), set by [`Route::through_test_origin`].
+    pub(crate) every_host: bool,
 }
 
 /// A `scheme://host[:port]` origin, such as a cmux-proxy endpoint.
@@ -192,6 +223,12 @@ pub(crate) struct Route {
 pub(crate) struct Origin {
     pub(crate) scheme: Scheme,
     pub(crate) addr: HostPort,
+}
+
+impl Origin {
+    pub(crate) fn parse(s: &str) -> Option<Origin> {
+        parse_origin(s)
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -213,11 +250,14 @@ impl Route {
         domain_suffix: &str,
         proxy_origin: Option<&str>,
     ) -> Result<Route, RouteError> {
+        // What a DNS label may hold: these end up in the dev box's host name.
         let slug = |field, value: &str| {
-            if !value.is_empty() && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+            if !value.is_empty()
+                && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+            {
                 Ok(value.to_owned())
             } else {
-                Err(RouteError { field, reason: "must match [a-z0-9-]+" })
+                Err(RouteError { field, reason: "must match [a-z0-9_-]+" })
             }
         };
         let suffix = domain_suffix.trim_end_matches('.').to_ascii_lowercase();
@@ -237,7 +277,13 @@ impl Route {
             scope: slug("scope", scope)?,
             domain_suffix: suffix,
             proxy_origin,
+            every_host: false,
         })
+    }
+
+    /// This route with every request, whatever its host, sent through `origin`.
+    pub(crate) fn through_test_origin(self, origin: Origin) -> Route {
+        Route { proxy_origin: Some(origin), every_host: true, ..self }
     }
 
     /// `cmux-<morphId>-<scope>-<port>.<domainSuffix>`
@@ -246,8 +292,19 @@ impl Route {
     }
 }
 
-/// The domains a cmux dev box URL can be under.
-const CMUX_DOMAINS: [&str; 6] = ["cmux.app", "cmux.sh", "cmux.dev", "cmux.local", "cmux.localhost", "autobuild.app"];
+/// The domains a cmux dev box URL can be under, in cmux's order.
+const CMUX_DOMAINS: [&str; 10] = [
+    "cmux.app",
+    "cmux.sh",
+    "cmux.dev",
+    "cmux.com",
+    "cmux.local",
+    "cmux.localhost",
+    "manaflow.com",
+    "manaflow.local",
+    "manaflow.localhost",
+    "autobuild.app",
+];
 /// The port of the cmux-proxy inside every dev box.
 const CMUX_PROXY_PORT: u16 = 39379;
 
@@ -260,48 +317,63 @@ pub struct DerivedRoute {
     pub cmux_proxy_origin: String,
 }
 
-/// The route of a preview URL, the other direction of [`Route::dev_box_host`]:
-/// `port-<n>-morphvm-<id><suffix>` (a Morph URL) or
-/// `cmux-<morphId>-<scope>-<port>.<cmux domain>`. `None` for anything else,
-/// and for what [`Route::new`] would refuse.
+/// The route of a preview URL: cmux's `deriveRoute`, rule for rule. The URL is
+/// parsed as a browser parses it (WHATWG, the `url` crate), then:
+/// - a host `port-<digits>-morphvm-<id>.<anything>` gives morph id `<id>`,
+///   scope `base`, suffix `cmux.app` and the origin
+///   `http://port-39379-morphvm-<id>.http.cloud.morph.so`, whatever the URL's scheme;
+/// - a host `<cmux-|manaflow-><segments>.<domain>` under one of
+///   [`CMUX_DOMAINS`] (tried in order), whose dash segments (empty ones
+///   dropped) are at least three and end in a numeric port: the scope is the
+///   second-to-last segment, the morph id the ones before it joined by `-`, and
+///   the origin `<http: for http, else https:>//port-39379-morphvm-<id>.http.cloud.morph.so`.
+///
+/// One deliberate difference: a route whose morph id or scope holds more than
+/// a DNS label may (`.` from `cmux-a.b-c-1.cmux.app`, or `$`, `!`...) is `None`,
+/// where cmux would return a route that names no dev box; [`Route::new`]
+/// refuses those fields.
 pub fn derive_route(url: &str) -> Option<DerivedRoute> {
-    let uri: http::Uri = url.trim().parse().ok()?;
-    let scheme = if uri.scheme_str()?.eq_ignore_ascii_case("http") { "http:" } else { "https:" };
-    if uri.authority()?.as_str().contains('@') {
-        return None;
-    }
-    let host = uri.host()?.trim_end_matches('.').to_ascii_lowercase();
-    let derived = match host.strip_prefix("port-") {
-        Some(rest) => {
-            let (port, rest) = rest.split_once('-')?;
-            let rest = rest.strip_prefix("morphvm-").filter(|_| is_digits(port))?;
-            let id = rest.split('.').next().unwrap_or_default();
-            DerivedRoute {
-                morph_id: id.to_owned(),
-                scope: "base".to_owned(),
-                domain_suffix: "cmux.app".to_owned(),
-                cmux_proxy_origin: format!("{scheme}//port-{CMUX_PROXY_PORT}-morphvm-{rest}"),
-            }
-        }
-        None => {
-            let rest = host.strip_prefix("cmux-")?;
-            let (label, domain) =
-                CMUX_DOMAINS.iter().find_map(|d| Some((rest.strip_suffix(d)?.strip_suffix('.')?, *d)))?;
-            let mut parts = label.rsplitn(3, '-');
-            let (port, scope, morph_id) = (parts.next()?, parts.next()?, parts.next()?);
-            if !is_digits(port) || label.contains('.') {
+    let parsed = url::Url::parse(url).ok()?;
+    let host = parsed.host_str()?.to_ascii_lowercase();
+    let scheme = if parsed.scheme() == "http" { "http:" } else { "https:" };
+    let derived = match morph_vm_id(&host) {
+        Some(id) => Some(DerivedRoute {
+            morph_id: id.to_owned(),
+            scope: "base".to_owned(),
+            domain_suffix: "cmux.app".to_owned(),
+            cmux_proxy_origin: format!("http://port-{CMUX_PROXY_PORT}-morphvm-{id}.http.cloud.morph.so"),
+        }),
+        None => CMUX_DOMAINS.iter().find_map(|domain| {
+            let subdomain = host.strip_suffix(domain)?.strip_suffix('.')?;
+            let rest = subdomain.strip_prefix("manaflow-").or_else(|| subdomain.strip_prefix("cmux-"))?;
+            let mut segments: Vec<&str> = rest.split('-').filter(|s| !s.is_empty()).collect();
+            if segments.len() < 3 {
                 return None;
             }
-            DerivedRoute {
-                morph_id: morph_id.to_owned(),
-                scope: scope.to_owned(),
-                domain_suffix: domain.to_owned(),
-                cmux_proxy_origin: format!("{scheme}//port-{CMUX_PROXY_PORT}-morphvm-{morph_id}.http.cloud.morph.so"),
+            let (port, scope) = (segments.pop()?, segments.pop()?);
+            if !is_digits(port) {
+                return None;
             }
-        }
-    };
+            let morph_id = segments.join("-");
+            Some(DerivedRoute {
+                cmux_proxy_origin: format!("{scheme}//port-{CMUX_PROXY_PORT}-morphvm-{morph_id}.http.cloud.morph.so"),
+                morph_id,
+                scope: scope.to_owned(),
+                domain_suffix: (*domain).to_owned(),
+            })
+        }),
+    }?;
     Route::new(&derived.morph_id, &derived.scope, &derived.domain_suffix, Some(&derived.cmux_proxy_origin)).ok()?;
     Some(derived)
+}
+
+/// `<id>` of `port-<digits>-morphvm-<id>.<suffix>` (`<id>` without dots, `<suffix>` not empty).
+fn morph_vm_id(host: &str) -> Option<&str> {
+    let rest = host.strip_prefix("port-")?;
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    let rest = rest[digits..].strip_prefix("-morphvm-").filter(|_| digits > 0)?;
+    let (id, suffix) = rest.split_once('.')?;
+    (!id.is_empty() && !suffix.is_empty()).then_some(id)
 }
 
 fn is_digits(s: &str) -> bool {
@@ -377,14 +449,10 @@ pub(crate) fn upstream_for(route: Option<&Route>, scheme: Scheme, target: &HostP
             policy: AddressPolicy::Any,
         };
     };
-    if !is_loopback_host(&target.host) {
-        return Upstream {
-            scheme,
-            addr: target.clone(),
-            extra_headers: Vec::new(),
-            rewritten: false,
-            policy: AddressPolicy::RemoteOnly,
-        };
+    if !route.every_host && !is_loopback_host(&target.host) {
+        // The developer's own local domains are meant to reach their machine.
+        let policy = if is_local_dev_host(&target.host) { AddressPolicy::Any } else { AddressPolicy::RemoteOnly };
+        return Upstream { scheme, addr: target.clone(), extra_headers: Vec::new(), rewritten: false, policy };
     }
     match &route.proxy_origin {
         Some(origin) => Upstream {
@@ -415,77 +483,69 @@ mod tests {
         HostPort { host: host.into(), port }
     }
 
+    /// The shared table of `__test__/fixtures/derive-route.txt` (also checked through the addon).
     #[test]
     fn routes_derived_from_preview_urls() {
-        let morph = |id: &str, origin: &str| DerivedRoute {
-            morph_id: id.into(),
-            scope: "base".into(),
-            domain_suffix: "cmux.app".into(),
-            cmux_proxy_origin: origin.into(),
-        };
-        let cmux = |id: &str, scope: &str, domain: &str, scheme: &str| DerivedRoute {
-            morph_id: id.into(),
-            scope: scope.into(),
-            domain_suffix: domain.into(),
-            cmux_proxy_origin: format!("{scheme}//port-39379-morphvm-{id}.http.cloud.morph.so"),
-        };
-        let cases: Vec<(&str, Option<DerivedRoute>)> = vec![
-            (
-                "https://port-5173-morphvm-abc123.http.cloud.morph.so/",
-                Some(morph("abc123", "https://port-39379-morphvm-abc123.http.cloud.morph.so")),
-            ),
-            (
-                "http://port-3000-morphvm-abc.http.cloud.morph.so/x?y=1",
-                Some(morph("abc", "http://port-39379-morphvm-abc.http.cloud.morph.so")),
-            ),
-            (
-                "HTTPS://PORT-8080-MORPHVM-XYZ.HTTP.CLOUD.MORPH.SO",
-                Some(morph("xyz", "https://port-39379-morphvm-xyz.http.cloud.morph.so")),
-            ),
-            ("https://port-1-morphvm-a", Some(morph("a", "https://port-39379-morphvm-a"))),
-            (
-                "wss://port-5173-morphvm-abc.example.com:8443/hmr",
-                Some(morph("abc", "https://port-39379-morphvm-abc.example.com")),
-            ),
-            ("https://port-x-morphvm-abc.cloud", None),
-            ("https://port--morphvm-abc.cloud", None),
-            ("https://port-5173-morphvm-.cloud", None),
-            ("https://port-5173-vm-abc.cloud", None),
-            ("https://port-5173-morphvm-a_b.cloud", None),
-            ("https://cmux-m1-base-3000.cmux.app/", Some(cmux("m1", "base", "cmux.app", "https:"))),
-            ("http://cmux-m1-base-3000.cmux.app/", Some(cmux("m1", "base", "cmux.app", "http:"))),
-            ("https://cmux-m1-base-3000.cmux.sh", Some(cmux("m1", "base", "cmux.sh", "https:"))),
-            ("https://cmux-m1-base-3000.cmux.dev", Some(cmux("m1", "base", "cmux.dev", "https:"))),
-            ("https://cmux-m1-base-3000.cmux.local", Some(cmux("m1", "base", "cmux.local", "https:"))),
-            ("https://cmux-m1-base-3000.cmux.localhost", Some(cmux("m1", "base", "cmux.localhost", "https:"))),
-            ("https://cmux-m1-base-3000.autobuild.app", Some(cmux("m1", "base", "autobuild.app", "https:"))),
-            (
-                "https://cmux-morph-with-dashes-pr-12-5173.cmux.app",
-                Some(cmux("morph-with-dashes-pr", "12", "cmux.app", "https:")),
-            ),
-            ("https://cmux-a-b-c-feature-8080.cmux.app", Some(cmux("a-b-c", "feature", "cmux.app", "https:"))),
-            ("HTTPS://CMUX-M1-BASE-3000.CMUX.APP:443/Path", Some(cmux("m1", "base", "cmux.app", "https:"))),
-            ("https://cmux-m1-base-3000.cmux.app.:8443", Some(cmux("m1", "base", "cmux.app", "https:"))),
-            ("ws://cmux-m1-base-3000.cmux.app/hmr", Some(cmux("m1", "base", "cmux.app", "https:"))),
-            ("https://cmux-m1-base-3000.cmux.app.evil.com", None),
-            ("https://cmux-m1-base-3000.xcmux.app", None),
-            ("https://xcmux-m1-base-3000.cmux.app", None),
-            ("https://cmux-m1-base-30a0.cmux.app", None),
-            ("https://cmux-m1-base-.cmux.app", None),
-            ("https://cmux-base-3000.cmux.app", None),
-            ("https://cmux--base-3000.cmux.app", None),
-            ("https://cmux-m1-base-3000.sub.cmux.app", None),
-            ("https://cmux-m1-base-3000.other.app", None),
-            ("https://cmux.app", None),
-            ("https://user@cmux-m1-base-3000.cmux.app", None),
-            ("http://localhost:3000/", None),
-            ("not a url", None),
-            ("", None),
-            ("cmux-m1-base-3000.cmux.app", None),
-        ];
-        for (url, expected) in cases {
-            assert_eq!(derive_route(url), expected, "{url}");
+        let table = include_str!("../../__test__/fixtures/derive-route.txt");
+        let mut cases = 0;
+        for line in table.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+            let (url, expected) = line.split_once(" => ").expect("a case is `<url> => <route>`");
+            let got = derive_route(url)
+                .map(|r| format!("{} {} {} {}", r.morph_id, r.scope, r.domain_suffix, r.cmux_proxy_origin));
+            assert_eq!(got.as_deref().unwrap_or("null"), expected, "{url:?}");
+            cases += 1;
         }
+        assert!(cases >= 40, "{cases} cases");
+        // What the one-line format cannot hold: the spaces, tabs and newlines a browser's parser ignores.
+        let spaced = derive_route(" \thttps://cmux-m1-ba\nse-3000.cmux.app/ \n").expect("a route");
+        assert_eq!((spaced.morph_id.as_str(), spaced.scope.as_str()), ("m1", "base"));
+    }
+
+    #[test]
+    fn intercepted_and_local_development_hosts() {
+        for host in
+            ["localhost", "127.0.0.1", "[::1]", "a.localhost", "app.cmux.local", "X.Manaflow.Local.", "a.b.cmux.local"]
+        {
+            assert!(is_intercepted_host(host), "{host}");
+        }
+        for host in [
+            "cmux.local",
+            "cmux.localhost.evil",
+            "app.cmux.local.evil",
+            "xcmux.local",
+            "app.manaflow.com",
+            "example.com",
+        ] {
+            assert!(!is_intercepted_host(host), "{host}");
+        }
+        for host in ["cmux.local", "a.cmux.local", "a.cmux.localhost", "manaflow.local", "b.manaflow.localhost"] {
+            assert!(is_local_dev_host(host), "{host}");
+        }
+        for host in ["xcmux.local", "cmux.local.evil.com", "a.cmux.app", "a.manaflow.com"] {
+            assert!(!is_local_dev_host(host), "{host}");
+        }
+    }
+
+    #[test]
+    fn local_development_hosts_may_reach_the_users_machine() {
+        let route = Route::new("m", "s", "cmux.app", None).unwrap();
+        let up = upstream_for(Some(&route), Scheme::Https, &hp("app.cmux.local", 443));
+        assert_eq!((up.addr, up.rewritten, up.policy), (hp("app.cmux.local", 443), false, AddressPolicy::Any));
+        let up = upstream_for(Some(&route), Scheme::Https, &hp("app.cmux.local.evil.com", 443));
+        assert_eq!(up.policy, AddressPolicy::RemoteOnly);
+    }
+
+    #[test]
+    fn a_test_origin_takes_every_host_of_a_routed_context() {
+        let origin = Origin::parse("https://127.0.0.1:8081").unwrap();
+        let route = Route::new("test", "base", "cmux.local", None).unwrap().through_test_origin(origin);
+        let up = upstream_for(Some(&route), Scheme::Https, &hp("example.com", 443));
+        assert_eq!((up.scheme, up.addr, up.rewritten), (Scheme::Https, hp("127.0.0.1", 8081), true));
+        assert_eq!(
+            up.extra_headers,
+            vec![(HEADER_PORT_INTERNAL, "443".to_string()), (HEADER_HOST_OVERRIDE, "example.com:443".to_string())]
+        );
+        assert_eq!(up.policy, AddressPolicy::Any);
     }
 
     #[test]
@@ -593,7 +653,9 @@ mod tests {
     fn route_validation_names_the_field() {
         assert_eq!(Route::new("M1", "base", "cmux.app", None).unwrap_err().field, "morphId");
         assert_eq!(Route::new("", "base", "cmux.app", None).unwrap_err().field, "morphId");
-        assert_eq!(Route::new("m", "a_b", "cmux.app", None).unwrap_err().field, "scope");
+        assert_eq!(Route::new("m", "a.b", "cmux.app", None).unwrap_err().field, "scope");
+        assert_eq!(Route::new("m", "a$b", "cmux.app", None).unwrap_err().field, "scope");
+        assert!(Route::new("m_1", "a_b", "cmux.app", None).is_ok());
         assert_eq!(Route::new("m", "s", "bad host", None).unwrap_err().field, "domainSuffix");
         assert_eq!(Route::new("m", "s", "1.2.3.4", None).unwrap_err().field, "domainSuffix");
         assert_eq!(Route::new("m", "s", "cmux.app", Some("ftp://x")).unwrap_err().field, "cmuxProxyOrigin");

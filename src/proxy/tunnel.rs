@@ -23,7 +23,7 @@ use super::forward::{client_response, upstream_request};
 use super::prefixed::sniff_stream;
 use super::relay::{relay, Traffic};
 use super::reply::{self, empty_body, Body};
-use super::routing::{is_loopback_host, parse_authority, upstream_for, HostPort, Scheme, Upstream};
+use super::routing::{is_intercepted_host, parse_authority, upstream_for, HostPort, Scheme, Upstream};
 use super::server::{response_timed_out, serve_stream, Binding};
 use super::sniff::Protocol;
 use super::upstream::Alpn;
@@ -33,8 +33,10 @@ use super::{Shared, Slot};
 pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
 
-/// Answers a `CONNECT`. Loopback targets of a routed context are looked into;
-/// everything else is relayed blindly once the target accepted the connection.
+/// Answers a `CONNECT`. A routed context's CONNECTs to loopback names and to
+/// hosts under `.cmux.local`/`.manaflow.local` are looked into; everything else
+/// is relayed blindly once the target (or the cmux-proxy origin it is
+/// rewritten to) accepted the connection.
 pub(crate) async fn connect(
     shared: Arc<Shared>,
     context: Arc<Context>,
@@ -53,18 +55,19 @@ pub(crate) async fn connect(
     };
     let client = hyper::upgrade::on(&mut req);
     let cancel = context.revoked.child_token();
-    if let Some(route) = context.route.as_ref().filter(|_| is_loopback_host(&target.host)) {
-        if route.proxy_origin.is_some() && shared.interceptor.is_none() {
-            // Nothing to look into: the cmux-proxy origin carries the tunnel, and its answer is ours.
-            let upstream = upstream_for(Some(route), Scheme::Https, &target);
-            let upstream_stream = match open_tunnel(&shared, &upstream, &target).await {
-                Ok(stream) => stream,
-                Err(error) => return shared.fail(Some(&context), &error),
-            };
-            let record = TunnelRecord::new("tunnel", &target, Some(&upstream.addr), &context, "blind");
-            spawn_relay(shared, cancel, slot, record, client, upstream_stream);
-            return established();
-        }
+    let upstream = upstream_for(context.route.as_ref(), Scheme::Https, &target);
+    let through_origin = upstream.rewritten && !upstream.extra_headers.is_empty();
+    if through_origin && (shared.interceptor.is_none() || !is_intercepted_host(&target.host)) {
+        // Nothing to look into: the cmux-proxy origin carries the tunnel, and its answer is ours.
+        let upstream_stream = match open_tunnel(&shared, &upstream, &target).await {
+            Ok(stream) => stream,
+            Err(error) => return shared.fail(Some(&context), &error),
+        };
+        let record = TunnelRecord::new("tunnel", &target, Some(&upstream.addr), &context, "blind");
+        spawn_relay(shared, cancel, slot, record, client, upstream_stream);
+        return established();
+    }
+    if context.route.is_some() && is_intercepted_host(&target.host) {
         shared.log.event(format_args!("CONNECT {target}: looking inside"));
         let record = TunnelRecord::new("tunnel", &target, None, &context, "looked-into");
         spawn_tunnel(shared.clone(), cancel.clone(), slot.clone(), record.clone(), async move {
@@ -77,8 +80,7 @@ pub(crate) async fn connect(
         let error = ProxyError::Forbidden(format!("CONNECT to port {} is not allowed", target.port));
         return shared.fail(Some(&context), &error);
     }
-    let policy = upstream_for(context.route.as_ref(), Scheme::Https, &target).policy;
-    let upstream = match shared.connector.connect_tcp(&target, policy).await {
+    let upstream = match shared.connector.connect_tcp(&target, upstream.policy).await {
         Ok(upstream) => upstream,
         Err(error) => return shared.fail(Some(&context), &error),
     };

@@ -10,8 +10,10 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
+use crate::tls::unverified::AnyCertificate;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use rustls::pki_types::ServerName;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -36,6 +38,8 @@ pub(crate) struct UpstreamOptions {
     pub(crate) resolve: HashMap<String, SocketAddr>,
     pub(crate) extra_roots_pem: Vec<String>,
     pub(crate) connect_timeout: Duration,
+    /// Test only: accept any upstream certificate (`testAllowInsecureUpstream`).
+    pub(crate) insecure: bool,
 }
 
 /// Opens connections to upstreams. Cheap to clone.
@@ -56,7 +60,7 @@ impl Connector {
         let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
         for (i, pem) in options.extra_roots_pem.iter().enumerate() {
             let mut found = false;
-            for cert in rustls_pemfile::certs(&mut pem.as_bytes()) {
+            for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
                 let cert = cert.map_err(|e| format!("upstreamCaPem[{i}]: {e}"))?;
                 roots.add(cert).map_err(|e| format!("upstreamCaPem[{i}]: {e}"))?;
                 found = true;
@@ -67,11 +71,16 @@ impl Connector {
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls_config = |alpn: &[&[u8]]| -> Result<tokio_rustls::TlsConnector, String> {
-            let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+            let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
                 .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
-                .with_root_certificates(roots.clone())
-                .with_no_client_auth();
+                .map_err(|e| e.to_string())?;
+            let builder = match options.insecure {
+                true => {
+                    builder.dangerous().with_custom_certificate_verifier(Arc::new(AnyCertificate(provider.clone())))
+                }
+                false => builder.with_root_certificates(roots.clone()),
+            };
+            let mut config = builder.with_no_client_auth();
             config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
             Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
         };

@@ -9,6 +9,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
 };
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::{Duration, OffsetDateTime};
 
@@ -75,7 +76,7 @@ impl CertificateAuthority {
     /// A CA given as PEM; the key must belong to the certificate.
     pub(crate) fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, String> {
         let key = key_pair_from_pem(key_pem)?;
-        let cert_der = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+        let cert_der = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
             .next()
             .ok_or("caCertPem holds no PEM certificate")?
             .map_err(|e| format!("caCertPem: {e}"))?;
@@ -130,30 +131,47 @@ impl CertificateAuthority {
     }
 }
 
-/// Reads a PKCS#8 key, or an RSA key in PKCS#1 form (`BEGIN RSA PRIVATE KEY`, as
-/// `openssl genrsa` writes it) by wrapping it in PKCS#8, which is what ring reads.
+/// Reads a PKCS#8 key, an RSA key in PKCS#1 form (`BEGIN RSA PRIVATE KEY`, as
+/// `openssl genrsa` and node-forge write it) or an EC key in SEC1 form
+/// (`BEGIN EC PRIVATE KEY`), the last two wrapped in PKCS#8, which is what ring reads.
 fn key_pair_from_pem(key_pem: &str) -> Result<KeyPair, String> {
     let unusable = |e: &dyn std::fmt::Display| format!("caKeyPem is not a usable private key: {e}");
-    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
-        .map_err(|e| unusable(&e))?
-        .ok_or_else(|| unusable(&"no PEM private key found"))?;
-    let pkcs8 = match key {
-        PrivateKeyDer::Pkcs8(der) => der.secret_pkcs8_der().to_vec(),
-        PrivateKeyDer::Pkcs1(der) => rsa_pkcs1_to_pkcs8(der.secret_pkcs1_der()),
-        _ => return Err(unusable(&"use a PKCS#8 (BEGIN PRIVATE KEY) or RSA PKCS#1 key")),
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| unusable(&e))?;
+    let candidates = match &key {
+        PrivateKeyDer::Pkcs8(der) => vec![der.secret_pkcs8_der().to_vec()],
+        PrivateKeyDer::Pkcs1(der) => vec![pkcs8_of(RSA_ENCRYPTION, der.secret_pkcs1_der())],
+        // SEC1 names its curve only inside; ring checks that it matches the one we try.
+        PrivateKeyDer::Sec1(der) => {
+            [EC_P256, EC_P384].iter().map(|algorithm| pkcs8_of(algorithm, der.secret_sec1_der())).collect()
+        }
+        _ => return Err(unusable(&"use a PKCS#8, RSA PKCS#1 or EC SEC1 key")),
     };
-    KeyPair::try_from(pkcs8.as_slice()).map_err(|e| unusable(&e))
+    let mut last_error = None;
+    for pkcs8 in candidates {
+        match KeyPair::try_from(pkcs8.as_slice()) {
+            Ok(key) => return Ok(key),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(unusable(&last_error.map_or_else(|| "no key".to_owned(), |e| e.to_string())))
 }
 
-/// PrivateKeyInfo { version 0, rsaEncryption with NULL parameters, the PKCS#1 key }.
-fn rsa_pkcs1_to_pkcs8(pkcs1: &[u8]) -> Vec<u8> {
-    const VERSION_AND_ALGORITHM: &[u8] = &[
-        0x02, 0x01, 0x00, // INTEGER 0
-        0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05,
-        0x00, // rsaEncryption, NULL
-    ];
-    let key = der_element(0x04, pkcs1);
-    der_element(0x30, &[VERSION_AND_ALGORITHM, &key].concat())
+/// DER AlgorithmIdentifiers: rsaEncryption with NULL parameters, and
+/// id-ecPublicKey with the named curves P-256 and P-384.
+const RSA_ENCRYPTION: &[u8] =
+    &[0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00];
+const EC_P256: &[u8] = &[
+    0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03,
+    0x01, 0x07,
+];
+const EC_P384: &[u8] =
+    &[0x30, 0x10, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
+
+/// PrivateKeyInfo { version 0, `algorithm`, the key as an OCTET STRING }.
+fn pkcs8_of(algorithm: &[u8], key: &[u8]) -> Vec<u8> {
+    const VERSION_0: &[u8] = &[0x02, 0x01, 0x00];
+    let key = der_element(0x04, key);
+    der_element(0x30, &[VERSION_0, algorithm, &key].concat())
 }
 
 fn der_element(tag: u8, content: &[u8]) -> Vec<u8> {
@@ -260,6 +278,40 @@ mod tests {
             rendered.contains("DNSName(\"localhost\")") && rendered.matches("IPAddress").count() == 2,
             "{rendered}"
         );
+    }
+
+    /// The content of the DER element at the start of `der`, and what follows it.
+    fn der_content(der: &[u8]) -> (&[u8], &[u8]) {
+        let (len, header) = match der[1] {
+            n if n < 0x80 => (n as usize, 2),
+            0x81 => (der[2] as usize, 3),
+            _ => (u16::from_be_bytes([der[2], der[3]]) as usize, 4),
+        };
+        (&der[header..header + len], &der[header + len..])
+    }
+
+    #[test]
+    fn a_ca_key_in_sec1_form_is_accepted_for_p256_and_p384() {
+        use base64::Engine;
+        for algorithm in [&PKCS_ECDSA_P256_SHA256, &rcgen::PKCS_ECDSA_P384_SHA384] {
+            let key = KeyPair::generate_for(algorithm).unwrap();
+            let (_, mut params) = ca_params().unwrap();
+            params.not_after = OffsetDateTime::now_utc() + Duration::days(30);
+            let cert = params.self_signed(&key).unwrap();
+            // PKCS#8 = SEQUENCE { version, algorithm, OCTET STRING { the SEC1 ECPrivateKey } }
+            let pkcs8 = key.serialize_der();
+            let (info, _) = der_content(&pkcs8);
+            let (_, rest) = der_content(info); // version
+            let (_, rest) = der_content(rest); // algorithm
+            let (sec1, _) = der_content(rest);
+            let body = base64::engine::general_purpose::STANDARD.encode(sec1);
+            let sec1_pem = format!("-----BEGIN EC PRIVATE KEY-----\n{body}\n-----END EC PRIVATE KEY-----\n");
+            let ca = CertificateAuthority::from_pem(&cert.pem(), &sec1_pem).unwrap();
+            let leaf = ca.issue_leaf("app.cmux.local").unwrap();
+            let (_, leaf) = x509_parser::parse_x509_certificate(&leaf.chain[0]).unwrap();
+            let (_, ca_cert) = x509_parser::parse_x509_certificate(cert.der()).unwrap();
+            leaf.verify_signature(Some(ca_cert.public_key())).expect("the leaf is signed by the given key");
+        }
     }
 
     #[test]

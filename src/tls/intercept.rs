@@ -12,7 +12,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
 
 use super::ca::{CertificateAuthority, HostCache, Leaf};
-use crate::proxy::routing::is_loopback_host;
+use crate::proxy::routing::is_intercepted_host;
 
 pub(crate) struct Interceptor {
     ca: CertificateAuthority,
@@ -31,7 +31,7 @@ impl Interceptor {
     }
 
     /// Terminates the client's TLS with a leaf for its SNI (when that is a
-    /// loopback name) or else for the CONNECT host.
+    /// host the proxy intercepts) or else for the CONNECT host.
     pub(crate) async fn accept<I>(&self, io: I, connect_host: &str, timeout: Duration) -> io::Result<TlsStream<I>>
     where
         I: AsyncRead + AsyncWrite + Unpin,
@@ -39,7 +39,7 @@ impl Interceptor {
         let handshake = async {
             let start = LazyConfigAcceptor::new(Acceptor::default(), io).await?;
             let host = match start.client_hello().server_name() {
-                Some(sni) if is_loopback_host(sni) => sni.to_ascii_lowercase(),
+                Some(sni) if is_intercepted_host(sni) => sni.to_ascii_lowercase(),
                 _ => connect_host.to_owned(),
             };
             let config = self.config_for(&host).map_err(io::Error::other)?;

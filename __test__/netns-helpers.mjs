@@ -1,0 +1,69 @@
+// Runs a scenario inside a network namespace of its own, so that tests can aim
+// the proxy at private and other non-loopback addresses without a packet
+// leaving the machine: `unshare -n --mount` (as root) gives a fresh network
+// stack with only `lo`; the addresses the scenario needs are added to that
+// `lo`, and names come from an /etc/hosts bind-mounted for that namespace only.
+//
+// The scenario is a Node ESM file under __test__/netns/; it gets its input as
+// JSON in CMUX_NETNS_INPUT, loads the addon like the tests do, and prints its
+// result as JSON on the last line of stdout.
+
+import { spawn, spawnSync } from 'node:child_process'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+const HERE = dirname(fileURLToPath(import.meta.url))
+
+/** Whether this machine lets the tests make network namespaces (Linux, as root, with iproute2). */
+export const canUseNamespaces = (() => {
+  if (process.platform !== 'linux' || process.getuid?.() !== 0) return false
+  const probe = spawnSync('unshare', ['-n', '--mount', 'ip', 'link', 'set', 'lo', 'up'], { stdio: 'ignore' })
+  return probe.status === 0
+})()
+
+/**
+ * Runs `__test__/netns/<scenario>.mjs` in a new network namespace whose `lo`
+ * also carries `addresses` (CIDR strings such as '10.1.2.3/32' or 'fd00::1/128'),
+ * with `hosts` ({ name: address }) as its /etc/hosts. Resolves with the JSON
+ * the scenario printed last.
+ */
+export async function runInNamespace(scenario, { addresses = [], hosts = {}, input = {}, timeout = 60000 } = {}) {
+  const dir = mkdtempSync(join(tmpdir(), 'cmux-netns-'))
+  try {
+    const hostsFile = join(dir, 'hosts')
+    const lines = ['127.0.0.1 localhost', '::1 localhost', ...Object.entries(hosts).map(([name, ip]) => `${ip} ${name}`)]
+    writeFileSync(hostsFile, lines.join('\n') + '\n')
+    const setup = [
+      'set -e',
+      'ip link set lo up',
+      ...addresses.map((cidr) => `ip addr add ${cidr} dev lo${cidr.includes(':') ? ' nodad' : ''}`),
+      `mount --bind ${hostsFile} /etc/hosts`,
+      `exec "${process.execPath}" "${join(HERE, 'netns', `${scenario}.mjs`)}"`,
+    ].join('\n')
+    const child = spawn('unshare', ['-n', '--mount', 'sh', '-c', setup], {
+      env: { ...process.env, CMUX_NETNS_INPUT: JSON.stringify(input) },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    let stdout = ''
+    let stderr = ''
+    child.stdout.on('data', (d) => (stdout += d))
+    child.stderr.on('data', (d) => (stderr += d))
+    const code = await new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        child.kill('SIGKILL')
+        reject(new Error(`namespace scenario ${scenario} timed out\n${stderr}`))
+      }, timeout)
+      child.on('exit', (status) => {
+        clearTimeout(timer)
+        resolve(status)
+      })
+    })
+    if (code !== 0) throw new Error(`namespace scenario ${scenario} exited with ${code}\n${stderr}\n${stdout}`)
+    const last = stdout.trim().split('\n').at(-1)
+    return JSON.parse(last)
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
+}
