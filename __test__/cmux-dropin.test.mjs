@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import crypto from 'node:crypto'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
-import { authOf, makeCA, ProxyServer, proxyRequest } from './helpers.mjs'
+import { authOf, makeCA, ProxyServer, proxyRequest, startHttpServer } from './helpers.mjs'
 import { canUseNamespaces, runInNamespace } from './netns-helpers.mjs'
 import { connectTunnel, h2Over, h2request, requestOver, startTlsServer, testCA, tlsOver } from './tls-helpers.mjs'
 
@@ -84,6 +84,7 @@ describe('CONNECT to *.cmux.local and *.manaflow.local', () => {
       resolve: {
         'app.cmux.local:443': `127.0.0.1:${standin.port}`,
         'app.manaflow.local:443': `127.0.0.1:${standin.port}`,
+        'app.cmux.local.evil.test:443': `127.0.0.1:${standin.port}`,
       },
       upstreamCaPem: [testCA().certPem],
     })
@@ -114,13 +115,11 @@ describe('CONNECT to *.cmux.local and *.manaflow.local', () => {
     expect(tls.getPeerX509Certificate().fingerprint256).toBe(new crypto.X509Certificate(standin.leaf.cert).fingerprint256)
   })
 
-  test('a look-alike (app.cmux.local.evil.test) is not intercepted', async () => {
-    const raw = await connectTunnel(proxy.port(), 'localhost:1', authOf(routed)).catch((e) => e)
-    // localhost is intercepted (control), so its CONNECT is answered before any connect.
-    expect(raw.destroy).toBeTypeOf('function')
-    raw.destroy()
-    const evil = await connectTunnel(proxy.port(), 'app.cmux.local.evil.test:443', authOf(routed)).catch((e) => e)
-    expect(evil.status).toBe(502) // looked up like any host (and not found), never answered by the proxy itself
+  test('a look-alike (app.cmux.local.evil.test) is not intercepted: blind, the host\'s own certificate', async () => {
+    const raw = await connectTunnel(proxy.port(), 'app.cmux.local.evil.test:443', authOf(routed))
+    const tls = await tlsOver(raw, { servername: 'app.cmux.local.evil.test', ca: testCA().certPem, checkServerIdentity: () => undefined })
+    cleanup.push(() => tls.destroy())
+    expect(tls.getPeerX509Certificate().fingerprint256).toBe(new crypto.X509Certificate(standin.leaf.cert).fingerprint256)
   })
 })
 
@@ -170,7 +169,13 @@ describe('cmux\'s test hooks: testCmuxProxyOrigin and testAllowInsecureUpstream'
   })
 
   test('every request of a routed context, whatever its host, goes through the origin; a route-less one does not', async () => {
-    const proxy = await startProxy({ testCmuxProxyOrigin: `https://127.0.0.1:${origin.port}`, testAllowInsecureUpstream: true })
+    const direct = await startHttpServer((req, res) => res.end('direct'))
+    cleanup.push(() => direct.close())
+    const proxy = await startProxy({
+      testCmuxProxyOrigin: `https://127.0.0.1:${origin.port}`,
+      testAllowInsecureUpstream: true,
+      resolve: { 'example.test:80': `127.0.0.1:${direct.port}` },
+    })
     const routed = proxy.createContext(1, ROUTE)
     for (const url of ['http://example.test/a?b=1', 'http://localhost:5173/src/main.ts']) {
       const res = await proxyRequest(proxy.port(), url, { auth: authOf(routed) })
@@ -181,7 +186,7 @@ describe('cmux\'s test hooks: testCmuxProxyOrigin and testAllowInsecureUpstream'
     }
     const plain = proxy.createContext(2, null)
     const res = await proxyRequest(proxy.port(), 'http://example.test/a', { auth: authOf(plain) })
-    expect(res.status).toBe(502) // looked up by DNS, as any route-less request
+    expect([res.status, res.text]).toEqual([200, 'direct'])
   })
 
   test('cmux\'s script: CONNECT cmux-test-base-8080.cmux.local:443 and 127.0.0.1:<port> are intercepted, h2 inside reaches the origin', async () => {

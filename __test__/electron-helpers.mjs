@@ -1,22 +1,42 @@
-// Helpers of electron-module.test.mjs: the Electron objects the module is
-// given (app, session, webContents), written as plain objects that implement
-// exactly the Electron members the module calls and record what it did, a
-// fresh instance of the module per test, and real requests through its proxy.
+// Helpers of the tests of @cmux/preview-proxy/electron (electron-*.test.mjs):
+// the Electron objects the module is given (app, session, webContents),
+// written as plain objects that implement exactly the Electron members the
+// module calls and record what it did, a fresh instance of the module per
+// test, real requests through its proxy, a module instance in a child process
+// with its own environment (the switches it reads at load), and a TypeScript
+// project that resolves the package through its exports map.
 //
 // Every fake is wrapped in a Proxy that records any access to a member it
 // does not implement (`unexpected`): the tests assert it stays empty, so the
 // module calls nothing beyond these members.
+//
+// Run as `node electron-helpers.mjs --electron-module-child`, this file is
+// that child (see startModuleProcess).
 
+import { execFile, fork } from 'node:child_process'
 import crypto from 'node:crypto'
+import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import net from 'node:net'
 import { createRequire } from 'node:module'
-import { basicAuth, openTunnel } from './helpers.mjs'
+import { tmpdir } from 'node:os'
+import { dirname, join } from 'node:path'
+import { fileURLToPath, pathToFileURL } from 'node:url'
+import forge from 'node-forge'
+import { basicAuth, openTunnel, withTimeout } from './helpers.mjs'
+import { tlsTunnel } from './tls-helpers.mjs'
 
 const require = createRequire(import.meta.url)
 
 export const MODULE_PATH = require.resolve('../electron/index.js')
+export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..')
 export const FIRST_PORT = 39385
 export const LAST_PORT = 39434
+/** A cmux preview URL: route { morphId: 'm1', scope: 'base', domainSuffix: 'cmux.app' }. */
+export const PREVIEW_URL = 'https://cmux-m1-base-3000.cmux.app/'
+/** The proxyRules of a proxy on 127.0.0.1:`port`, scheme `http` or `https` (HTTPS proxy mode). */
+export const RULES = (scheme, port) => `http=${scheme}://127.0.0.1:${port};https=${scheme}://127.0.0.1:${port}`
+/** The addon the module runs on (the same instance electron/index.js requires). */
+export const addon = require('../index.js')
 
 /** Member accesses of the fakes beyond what they implement: `${fake}.${member}`. */
 export const unexpected = []
@@ -156,26 +176,82 @@ export function fakeApp({ userData = '/nonexistent', ready = false, switches = {
   }
 }
 
-/** A Logger recording its calls: { logger, calls: [{ level, message, data }] }. */
-export function recordingLogger() {
+/**
+ * A Logger recording its calls: { logger, calls: [{ level, message, data }] }.
+ * `error`: the logger has an `error` member too (cmux's Logger has `log`, `warn` and `error`).
+ */
+export function recordingLogger({ error = false } = {}) {
   const calls = []
-  return {
-    calls,
-    logger: {
-      log: (message, data) => calls.push({ level: 'log', message, data }),
-      warn: (message, data) => calls.push({ level: 'warn', message, data }),
+  const record = (level) => (message, data, ...rest) => {
+    calls.push({ level, message, data })
+    if (rest.length) calls.at(-1).rest = rest
+  }
+  const logger = { log: record('log'), warn: record('warn') }
+  if (error) logger.error = record('error')
+  return { calls, logger }
+}
+
+/**
+ * What cmux's scripts/test-preview-proxy.ts gives the module: a webContents
+ * `{ id, session: { setProxy }, once }` whose session has setProxy only (no
+ * setCertificateVerifyProc, no clearAuthCache), as plain objects.
+ * `proxies` records the setProxy configs.
+ */
+export function sessionDouble(id) {
+  const proxies = []
+  const listeners = []
+  const webContents = {
+    id,
+    session: {
+      setProxy: async (config) => {
+        proxies.push(config)
+      },
     },
+    once: (event, listener) => {
+      listeners.push({ event, listener })
+    },
+  }
+  return { webContents, proxies, listeners }
+}
+
+/**
+ * Configures a preview with the module `mod`: a fakeSession (or
+ * `sessionControl`), a fakeWebContents `id`, the login handler on `app` when
+ * given. Resolves { control, wc, cleanup, credentials }.
+ */
+export async function configureView(mod, id, { app, sessionControl, logger = recordingLogger().logger, url = PREVIEW_URL, persistKey } = {}) {
+  const control = sessionControl ?? fakeSession(`session#${id}`)
+  const wc = fakeWebContents(id, control.session)
+  if (app) mod.installPreviewProxyLoginHandler(app)
+  const cleanup = await mod.configurePreviewProxyForView({ webContents: wc.webContents, initialUrl: url, persistKey, logger })
+  return { control, wc, cleanup, credentials: mod.getProxyCredentialsForWebContents(id) }
+}
+
+/** Runs `fn` with the environment variables of `vars` set (undefined: unset), restoring them after. */
+export async function withEnv(vars, fn) {
+  const saved = Object.fromEntries(Object.keys(vars).map((name) => [name, process.env[name]]))
+  const apply = (values) => {
+    for (const [name, value] of Object.entries(values)) {
+      if (value === undefined) delete process.env[name]
+      else process.env[name] = value
+    }
+  }
+  apply(vars)
+  try {
+    return await fn()
+  } finally {
+    apply(saved)
   }
 }
 
 /**
- * The status the proxy answers a `CONNECT localhost:3000` with these
- * credentials (200 for a live context, 407 once released). Nothing is
- * connected upstream: the proxy serves a loopback tunnel itself.
+ * The status the proxy answers a `CONNECT localhost:3000` (or `authority`)
+ * with these credentials (200 for a live context, 407 once released).
+ * Nothing is connected upstream: the proxy serves a loopback tunnel itself.
  */
-export async function connectStatus(port, credentials) {
+export async function connectStatus(port, credentials, authority = 'localhost:3000') {
   const auth = credentials ? basicAuth(credentials.username, credentials.password) : undefined
-  const { conn, res } = await openTunnel(port, 'localhost:3000', auth)
+  const { conn, res } = await openTunnel(port, authority, auth)
   conn.socket.destroy()
   return res.status
 }
@@ -207,6 +283,40 @@ export function verifyRequest(hostname, pem) {
     isIssuedByKnownRoot: false,
     verificationResult: 'net::ERR_CERT_AUTHORITY_INVALID',
     errorCode: -202,
+  }
+}
+
+/**
+ * Records every ProxyServer.start the module makes, until `restore()`:
+ * `attempts` of { addr, outcome: 'ok' | 'EADDRINUSE' | 'error', server }. The
+ * real start runs; the addon's exports object gets a ProxyServer whose start
+ * records (its own static members are not writable). Other test files start
+ * proxies in 39385..39434 at the same time, so the port a start picks is
+ * checked by what it tried, not by what listens in the range.
+ */
+export function recordProxyStarts() {
+  const real = addon.ProxyServer
+  const attempts = []
+  addon.ProxyServer = {
+    generateCa: () => real.generateCa(),
+    async start(addr, ...rest) {
+      const attempt = { addr, outcome: 'error', server: null }
+      attempts.push(attempt)
+      try {
+        attempt.server = await real.start(addr, ...rest)
+        attempt.outcome = 'ok'
+        return attempt.server
+      } catch (error) {
+        if (/EADDRINUSE/.test(String(error?.message))) attempt.outcome = 'EADDRINUSE'
+        throw error
+      }
+    },
+  }
+  return {
+    attempts,
+    restore() {
+      addon.ProxyServer = real
+    },
   }
 }
 
@@ -271,4 +381,262 @@ export function resignLeaf(leafDer, caKeyPem, from = '', to = '') {
   const bitString = Buffer.concat([Buffer.from([0x03]), derLength(signature.length + 1), Buffer.from([0]), signature])
   const body = Buffer.concat([tbs, leafDer.subarray(algorithm.start, algorithm.end), bitString])
   return Buffer.concat([Buffer.from([0x30]), derLength(body.length), body])
+}
+
+/**
+ * The leaf the proxy shows inside a TLS tunnel to `authority` (CONNECT with
+ * these credentials, then TLS with `tlsOptions`, not verified unless they say
+ * so): { pem, alpn, subjectaltname }.
+ */
+export async function tunnelLeaf(port, credentials, authority, tlsOptions = {}) {
+  const socket = await tlsTunnel(port, authority, basicAuth(credentials.username, credentials.password), {
+    rejectUnauthorized: false,
+    ALPNProtocols: ['h2', 'http/1.1'],
+    ...tlsOptions,
+  })
+  const peer = socket.getPeerCertificate(true)
+  const leaf = { pem: derToPem(peer.raw), alpn: socket.alpnProtocol, subjectaltname: peer.subjectaltname }
+  socket.destroy()
+  return leaf
+}
+
+// ---------------------------------------------------------------------------
+// Certificates made the way cmux makes them
+
+/**
+ * A CA made the way cmux's CertificateManager (preview-proxy-certs.ts) makes
+ * the one it keeps in ~/.cmux/certs: node-forge, RSA 2048, serial 01, valid
+ * from now for ten years, "Cmux Preview Proxy CA", basicConstraints CA
+ * (critical) and keyUsage, no key identifiers; the key as forge writes it
+ * (PKCS#1, "BEGIN RSA PRIVATE KEY").
+ */
+export function cmuxStyleCa() {
+  const keys = forge.pki.rsa.generateKeyPair(2048)
+  const cert = forge.pki.createCertificate()
+  const notBefore = new Date()
+  const notAfter = new Date(notBefore)
+  notAfter.setFullYear(notBefore.getFullYear() + 10)
+  const name = [
+    ['commonName', 'Cmux Preview Proxy CA'],
+    ['countryName', 'US'],
+    ['ST', 'California'],
+    ['localityName', 'San Francisco'],
+    ['organizationName', 'Cmux'],
+    ['OU', 'Preview Proxy'],
+  ].map(([key, value]) => (key.length <= 2 ? { shortName: key, value } : { name: key, value }))
+  Object.assign(cert, { publicKey: keys.publicKey, serialNumber: '01' })
+  Object.assign(cert.validity, { notBefore, notAfter })
+  cert.setSubject(name)
+  cert.setIssuer(name)
+  cert.setExtensions([
+    { name: 'basicConstraints', cA: true, critical: true },
+    { name: 'keyUsage', keyCertSign: true, digitalSignature: true, nonRepudiation: true, keyEncipherment: true, dataEncipherment: true },
+  ])
+  cert.sign(keys.privateKey, forge.md.sha256.create())
+  return { certPem: forge.pki.certificateToPem(cert), keyPem: forge.pki.privateKeyToPem(keys.privateKey) }
+}
+
+/** A self-signed server certificate for `names` (DNS names or IP literals): { cert, key } PEM. */
+export function selfSigned(names) {
+  const keys = forge.pki.rsa.generateKeyPair(2048)
+  const cert = forge.pki.createCertificate()
+  cert.publicKey = keys.publicKey
+  cert.serialNumber = '01' + crypto.randomBytes(8).toString('hex')
+  cert.validity.notBefore = new Date(Date.now() - 3600 * 1000)
+  cert.validity.notAfter = new Date(Date.now() + 30 * 24 * 3600 * 1000)
+  const subject = [{ name: 'commonName', value: names[0] }]
+  cert.setSubject(subject)
+  cert.setIssuer(subject)
+  cert.setExtensions([
+    { name: 'basicConstraints', cA: false },
+    { name: 'subjectAltName', altNames: names.map((n) => (net.isIP(n) ? { type: 7, ip: n } : { type: 2, value: n })) },
+  ])
+  cert.sign(keys.privateKey, forge.md.sha256.create())
+  return { cert: forge.pki.certificateToPem(cert), key: forge.pki.privateKeyToPem(keys.privateKey) }
+}
+
+// ---------------------------------------------------------------------------
+// Types: a project that installed the package and electron
+
+const TSC = join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc')
+
+/** compilerOptions every project of typesProject starts from. */
+const TYPES_COMPILER_OPTIONS = {
+  target: 'ES2022',
+  strict: true,
+  noEmit: true,
+  noUnusedLocals: true,
+  // electron/index.d.ts (and electron.d.ts) checked too.
+  skipLibCheck: false,
+  typeRoots: [join(ROOT, 'node_modules', '@types')],
+  types: ['node'],
+}
+
+/**
+ * A temporary project with @cmux/preview-proxy (a link to this repository,
+ * so that it resolves through the package's exports map) and electron in its
+ * node_modules. `write(name, text)`, `config(name, compilerOptions, files)`
+ * (tsconfig.<name>.json on top of strict defaults), `tsc(name)` resolves
+ * { code, output }, `remove()`.
+ */
+export function typesProject(prefix = 'cmux-electron-types-') {
+  const dir = mkdtempSync(join(tmpdir(), prefix))
+  mkdirSync(join(dir, 'node_modules', '@cmux'), { recursive: true })
+  symlinkSync(ROOT, join(dir, 'node_modules', '@cmux', 'preview-proxy'), 'junction')
+  symlinkSync(join(ROOT, 'node_modules', 'electron'), join(dir, 'node_modules', 'electron'), 'junction')
+  writeFileSync(join(dir, 'package.json'), JSON.stringify({ name: 'electron-user', private: true }))
+  return {
+    dir,
+    write(name, text) {
+      writeFileSync(join(dir, name), text)
+    },
+    config(name, compilerOptions, files) {
+      writeFileSync(join(dir, `tsconfig.${name}.json`), JSON.stringify({ compilerOptions: { ...TYPES_COMPILER_OPTIONS, ...compilerOptions }, files }))
+    },
+    tsc(name) {
+      return new Promise((resolve) => {
+        execFile(process.execPath, [TSC, '-p', `tsconfig.${name}.json`, '--pretty', 'false'], { cwd: dir, timeout: 120000 }, (error, stdout, stderr) => {
+          resolve({ code: error ? (typeof error.code === 'number' ? error.code : -1) : 0, output: `${stdout}${stderr}` })
+        })
+      })
+    },
+    remove() {
+      rmSync(dir, { recursive: true, force: true })
+    },
+  }
+}
+
+/** `file line TSnnnn` of every line of `source` marked `// expect TSnnnn`. */
+export function expectedErrors(file, source) {
+  return source
+    .split('\n')
+    .map((line, i) => ({ line: i + 1, code: /\/\/ expect (TS\d+)/.exec(line)?.[1] }))
+    .filter((e) => e.code)
+    .map((e) => `${file} ${e.line} ${e.code}`)
+}
+
+/** `file line TSnnnn` of every error in tsc's output. */
+export function reportedErrors(output) {
+  return [...output.matchAll(/^(.+?)\((\d+),\d+\): error (TS\d+):/gm)].map(([, file, line, tsCode]) => `${file} ${line} ${tsCode}`)
+}
+
+// ---------------------------------------------------------------------------
+// The module in a child process, with its own environment
+
+const CHILD_FLAG = '--electron-module-child'
+/** The variables the module reads; unset in the child unless the test gives them. */
+export const MODULE_ENV = ['CMUX_PREVIEW_TLS_MITM', 'CMUX_PREVIEW_PROXY_LOG', 'CMUX_PREVIEW_PROXY_LOGGING', 'TEST_CMUX_PROXY_ORIGIN', 'TEST_ALLOW_INSECURE_UPSTREAM']
+
+/**
+ * Forks this file as a process that loads electron/index.js with `env` on
+ * top of this process's environment (the test addon included; MODULE_ENV
+ * unset unless given; a value of undefined unsets). Returns
+ * { child, call(command, ...args), stdout(), stop() }; commands:
+ * - `features()`: { isLoopbackHost, isInterceptedHost } (typeof each addon function)
+ * - `setEnv(name, value)`: sets (or, with null, deletes) process.env[name], after the module loaded
+ * - `setLogging(enabled)`: setPreviewProxyLoggingEnabled
+ * - `start()`: startPreviewProxy with a recording Logger (log, warn, error): the port
+ * - `configure(id, url, { double })`: configurePreviewProxyForView of a fake WebContents `id` on its
+ *   own fake session (`double`: cmux's test double, a session with setProxy only); its credentials
+ * - `ca()`: getPreviewProxyCertificateAuthorityInfo()
+ * - `logs()`: the Logger's calls [{ level, message, data }]
+ * - `unexpected()`: Electron members the module used beyond the fakes'
+ * - `stop()`: stopPreviewProxy, then the child exits
+ */
+export async function startModuleProcess(env = {}) {
+  const childEnv = { ...process.env }
+  for (const name of MODULE_ENV) delete childEnv[name]
+  for (const [name, value] of Object.entries(env)) {
+    if (value === undefined) delete childEnv[name]
+    else childEnv[name] = value
+  }
+  const child = fork(fileURLToPath(import.meta.url), [CHILD_FLAG], { env: childEnv, stdio: ['ignore', 'pipe', 'pipe', 'ipc'] })
+  let stdout = ''
+  let stderr = ''
+  child.stdout.on('data', (d) => (stdout += d))
+  child.stderr.on('data', (d) => (stderr += d))
+  const pending = new Map()
+  let nextId = 1
+  child.on('message', ({ id, result, error }) => {
+    pending.get(id)?.({ result, error })
+    pending.delete(id)
+  })
+  const exited = new Promise((resolve) => child.once('exit', resolve))
+  const reply = async (id, what, timeout) => {
+    const answer = new Promise((resolve) => pending.set(id, resolve))
+    const died = exited.then((code) => ({ error: `the child exited (${code}) before answering; stderr:\n${stderr}` }))
+    const { result, error } = await withTimeout(Promise.race([answer, died]), timeout, what)
+    if (error) throw new Error(`${what}: ${error}`)
+    return result
+  }
+  await reply(0, 'the electron module child starting', 15000)
+  return {
+    child,
+    stdout: () => stdout,
+    call(command, ...args) {
+      const id = nextId++
+      child.send({ id, command, args })
+      return reply(id, `the electron module child's answer to ${command}`, 15000)
+    },
+    async stop() {
+      if (child.exitCode !== null || child.signalCode !== null) return
+      try {
+        const id = nextId++
+        child.send({ id, command: 'stop', args: [] })
+        await reply(id, 'stopping the electron module child', 5000)
+        await withTimeout(exited, 5000, 'the electron module child exiting')
+      } catch {
+        child.kill('SIGKILL')
+        await exited
+      }
+    },
+  }
+}
+
+async function childMain() {
+  // Loaded here, after the environment was set: its switches are read now.
+  const mod = require(MODULE_PATH)
+  const { logger, calls } = recordingLogger({ error: true })
+  const commands = {
+    features: () => ({ isLoopbackHost: typeof addon.isLoopbackHost, isInterceptedHost: typeof addon.isInterceptedHost }),
+    setEnv(name, value) {
+      if (value === null) delete process.env[name]
+      else process.env[name] = value
+      return true
+    },
+    setLogging(enabled) {
+      mod.setPreviewProxyLoggingEnabled(enabled)
+      return true
+    },
+    start: () => mod.startPreviewProxy(logger),
+    async configure(id, url, { double = false } = {}) {
+      const webContents = double ? sessionDouble(id).webContents : fakeWebContents(id, fakeSession(`session#${id}`).session).webContents
+      await mod.configurePreviewProxyForView({ webContents, initialUrl: url, persistKey: `task-run-preview:${id}`, logger })
+      return mod.getProxyCredentialsForWebContents(id)
+    },
+    ca: () => mod.getPreviewProxyCertificateAuthorityInfo(),
+    logs: () => calls,
+    unexpected: () => unexpected,
+    async stop() {
+      await mod.stopPreviewProxy()
+      return true
+    },
+  }
+  process.on('message', async ({ id, command, args }) => {
+    let result
+    let error
+    try {
+      if (!commands[command]) throw new Error(`unknown command ${command}`)
+      result = await commands[command](...args)
+    } catch (e) {
+      error = e instanceof Error ? e.message : String(e)
+    }
+    process.send({ id, result, error })
+    if (command === 'stop') process.disconnect()
+  })
+  process.send({ id: 0, result: true })
+}
+
+if (process.argv[2] === CHILD_FLAG && process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  await childMain()
 }

@@ -4,20 +4,25 @@
 // against its real proxy: credentials are checked with real requests, the
 // certificate verifier with leaves the proxy really issued. Chromium itself is
 // not launched here; the browser tests prove the network side.
+// More of the module: electron-previews.test.mjs (sessions shared by one
+// preview, cmux's session double, *.cmux.local), electron-ca.test.mjs (the
+// app's own CA), electron-switches.test.mjs (the environment, in child
+// processes), electron-app-shape.test.mjs (cmux's call sites, with tsc).
 
 import { execFile } from 'node:child_process'
 import crypto from 'node:crypto'
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
-import { fileURLToPath } from 'node:url'
 import tls from 'node:tls'
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, test } from 'vitest'
-import { makeCA, makeLeaf, proxyRequest, basicAuth, waitFor, sleep } from './helpers.mjs'
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, onTestFinished, test, vi } from 'vitest'
+import { closedPort, makeCA, makeLeaf, proxyRequest, basicAuth, waitFor, sleep } from './helpers.mjs'
 import { tlsTunnel } from './tls-helpers.mjs'
 import {
+  configureView,
   connectStatus,
   derToPem,
+  expectedErrors,
   fakeApp,
   fakeSession,
   fakeWebContents,
@@ -26,16 +31,18 @@ import {
   listeningPorts,
   loadModule,
   occupy,
+  PREVIEW_URL,
   recordingLogger,
+  recordProxyStarts,
+  reportedErrors,
   resignLeaf,
+  ROOT,
+  RULES,
+  typesProject,
   unexpected,
   verifyRequest,
+  withEnv,
 } from './electron-helpers.mjs'
-
-const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..')
-const TSC = join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc')
-const PREVIEW_URL = 'https://cmux-m1-base-3000.cmux.app/'
-const RULES = (scheme, port) => `http=${scheme}://127.0.0.1:${port};https=${scheme}://127.0.0.1:${port}`
 
 let mod
 const held = []
@@ -53,13 +60,7 @@ afterEach(async () => {
 })
 
 /** A configured preview: its fakes, the cleanup, and its credentials. */
-async function configured(id, { app, sessionControl, logger = recordingLogger().logger, url = PREVIEW_URL, persistKey } = {}) {
-  const control = sessionControl ?? fakeSession(`session#${id}`)
-  const wc = fakeWebContents(id, control.session)
-  if (app) mod.installPreviewProxyLoginHandler(app)
-  const cleanup = await mod.configurePreviewProxyForView({ webContents: wc.webContents, initialUrl: url, persistKey, logger })
-  return { control, wc, cleanup, credentials: mod.getProxyCredentialsForWebContents(id) }
-}
+const configured = (id, options) => configureView(mod, id, options)
 
 describe('persist keys and partitions', () => {
   test.each([
@@ -87,21 +88,28 @@ describe('persist keys and partitions', () => {
 })
 
 describe('startPreviewProxy', () => {
-  test('concurrent calls start one proxy, on the first free port of 39385..39434', async () => {
-    const before = await listeningPorts()
+  test('concurrent calls start one proxy, on the first free port of 39385..39434; one console line, as cmux writes it', async () => {
+    const log = vi.spyOn(console, 'log').mockImplementation(() => {})
+    onTestFinished(() => log.mockRestore())
+    const starts = recordProxyStarts()
+    onTestFinished(() => starts.restore())
     const { logger, calls } = recordingLogger()
     const ports = await Promise.all(Array.from({ length: 8 }, () => mod.startPreviewProxy(logger)))
     const port = ports[0]
     expect(new Set(ports)).toEqual(new Set([port]))
     expect(port).toBeGreaterThanOrEqual(FIRST_PORT)
     expect(port).toBeLessThanOrEqual(LAST_PORT)
-    // Exactly one new listener in the range: this one.
-    const after = await listeningPorts()
-    expect(after.filter((p) => !before.includes(p))).toEqual([port])
+    // One start, trying 39385 upwards: every port before its own was taken (EADDRINUSE).
+    const tried = Array.from({ length: port - FIRST_PORT + 1 }, (_, i) => `127.0.0.1:${FIRST_PORT + i}`)
+    expect(starts.attempts.map((a) => a.addr)).toEqual(tried)
+    expect(starts.attempts.map((a) => a.outcome)).toEqual(tried.map((_, i) => (i === tried.length - 1 ? 'ok' : 'EADDRINUSE')))
+    expect(starts.attempts.at(-1).server.port()).toBe(port)
+    expect(await listeningPorts()).toContain(port)
     expect(calls.filter((c) => c.message === 'Preview proxy listening')).toEqual([{ level: 'log', message: 'Preview proxy listening', data: { port, https: false } }])
+    expect(log.mock.calls.filter(([line]) => String(line).startsWith('[cmux-preview-proxy]'))).toEqual([[`[cmux-preview-proxy] listening on port ${port}`]])
     // A later call gives the same port without starting anything.
     expect(await mod.startPreviewProxy(logger)).toBe(port)
-    expect(await listeningPorts()).toEqual(after)
+    expect(starts.attempts).toHaveLength(tried.length)
   })
 
   test('EADDRINUSE on the first ports moves on to the next one', async () => {
@@ -117,11 +125,17 @@ describe('startPreviewProxy', () => {
     if (first) expect(first.address().port).toBe(FIRST_PORT)
   })
 
-  test('stopPreviewProxy frees the port, is idempotent, and waits for a start in flight', async () => {
+  test('stopPreviewProxy stops the proxy, is idempotent, and waits for a start in flight', async () => {
+    const starts = recordProxyStarts()
+    onTestFinished(() => starts.restore())
     const starting = mod.startPreviewProxy(recordingLogger().logger)
     await mod.stopPreviewProxy()
     const port = await starting
-    expect(await listeningPorts()).not.toContain(port)
+    // The proxy that start made is stopped (its methods throw; stop() resolves once the port is free).
+    const server = starts.attempts.find((a) => a.outcome === 'ok').server
+    expect(() => server.port()).toThrow()
+    expect(mod.getProxyCredentialsForWebContents(1)).toBeNull()
+    expect(port).toBeGreaterThanOrEqual(FIRST_PORT)
     await mod.stopPreviewProxy()
     expect(mod.getPreviewProxyCertificateAuthorityInfo()).toBeNull()
     // A new start works.
@@ -188,57 +202,83 @@ describe('configurePreviewProxyForView', () => {
     expect(control.calls.map((c) => c.method)).toEqual(['setProxy'])
   })
 
-  test('cleanup releases the context (407), resets the session to direct, and is idempotent', async () => {
-    const { control, cleanup, credentials } = await configured(11, { app: fakeApp().app })
+  // A release fails closed: the session keeps pointing at the proxy, which answers 407 and has no
+  // credentials to give; it is never set back to a direct connection.
+  test('cleanup releases the context (407), leaves the session on the proxy (no direct reset), and is idempotent', async () => {
+    const app = fakeApp()
+    const { control, wc, cleanup, credentials } = await configured(11, { app: app.app })
     const port = await mod.startPreviewProxy(recordingLogger().logger)
     expect(await connectStatus(port, credentials)).toBe(200)
+    const callsBefore = control.calls.length
     cleanup()
     expect(await connectStatus(port, credentials)).toBe(407)
     expect(mod.getProxyCredentialsForWebContents(11)).toBeNull()
-    expect(control.proxies().at(-1)).toEqual({ mode: 'direct' })
+    // Nothing was done to the session: its last proxy setting is still the proxy.
+    expect(control.calls).toHaveLength(callsBefore)
+    expect(control.proxies()).toEqual([{ mode: 'fixed_servers', proxyRules: RULES('http', port), proxyBypassRules: '<-loopback>' }])
+    // The login handler has nothing to answer the 407 with.
+    expect(app.login(wc.webContents, { isProxy: true, scheme: 'basic', host: '127.0.0.1', port, realm: '' })).toEqual({ prevented: false, answer: null })
     cleanup()
     cleanup()
-    expect(control.proxies().filter((p) => p.mode === 'direct')).toHaveLength(1)
+    expect(control.proxies().some((p) => p.mode === 'direct')).toBe(false)
   })
 
-  test('destroyed releases the context (407) and resets the session; the cleanup afterwards does nothing', async () => {
+  test('destroyed releases the context (407) without a direct reset; the cleanup afterwards does nothing', async () => {
     const { control, wc, cleanup, credentials } = await configured(12, { app: fakeApp().app })
     const port = await mod.startPreviewProxy(recordingLogger().logger)
     wc.destroy()
     expect(await connectStatus(port, credentials)).toBe(407)
-    expect(control.proxies().at(-1)).toEqual({ mode: 'direct' })
     cleanup()
-    expect(control.proxies().filter((p) => p.mode === 'direct')).toHaveLength(1)
+    expect(control.proxies()).toEqual([{ mode: 'fixed_servers', proxyRules: RULES('http', port), proxyBypassRules: '<-loopback>' }])
   })
 
-  test('releasePreviewProxy releases (407) and resets the session to direct; unknown ids are ignored', async () => {
+  test('releasePreviewProxy releases (407) without a direct reset; unknown ids are ignored', async () => {
     const { control, credentials } = await configured(13, { app: fakeApp().app })
     const port = await mod.startPreviewProxy(recordingLogger().logger)
     mod.releasePreviewProxy(13)
     expect(await connectStatus(port, credentials)).toBe(407)
-    expect(control.proxies()).toEqual([
-      { mode: 'fixed_servers', proxyRules: RULES('http', port), proxyBypassRules: '<-loopback>' },
-      { mode: 'direct' },
-    ])
     mod.releasePreviewProxy(13)
     mod.releasePreviewProxy(999)
-    expect(control.proxies()).toHaveLength(2)
+    expect(control.proxies()).toEqual([{ mode: 'fixed_servers', proxyRules: RULES('http', port), proxyBypassRules: '<-loopback>' }])
   })
 
-  test('a session shared by two previews is reset to direct only when the last one goes', async () => {
-    const shared = fakeSession('shared')
-    const app = fakeApp().app
-    const a = await configured(21, { app, sessionControl: shared })
-    const b = await configured(22, { app, sessionControl: shared })
+  test('the released partition is configured again: a new context, credentials that work', async () => {
+    const control = fakeSession('again-after-release')
+    const first = await configured(14, { sessionControl: control })
     const port = await mod.startPreviewProxy(recordingLogger().logger)
-    // The verify proc is set once per session.
+    first.cleanup()
+    expect(await connectStatus(port, first.credentials)).toBe(407)
+    const second = await configured(15, { sessionControl: control })
+    expect(second.credentials.username).toMatch(/^wc-15-/)
+    expect(await connectStatus(port, second.credentials)).toBe(200)
+    expect(await connectStatus(port, first.credentials)).toBe(407)
+    // A new context clears the session's cached credentials (the released ones).
+    expect(control.calls.filter((c) => c.method === 'clearAuthCache')).toHaveLength(2)
+    expect(control.proxies().some((p) => p.mode === 'direct')).toBe(false)
+  })
+
+  test('two WebContents of one preview on one session share its context, released with the last', async () => {
+    const shared = fakeSession('shared')
+    const app = fakeApp()
+    const a = await configured(21, { app: app.app, sessionControl: shared })
+    const b = await configured(22, { app: app.app, sessionControl: shared })
+    const port = await mod.startPreviewProxy(recordingLogger().logger)
+    // Chromium caches the credentials per session: both get the same ones.
+    expect(b.credentials).toEqual(a.credentials)
+    expect(a.credentials.username).toMatch(/^wc-21-/)
+    const ours = { isProxy: true, scheme: 'basic', host: '127.0.0.1', port, realm: 'Cmux Preview Proxy' }
+    expect(app.login(a.wc.webContents, ours).answer).toEqual([a.credentials.username, a.credentials.password])
+    expect(app.login(b.wc.webContents, ours).answer).toEqual([a.credentials.username, a.credentials.password])
+    // The verify proc is set once per session; the auth cache is cleared for the new context only.
     expect(shared.calls.filter((c) => c.method === 'setCertificateVerifyProc')).toHaveLength(1)
+    expect(shared.calls.filter((c) => c.method === 'clearAuthCache')).toHaveLength(1)
     a.wc.destroy()
-    expect(await connectStatus(port, a.credentials)).toBe(407)
+    expect(mod.getProxyCredentialsForWebContents(21)).toBeNull()
+    expect(mod.getProxyCredentialsForWebContents(22)).toEqual(a.credentials)
     expect(await connectStatus(port, b.credentials)).toBe(200)
-    expect(shared.proxies().some((p) => p.mode === 'direct')).toBe(false)
     b.cleanup()
-    expect(shared.proxies().at(-1)).toEqual({ mode: 'direct' })
+    expect(await connectStatus(port, b.credentials)).toBe(407)
+    expect(shared.proxies().some((p) => p.mode === 'direct')).toBe(false)
   })
 
   test('configuring the same WebContents again replaces its context; the first cleanup does not touch the second', async () => {
@@ -308,7 +348,8 @@ describe('the login handler', () => {
   test('outside Electron with no app given, configure warns once and still configures', async () => {
     const { logger, calls } = recordingLogger()
     await configured(54, { logger })
-    await configured(55, { logger })
+    // (Another route: previews on sessions of their own.)
+    await configured(55, { logger, url: 'https://cmux-m2-base-3000.cmux.app/' })
     const warnings = calls.filter((c) => c.level === 'warn')
     expect(warnings).toEqual([{ level: 'warn', message: 'Preview proxy login handler not installed: call installPreviewProxyLoginHandler(app)', data: {} }])
     expect(mod.getProxyCredentialsForWebContents(55)).not.toBeNull()
@@ -365,7 +406,10 @@ describe('logging', () => {
   test('on: the proxy events go to the Logger (request through log, failures through warn), never a password; off: nothing more', async () => {
     const { logger, calls } = recordingLogger()
     mod.setPreviewProxyLoggingEnabled(true)
-    const { credentials } = await configured(71, { app: fakeApp().app, logger })
+    // The preview's origin is a closed port on loopback (cmux's TEST_CMUX_PROXY_ORIGIN hook, read
+    // when the route is derived): its requests fail with 502 without leaving the machine.
+    const origin = `http://127.0.0.1:${await closedPort()}`
+    const { credentials } = await withEnv({ TEST_CMUX_PROXY_ORIGIN: origin }, () => configured(71, { app: fakeApp().app, logger }))
     const port = await mod.startPreviewProxy(logger)
     expect(await connectStatus(port, credentials)).toBe(200)
     const request = await waitFor(() => calls.find((c) => c.message === 'Preview proxy' && c.data.event === 'request'), { timeout: 5000 })
@@ -376,11 +420,11 @@ describe('logging', () => {
     })
     expect(calls.some((c) => c.data?.event === 'context' && c.data.phase === 'created' && c.data.webContentsId === 71)).toBe(true)
 
-    // A request the proxy fails (a name that does not resolve: 502): an `error` event and the request, through warn.
-    const failed = await proxyRequest(port, 'http://electron-module-test.invalid/', { auth: basicAuth(credentials.username, credentials.password) })
+    // A request the proxy fails (its preview's origin refuses: 502): an `error` event and the request, through warn.
+    const failed = await proxyRequest(port, 'http://localhost:3000/', { auth: basicAuth(credentials.username, credentials.password) })
     expect(failed.status).toBe(502)
     await waitFor(() => calls.some((c) => c.level === 'warn' && c.data?.event === 'request' && c.data.status === 502), { timeout: 5000 })
-    expect(calls.find((c) => c.data?.event === 'error')).toMatchObject({ level: 'warn', message: 'Preview proxy', data: { event: 'error', cause: 'dns', status: 502 } })
+    expect(calls.find((c) => c.data?.event === 'error')).toMatchObject({ level: 'warn', message: 'Preview proxy', data: { event: 'error', cause: 'refused', status: 502 } })
 
     const logged = JSON.stringify(calls)
     expect(logged).not.toContain(credentials.password)
@@ -405,6 +449,27 @@ describe('logging', () => {
     mod.setPreviewProxyLoggingEnabled(true)
     expect(await connectStatus(port, credentials)).toBe(200)
     await waitFor(() => calls.some((c) => c.message === 'Preview proxy' && c.data.event === 'request'), { timeout: 5000 })
+  })
+
+  test("an `error` event goes to logger.error when the logger has one (cmux's has), a request answered 502 to warn, the rest to log", async () => {
+    const { logger, calls } = recordingLogger({ error: true })
+    mod.setPreviewProxyLoggingEnabled(true)
+    const origin = `http://127.0.0.1:${await closedPort()}`
+    const { credentials } = await withEnv({ TEST_CMUX_PROXY_ORIGIN: origin }, () => configured(73, { logger }))
+    const port = await mod.startPreviewProxy(logger)
+    const auth = basicAuth(credentials.username, credentials.password)
+    expect((await proxyRequest(port, 'http://localhost:3000/', { auth })).status).toBe(502)
+    const failedRequest = await waitFor(() => calls.find((c) => c.data?.event === 'request' && c.data.status === 502), { timeout: 5000 })
+    expect(failedRequest.level).toBe('warn')
+    const errors = calls.filter((c) => c.data?.event === 'error')
+    expect(errors.length).toBeGreaterThan(0)
+    expect(errors.map((c) => c.level)).toEqual(errors.map(() => 'error'))
+    expect(errors[0]).toMatchObject({ message: 'Preview proxy', data: { event: 'error', cause: 'refused' } })
+    // Nothing of the proxy's went to warn but the failed request.
+    expect(calls.filter((c) => c.level === 'warn' && c.message === 'Preview proxy').map((c) => c.data.event)).toEqual(['request'])
+    expect(await connectStatus(port, credentials)).toBe(200)
+    const ok = await waitFor(() => calls.find((c) => c.data?.event === 'request' && c.data.method === 'CONNECT' && c.data.status === 200), { timeout: 5000 })
+    expect(ok.level).toBe('log')
   })
 })
 
@@ -499,14 +564,6 @@ describe('the HTTPS proxy mode (enablePreviewProxyHttpsMode)', () => {
 // ---------------------------------------------------------------------------
 // Types, as a project that installed the package and electron sees them
 
-function tsc(project, cwd) {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [TSC, '-p', project, '--pretty', 'false'], { cwd, timeout: 120000 }, (error, stdout, stderr) => {
-      resolve({ code: error ? (typeof error.code === 'number' ? error.code : -1) : 0, output: `${stdout}${stderr}` })
-    })
-  })
-}
-
 const GOOD = `import { app, session, WebContentsView, type WebContents } from 'electron'
 import {
   configurePreviewProxyForView,
@@ -519,9 +576,11 @@ import {
   releasePreviewProxy,
   setPreviewProxyLoggingEnabled,
   startPreviewProxy,
+  setPreviewProxyCertificateAuthority,
   stopPreviewProxy,
   type ConfigurePreviewProxyOptions,
   type Logger,
+  type PreviewProxyCertificateAuthority,
   type PreviewProxyCertificateAuthorityInfo,
 } from '@cmux/preview-proxy/electron'
 
@@ -535,6 +594,20 @@ export const logger: Logger = {
   warn: (message: string, data?: object) => console.warn(message, data),
 }
 export const consoleLogger: Logger = console
+// cmux's Logger (chrome-camouflage.ts): variadic, with error.
+interface CmuxLogger {
+  log: (...args: unknown[]) => void
+  warn: (...args: unknown[]) => void
+  error: (...args: unknown[]) => void
+}
+const cmuxLogger: CmuxLogger = { log: (...args) => console.log(...args), warn: (...args) => console.warn(...args), error: (...args) => console.error(...args) }
+export const fromCmux: Logger = cmuxLogger
+export const withError: Logger = { log: () => {}, warn: () => {}, error: (...args: unknown[]) => console.error(...args) }
+void startPreviewProxy({ log: cmuxLogger.log, warn: cmuxLogger.warn, error: cmuxLogger.error })
+
+const appCa: PreviewProxyCertificateAuthority = { certPem: '-----BEGIN CERTIFICATE-----', keyPem: '-----BEGIN RSA PRIVATE KEY-----' }
+const nothing: void = setPreviewProxyCertificateAuthority(appCa)
+void nothing
 
 const ca: PreviewProxyCertificateAuthorityInfo = enablePreviewProxyHttpsMode(app, { caFile: '/tmp/ca.json' })
 enablePreviewProxyHttpsMode(app)
@@ -585,6 +658,7 @@ import {
   installPreviewProxyLoginHandler,
   isTaskRunPreviewPersistKey,
   releasePreviewProxy,
+  setPreviewProxyCertificateAuthority,
   setPreviewProxyLoggingEnabled,
   startPreviewProxy,
   type Logger,
@@ -604,6 +678,9 @@ export async function wrong(logger: Logger, webContents: WebContents): Promise<v
   const partition: string = getPreviewPartitionForPersistKey('task-run-preview:x') // expect TS2322
   installPreviewProxyLoginHandler(session.defaultSession) // expect TS2345
   enablePreviewProxyHttpsMode(app, { caFile: 1 }) // expect TS2322
+  await startPreviewProxy({ log: () => {}, warn: () => {}, error: 'no' }) // expect TS2322
+  setPreviewProxyCertificateAuthority({ certPem: 'x' }) // expect TS2345
+  setPreviewProxyCertificateAuthority('x') // expect TS2345
   void port
   void cleanup
   void user
@@ -615,58 +692,33 @@ describe('types (tsc against Electron\'s own definitions, the package resolved t
   let project
   beforeAll(() => {
     // A project with the package and electron in node_modules (links to this repository and its electron).
-    project = mkdtempSync(join(tmpdir(), 'cmux-electron-types-'))
-    mkdirSync(join(project, 'node_modules', '@cmux'), { recursive: true })
-    symlinkSync(ROOT, join(project, 'node_modules', '@cmux', 'preview-proxy'), 'junction')
-    symlinkSync(join(ROOT, 'node_modules', 'electron'), join(project, 'node_modules', 'electron'), 'junction')
-    writeFileSync(join(project, 'package.json'), JSON.stringify({ name: 'electron-user', private: true }))
-    writeFileSync(join(project, 'good.mts'), GOOD)
-    writeFileSync(join(project, 'bad.mts'), BAD)
-    const compilerOptions = {
-      target: 'ES2022',
-      strict: true,
-      noEmit: true,
-      noUnusedLocals: true,
-      // electron/index.d.ts (and electron.d.ts) checked too.
-      skipLibCheck: false,
-      typeRoots: [join(ROOT, 'node_modules', '@types')],
-      types: ['node'],
-    }
-    for (const [name, options, files] of [
-      ['nodenext', { module: 'nodenext', moduleResolution: 'nodenext' }, ['good.mts']],
-      // The declaration files are checked by the nodenext project already.
-      ['bundler', { module: 'esnext', moduleResolution: 'bundler', skipLibCheck: true }, ['good.mts']],
-      ['bad', { module: 'nodenext', moduleResolution: 'nodenext' }, ['bad.mts']],
-    ]) {
-      writeFileSync(join(project, `tsconfig.${name}.json`), JSON.stringify({ compilerOptions: { ...compilerOptions, ...options }, files }))
-    }
+    project = typesProject()
+    project.write('good.mts', GOOD)
+    project.write('bad.mts', BAD)
+    project.config('nodenext', { module: 'nodenext', moduleResolution: 'nodenext' }, ['good.mts'])
+    // The declaration files are checked by the nodenext project already.
+    project.config('bundler', { module: 'esnext', moduleResolution: 'bundler', skipLibCheck: true }, ['good.mts'])
+    project.config('bad', { module: 'nodenext', moduleResolution: 'nodenext' }, ['bad.mts'])
   })
-  afterAll(() => {
-    if (project) rmSync(project, { recursive: true, force: true })
-  })
+  afterAll(() => project?.remove())
 
   for (const resolution of ['nodenext', 'bundler']) {
     test(`every export used with real Electron types type-checks (moduleResolution ${resolution})`, async () => {
-      const { code, output } = await tsc(`tsconfig.${resolution}.json`, project)
+      const { code, output } = await project.tsc(resolution)
       expect(output).toBe('')
       expect(code).toBe(0)
     }, 120000)
   }
 
   test('wrong uses fail to compile, each with its expected error and nothing else', async () => {
-    const { code, output } = await tsc('tsconfig.bad.json', project)
+    const { code, output } = await project.tsc('bad')
     expect(code).not.toBe(0)
-    const expected = BAD.split('\n')
-      .map((line, i) => ({ line: i + 1, code: /\/\/ expect (TS\d+)/.exec(line)?.[1] }))
-      .filter((e) => e.code)
-      .map((e) => `bad.mts ${e.line} ${e.code}`)
-    const errors = [...output.matchAll(/^(.+?)\((\d+),\d+\): error (TS\d+):/gm)].map(([, file, line, tsCode]) => `${file} ${line} ${tsCode}`)
-    expect(errors.sort(), output).toEqual(expected.sort())
+    expect(reportedErrors(output).sort(), output).toEqual(expectedErrors('bad.mts', BAD).sort())
   }, 120000)
 
   test('import and require of @cmux/preview-proxy/electron give the same module, with every export', async () => {
     writeFileSync(
-      join(project, 'load.mjs'),
+      join(project.dir, 'load.mjs'),
       `import * as esm from '@cmux/preview-proxy/electron'
 import { createRequire } from 'node:module'
 const cjs = createRequire(import.meta.url)('@cmux/preview-proxy/electron')
@@ -675,7 +727,7 @@ console.log(JSON.stringify({ names, same: names.every((n) => esm[n] === cjs[n]) 
 `,
     )
     const out = await new Promise((resolve, reject) => {
-      execFile(process.execPath, ['load.mjs'], { cwd: project, timeout: 60000 }, (error, stdout, stderr) => (error ? reject(new Error(`${error.message}\n${stderr}`)) : resolve(stdout)))
+      execFile(process.execPath, ['load.mjs'], { cwd: project.dir, timeout: 60000 }, (error, stdout, stderr) => (error ? reject(new Error(`${error.message}\n${stderr}`)) : resolve(stdout)))
     })
     const { names, same } = JSON.parse(out.trim().split('\n').pop())
     expect(names).toEqual([
@@ -687,6 +739,7 @@ console.log(JSON.stringify({ names, same: names.every((n) => esm[n] === cjs[n]) 
       'installPreviewProxyLoginHandler',
       'isTaskRunPreviewPersistKey',
       'releasePreviewProxy',
+      'setPreviewProxyCertificateAuthority',
       'setPreviewProxyLoggingEnabled',
       'startPreviewProxy',
       'stopPreviewProxy',

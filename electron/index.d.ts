@@ -4,10 +4,16 @@
 
 import type { App, WebContents } from 'electron'
 
-/** Where the module reports: cmux's main-process logger has this shape. */
+/**
+ * Where the module reports. cmux's Logger (`{ log, warn, error }`, each
+ * `(...args: unknown[]) => void`) and `console` are Loggers. The module calls
+ * `log`/`warn`/`error` with a message and an object of details. Proxy events of
+ * kind `error` go to `error` when the logger has one, else to `warn`.
+ */
 export interface Logger {
-  log(message: string, data?: object): void
-  warn(message: string, data?: object): void
+  log(...args: unknown[]): void
+  warn(...args: unknown[]): void
+  error?(...args: unknown[]): void
 }
 
 /**
@@ -19,6 +25,15 @@ export interface Logger {
  *
  * After `enablePreviewProxyHttpsMode`, the proxy runs in the HTTPS proxy mode with
  * that CA and sessions get `https://` proxy rules; without it, plain `http://` rules.
+ * After `setPreviewProxyCertificateAuthority`, it issues its leaves from that CA.
+ *
+ * It also writes `[cmux-preview-proxy] listening on port N` to `console.log`, as cmux did.
+ *
+ * Read from the environment: `CMUX_PREVIEW_TLS_MITM` (at load: unset, empty or `1`
+ * intercepts TLS in loopback, `*.cmux.local` and `*.manaflow.local` tunnels; anything else
+ * relays it blind), and cmux's test hooks when the proxy starts: `TEST_CMUX_PROXY_ORIGIN`
+ * (every request of a routed preview goes through that origin) and
+ * `TEST_ALLOW_INSECURE_UPSTREAM=true` (upstream certificates are not verified).
  */
 export declare function startPreviewProxy(logger: Logger): Promise<number>
 
@@ -32,7 +47,11 @@ export declare function stopPreviewProxy(): Promise<void>
 
 export interface ConfigurePreviewProxyOptions {
   webContents: WebContents
-  /** The preview's cmux URL (`https://cmux-<morphId>-<scope>-<port>.cmux.app/...`): the route is derived from it. */
+  /**
+   * The preview's cmux URL (`https://cmux-<morphId>-<scope>-<port>.cmux.app/...`): the route is derived
+   * from it (the addon's `deriveRoute`; with `TEST_CMUX_PROXY_ORIGIN` set, a host containing
+   * `cmux-test-base-8080` is cmux's test route, and every route goes through that origin).
+   */
   initialUrl: string
   /** cmux's persist key of the preview (logged with failures, never used for routing). */
   persistKey?: string
@@ -46,37 +65,54 @@ export interface ConfigurePreviewProxyOptions {
  * - starts the proxy if needed; installs the login handler (`installPreviewProxyLoginHandler`) on
  *   the app given to `enablePreviewProxyHttpsMode`/`installPreviewProxyLoginHandler` before, else on
  *   `require('electron').app`, if it was not installed yet;
- * - creates the proxy context for `webContents.id` (replacing an earlier one of the same WebContents);
+ * - one context per session (Chromium caches proxy credentials per session): a WebContents whose
+ *   session already carries a live preview of the same route (morphId, scope, domainSuffix,
+ *   cmuxProxyOrigin) shares that preview's context and credentials; a preview of another route on
+ *   that session rejects with an Error (use one partition per preview) and configures nothing;
+ *   otherwise a new context is created for `webContents.id` (configuring the same WebContents again
+ *   replaces its own context; while other live WebContents share it, it stays in that context);
  * - `webContents.session.setProxy({ mode: 'fixed_servers', proxyRules, proxyBypassRules: '<-loopback>' })`;
- *   if it rejects, the context is released and the error rethrown;
+ *   if it rejects, the WebContents' part in the context is released and the error rethrown;
  * - `setCertificateVerifyProc` on the session (once per session): a current leaf issued by the
- *   proxy's CA is accepted for loopback hosts (`localhost`, `*.localhost`, `127.0.0.0/8`, `::1`,
- *   `0.0.0.0`: the intercepted hosts, and the proxy's own `127.0.0.1` in the HTTPS proxy mode) when
- *   it names that host; everything else keeps Chromium's verdict. It replaces any verify proc the
- *   app set on that session;
- * - `session.clearAuthCache()`, so a reused partition never answers with old credentials;
- * - releases the context on the WebContents' `destroyed`.
+ *   proxy's CA is accepted for the hosts the proxy intercepts (the addon's `isInterceptedHost`:
+ *   `localhost`, `*.localhost`, `127.0.0.0/8`, `::1`, `0.0.0.0`, `*.cmux.local`, `*.manaflow.local`;
+ *   so also the proxy's own `127.0.0.1` in the HTTPS proxy mode) when it names that host; everything
+ *   else keeps Chromium's verdict. It replaces any verify proc the app set on that session;
+ * - `session.clearAuthCache()` when a new context was created, so a reused partition never answers
+ *   with old credentials;
+ * - a session without `setCertificateVerifyProc` or `clearAuthCache` (a test double with `setProxy`
+ *   only) is configured without them, and `logger.warn` says so once;
+ * - releases the WebContents' part on its `destroyed`.
  *
- * Resolves the cleanup (idempotent): releases the context and, unless another live preview uses
- * the same session, resets the session's proxy to `{ mode: 'direct' }`.
+ * Resolves the cleanup (idempotent): the WebContents' part is released; the context (its credentials
+ * then get 407, its connections are closed) with the last WebContents using it. The session is never
+ * set back to a direct connection: it keeps pointing at the proxy, which has nothing to answer the
+ * 407 with, until the partition is configured again (a released preview fails closed).
  */
 export declare function configurePreviewProxyForView(options: ConfigurePreviewProxyOptions): Promise<() => void>
 
-/** The credentials of a configured WebContents (for a login handler of the app's own), or `null`. */
+/**
+ * The credentials of a configured WebContents (for a login handler of the app's own), or `null`.
+ * WebContents sharing their session's context get the same credentials.
+ */
 export declare function getProxyCredentialsForWebContents(id: number): { username: string; password: string } | null
 
 /**
- * Releases the WebContents' context (its credentials are refused from then on, its connections
- * closed) and resets its session's proxy to `{ mode: 'direct' }` (unless another live preview uses
- * that session). Unknown ids are ignored.
+ * Releases the WebContents' part in its session's context; with the last WebContents using it, the
+ * context itself (its credentials are refused from then on, its connections closed). The session
+ * keeps pointing at the proxy (never `{ mode: 'direct' }`): it gets 407 until configured again.
+ * Unknown ids are ignored.
  */
 export declare function releasePreviewProxy(webContentsId: number): void
 
 /**
  * On: the proxy's events (`onEvent`) go to the Logger of `startPreviewProxy` as
- * `logger.log('Preview proxy', { event: kind, ...fields })`; events of kind `error`, and requests
- * answered with a status >= 500, through `logger.warn`. Events never carry credentials. Off (the
- * default): unsubscribed. May be called before the proxy starts.
+ * `logger.log('Preview proxy', { event: kind, ...fields })`; events of kind `error` through
+ * `logger.error` (`logger.warn` when the logger has no `error`), requests answered with a status
+ * >= 500 through `logger.warn`. Events never carry credentials. Off: unsubscribed. May be called
+ * before the proxy starts. The default comes from `CMUX_PREVIEW_PROXY_LOG`, else
+ * `CMUX_PREVIEW_PROXY_LOGGING`, read at load (trimmed, case-insensitive: empty, `1`, `true`, `yes`,
+ * `on` turn it on; `0`, `false`, `no`, `off`, unset or any other value leave it off).
  */
 export declare function setPreviewProxyLoggingEnabled(enabled: boolean): void
 
@@ -94,8 +130,9 @@ export interface PreviewProxyCertificateAuthorityInfo {
 }
 
 /**
- * The CA of the running proxy; before a start, the CA of the HTTPS proxy mode if it was enabled;
- * otherwise `null` (without the HTTPS proxy mode each start generates a new CA).
+ * The CA of the running proxy; before a start, the CA of the HTTPS proxy mode if it was enabled, or
+ * the one given to `setPreviewProxyCertificateAuthority`; otherwise `null` (without either, each
+ * start generates a new CA).
  */
 export declare function getPreviewProxyCertificateAuthorityInfo(): PreviewProxyCertificateAuthorityInfo | null
 
@@ -113,12 +150,29 @@ export interface PreviewProxyHttpsModeOptions {
   caFile?: string
 }
 
+/** A CA as PEM: the certificate, and its private key (RSA or ECDSA; PKCS#1, SEC1 or PKCS#8). */
+export interface PreviewProxyCertificateAuthority {
+  certPem: string
+  keyPem: string
+}
+
+/**
+ * Hands in the app's own CA (e.g. cmux's `~/.cmux/certs/ca.crt` and `ca.key`, RSA PKCS#1 from
+ * node-forge): the proxy issues its leaves (and, in the HTTPS proxy mode, its own certificate) from
+ * it instead of a CA it generates. Throws when the certificate is not a current CA certificate or
+ * the key is not its own, once the proxy has started (or is starting), and after
+ * `enablePreviewProxyHttpsMode`. Called before `enablePreviewProxyHttpsMode`, this CA wins: the
+ * HTTPS proxy mode uses it (no CA file is read or written) and the SPKI switch names it.
+ */
+export declare function setPreviewProxyCertificateAuthority(ca: PreviewProxyCertificateAuthority): void
+
 /**
  * Opts in to the HTTPS proxy mode (recommended: Chromium speaks HTTP/2 to the proxy). Call it
  * before the app is ready (it throws after `ready`, or once the proxy started): loads the CA from
  * `caFile`, or creates one (`ProxyServer.generateCa()`, written with mode 0600) when the file is
  * missing or unusable, and appends `--ignore-certificate-errors-spki-list` with its SPKI hash (keeping
- * hashes the switch already had). The proxy then starts with that CA, and sessions get `https://`
+ * hashes the switch already had). After `setPreviewProxyCertificateAuthority`, that CA is used instead
+ * of the file's. The proxy then starts with that CA, and sessions get `https://`
  * proxy rules. Returns the CA.
  */
 export declare function enablePreviewProxyHttpsMode(app: App, options?: PreviewProxyHttpsModeOptions): PreviewProxyCertificateAuthorityInfo

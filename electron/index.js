@@ -1,7 +1,9 @@
 // @cmux/preview-proxy/electron: the Electron main-process side of the preview
 // proxy, with the names, signatures and behaviour of cmux's
 // apps/client/electron/main/task-run-preview-proxy.ts, so that switching to it
-// is one import line.
+// is changing two import sites (index.ts: getProxyCredentialsForWebContents,
+// startPreviewProxy; web-contents-view.ts: configurePreviewProxyForView,
+// getPreviewPartitionForPersistKey, isTaskRunPreviewPersistKey).
 //
 // Plain CommonJS (like ../index.js) with a hand-written index.d.ts. It never
 // imports `electron` at load time: it works on the `app`, `session` and
@@ -10,11 +12,57 @@
 // install the login handler and no `app` was given before. So it loads (and is
 // tested) in plain Node.
 //
-// Electron methods it calls, and nothing else:
-//   session.setProxy, session.setCertificateVerifyProc, session.clearAuthCache
+// Electron members it calls, and nothing else:
+//   session.setProxy; session.setCertificateVerifyProc and
+//     session.clearAuthCache when the session has them (a test double with
+//     setProxy only, like cmux's scripts/test-preview-proxy.ts passes, is
+//     configured without them, and the logger is warned once)
 //   webContents.id, webContents.session, webContents.once('destroyed')
 //   app.on('login'), app.isReady, app.getPath('userData') (only without caFile),
 //   app.commandLine.getSwitchValue, app.commandLine.appendSwitch
+//
+// Environment, as cmux reads it (the addon itself reads none: it takes options):
+//   CMUX_PREVIEW_TLS_MITM        at load: unset, empty or exactly `1` means TLS
+//                                inside loopback (and *.cmux.local,
+//                                *.manaflow.local) tunnels is intercepted;
+//                                anything else starts the proxy with
+//                                `tlsInterception: false` (relayed blind)
+//   CMUX_PREVIEW_PROXY_LOG ?? CMUX_PREVIEW_PROXY_LOGGING
+//                                at load: whether the proxy's events are
+//                                logged, until setPreviewProxyLoggingEnabled
+//                                says otherwise (parsed like cmux's
+//                                envFlagEnabled(value, false))
+//   TEST_CMUX_PROXY_ORIGIN, TEST_ALLOW_INSECURE_UPSTREAM
+//                                cmux's test hooks, read when used (its test
+//                                script sets them after importing the module):
+//                                at the proxy's start (`testCmuxProxyOrigin`,
+//                                `testAllowInsecureUpstream`) and when a route
+//                                is derived (every route then goes through
+//                                that origin)
+//
+// Sessions and contexts. Chromium caches proxy credentials per session, so
+// every WebContents of a session authenticates as whichever context answered
+// first. The module therefore keeps one context per session: a second live
+// WebContents of the same preview (same morphId, scope, domainSuffix and
+// cmuxProxyOrigin) on that session shares it (same credentials; released with
+// the last of them), and a preview of another route on it is refused with an
+// Error (one partition per preview). Configuring the same WebContents again
+// replaces its own context (or, while others share it, stays in it). A shared
+// context was created for its first WebContents: the proxy's events carry that
+// WebContents' id.
+//
+// A release (the cleanup, `destroyed`, releasePreviewProxy) fails closed: it
+// revokes the credentials and never sets the session back to a direct
+// connection. The partition keeps pointing at the proxy, which answers 407 and
+// has no credentials to give, until the partition is configured again; so a
+// released preview can never reach the network (or the user's localhost) on
+// its own.
+//
+// Trust of the proxy's CA: the verify proc set on each preview session accepts
+// a current leaf of the proxy's CA naming the host, for the hosts the proxy
+// intercepts (`isInterceptedHost` of the addon: loopback names and addresses,
+// *.cmux.local, *.manaflow.local; so also the proxy's own 127.0.0.1 in the
+// HTTPS proxy mode), and leaves every other certificate to Chromium.
 'use strict'
 
 const { createHash, createPrivateKey, randomBytes, X509Certificate } = require('node:crypto')
@@ -29,9 +77,37 @@ const PROXY_HOST = '127.0.0.1'
 const TASK_RUN_PREVIEW_PREFIX = 'task-run-preview:'
 const SPKI_SWITCH = 'ignore-certificate-errors-spki-list'
 const CA_FILE_NAME = 'preview-proxy-ca.json'
+/** cmux's test route: a URL whose host contains this, with TEST_CMUX_PROXY_ORIGIN set. */
+const TEST_ROUTE_HOST = 'cmux-test-base-8080'
 /** Electron's setCertificateVerifyProc verdicts. */
 const VERIFY_OK = 0
 const VERIFY_USE_CHROMIUM = -3
+
+// ---------------------------------------------------------------------------
+// Switches read from the environment at load
+
+/** cmux's envFlagEnabled: trimmed, lowercased; '' is on; unknown words give the default. */
+function envFlagEnabled(value, defaultValue) {
+  if (value === undefined) return defaultValue
+  const normalized = String(value).trim().toLowerCase()
+  if (normalized === '') return true
+  if (['1', 'true', 'yes', 'on'].includes(normalized)) return true
+  if (['0', 'false', 'no', 'off'].includes(normalized)) return false
+  return defaultValue
+}
+
+const TLS_MITM_VALUE = process.env.CMUX_PREVIEW_TLS_MITM
+const TLS_INTERCEPTION = TLS_MITM_VALUE === undefined || TLS_MITM_VALUE === '' || TLS_MITM_VALUE === '1'
+const DEFAULT_LOGGING_ENABLED = envFlagEnabled(process.env.CMUX_PREVIEW_PROXY_LOG ?? process.env.CMUX_PREVIEW_PROXY_LOGGING, false)
+
+/** cmux's test hooks, read when used. */
+function testCmuxProxyOrigin() {
+  return process.env.TEST_CMUX_PROXY_ORIGIN || null
+}
+
+function testAllowInsecureUpstream() {
+  return process.env.TEST_ALLOW_INSECURE_UPSTREAM === 'true'
+}
 
 const state = {
   /** The one ProxyServer, once started. */
@@ -41,17 +117,25 @@ const state = {
   starting: null,
   /** The Logger of the call that started the proxy (as the old module kept it). */
   logger: null,
-  loggingEnabled: false,
+  loggingEnabled: DEFAULT_LOGGING_ENABLED,
   /** The onEvent subscription while logging is on: { unsubscribe }. */
   subscription: null,
+  /** The CA given to setPreviewProxyCertificateAuthority: { certPem, keyPem, spkiSha256 }. */
+  explicitCa: null,
   /** The CA of the HTTPS proxy mode, once enabled: { certPem, keyPem, spkiSha256 }. */
   httpsCa: null,
   /** The app given to enablePreviewProxyHttpsMode or installPreviewProxyLoginHandler. */
   app: null,
   loginApps: new WeakSet(),
   warnedNoApp: false,
-  /** webContentsId -> { contextId, session, persistKey, logger, server } */
+  warnedSessionDouble: false,
+  /** webContentsId -> member: { webContentsId, shared, logger, persistKey } */
   contexts: new Map(),
+  /**
+   * session -> the context its previews use:
+   * { contextId, username, password, route, session, server, members: Set<member> }
+   */
+  sessions: new Map(),
   /** Sessions whose certificate verifier already trusts the proxy CA (a partition outlives its previews). */
   trustingSessions: new WeakSet(),
   /** The proxy CA as an X509Certificate, for the PEM it was parsed from. */
@@ -75,6 +159,13 @@ function errorMessage(error) {
   return error instanceof Error ? error.message : String(error)
 }
 
+/** `error` events to logger.error (warn when the logger has none), requests answered >= 500 to warn, the rest to log. */
+function eventLevel(logger, event) {
+  if (event.kind === 'error') return logger && typeof logger.error === 'function' ? 'error' : 'warn'
+  if (event.kind === 'request' && typeof event.status === 'number' && event.status >= 500) return 'warn'
+  return 'log'
+}
+
 function subscribe() {
   const server = state.server
   if (!server || state.subscription) return
@@ -88,8 +179,7 @@ function subscribe() {
     for (const [key, value] of Object.entries(event)) {
       if (key !== 'kind' && value !== undefined && value !== null) data[key] = value
     }
-    const failed = event.kind === 'error' || (event.kind === 'request' && typeof event.status === 'number' && event.status >= 500)
-    emit(logger, failed ? 'warn' : 'log', 'Preview proxy', data)
+    emit(logger, eventLevel(logger, event), 'Preview proxy', data)
   })
 }
 
@@ -111,7 +201,7 @@ function setPreviewProxyLoggingEnabled(enabled) {
 }
 
 // ---------------------------------------------------------------------------
-// Persist keys and partitions
+// Persist keys, partitions and routes
 
 function isTaskRunPreviewPersistKey(key) {
   return typeof key === 'string' && key.startsWith(TASK_RUN_PREVIEW_PREFIX)
@@ -123,6 +213,33 @@ function getPreviewPartitionForPersistKey(key) {
   return `persist:cmux-preview-${hash}`
 }
 
+/** The addon's deriveRoute, with cmux's TEST_CMUX_PROXY_ORIGIN hook on top. */
+function deriveRoute(url) {
+  const origin = testCmuxProxyOrigin()
+  if (origin) {
+    let hostname = null
+    try {
+      hostname = new URL(url).hostname
+    } catch {
+      hostname = null
+    }
+    if (hostname !== null && hostname.includes(TEST_ROUTE_HOST)) {
+      return { morphId: 'test', scope: 'base', domainSuffix: 'cmux.local', cmuxProxyOrigin: origin }
+    }
+  }
+  const route = addon.deriveRoute(url)
+  if (route && origin) route.cmuxProxyOrigin = origin
+  return route
+}
+
+function sameRoute(a, b) {
+  return a.morphId === b.morphId && a.scope === b.scope && a.domainSuffix === b.domainSuffix && (a.cmuxProxyOrigin || null) === (b.cmuxProxyOrigin || null)
+}
+
+function describeRoute(route) {
+  return `morphId "${route.morphId}", scope "${route.scope}" (${route.domainSuffix})`
+}
+
 // ---------------------------------------------------------------------------
 // The proxy
 
@@ -130,9 +247,24 @@ function isAddressInUse(error) {
   return (error && error.code === 'EADDRINUSE') || /EADDRINUSE/.test(errorMessage(error))
 }
 
+/** The StartOptions of the addon, from the module's state and the environment. */
+function startOptions() {
+  const options = {}
+  const ca = state.httpsCa || state.explicitCa
+  options.httpsProxy = Boolean(state.httpsCa)
+  if (ca) {
+    options.caCertPem = ca.certPem
+    options.caKeyPem = ca.keyPem
+  }
+  if (!TLS_INTERCEPTION) options.tlsInterception = false
+  const origin = testCmuxProxyOrigin()
+  if (origin) options.testCmuxProxyOrigin = origin
+  if (testAllowInsecureUpstream()) options.testAllowInsecureUpstream = true
+  return options
+}
+
 async function startServer(logger) {
-  const ca = state.httpsCa
-  const options = ca ? { httpsProxy: true, caCertPem: ca.certPem, caKeyPem: ca.keyPem } : { httpsProxy: false }
+  const options = startOptions()
   for (let port = FIRST_PORT; port <= LAST_PORT; port++) {
     let server
     try {
@@ -146,7 +278,8 @@ async function startServer(logger) {
     state.logger = logger
     state.caCache = { pem: null, cert: null }
     if (state.loggingEnabled) subscribe()
-    emit(logger, 'log', 'Preview proxy listening', { port: state.port, https: Boolean(ca) })
+    console.log(`[cmux-preview-proxy] listening on port ${state.port}`)
+    emit(logger, 'log', 'Preview proxy listening', { port: state.port, https: options.httpsProxy })
     return state.port
   }
   throw new Error(`Unable to bind preview proxy port: ${FIRST_PORT}..${LAST_PORT} are all in use`)
@@ -176,18 +309,15 @@ async function stopPreviewProxy() {
   state.server = null
   state.port = null
   state.contexts.clear()
+  state.sessions.clear()
   state.caCache = { pem: null, cert: null }
   if (server) await server.stop()
 }
 
 function getProxyCredentialsForWebContents(id) {
-  const server = state.server
-  if (!server || !state.contexts.has(id)) return null
-  try {
-    return server.credentialsForWebContents(id)
-  } catch {
-    return null
-  }
+  const member = state.contexts.get(id)
+  if (!member || !state.server || member.shared.server !== state.server) return null
+  return { username: member.shared.username, password: member.shared.password }
 }
 
 function getPreviewProxyCertificateAuthorityInfo() {
@@ -198,20 +328,63 @@ function getPreviewProxyCertificateAuthorityInfo() {
       // stopped under us: fall through
     }
   }
-  if (state.httpsCa) return { certPem: state.httpsCa.certPem, spkiSha256: state.httpsCa.spkiSha256 }
+  const ca = state.httpsCa || state.explicitCa
+  if (ca) return { certPem: ca.certPem, spkiSha256: ca.spkiSha256 }
   return null
 }
 
 // ---------------------------------------------------------------------------
-// Trust of the proxy's CA in preview sessions
+// The app's own CA
 
-/** localhost, *.localhost, 127.0.0.0/8, ::1 and 0.0.0.0: the hosts the proxy intercepts (and its own 127.0.0.1). */
-function isLoopbackHost(hostname) {
-  const host = hostname.toLowerCase()
-  if (host === 'localhost' || host.endsWith('.localhost')) return true
-  if (host === '::1' || host === '0.0.0.0') return true
-  return net.isIPv4(host) && host.startsWith('127.')
+function spkiSha256(certPem) {
+  const spki = new X509Certificate(certPem).publicKey.export({ type: 'spki', format: 'der' })
+  return createHash('sha256').update(spki).digest('base64')
 }
+
+/**
+ * Hands in the CA the proxy issues its leaves (and, in the HTTPS proxy mode,
+ * its own certificate) from, instead of one it generates: e.g. cmux's
+ * ~/.cmux/certs (RSA, PKCS#1, from node-forge). Before the proxy starts only.
+ *
+ * With the HTTPS proxy mode, the explicit CA wins: call this first, then
+ * enablePreviewProxyHttpsMode uses this CA (no CA file is read or written)
+ * and the SPKI switch names it. Called after enablePreviewProxyHttpsMode it
+ * throws: the switch already names that mode's CA, and Chromium reads it once.
+ */
+function setPreviewProxyCertificateAuthority(ca) {
+  if (state.server || state.starting) {
+    throw new Error('setPreviewProxyCertificateAuthority must be called before the preview proxy starts')
+  }
+  if (state.httpsCa) {
+    throw new Error('setPreviewProxyCertificateAuthority must be called before enablePreviewProxyHttpsMode: the SPKI switch already names another CA')
+  }
+  const { certPem, keyPem } = ca || {}
+  if (typeof certPem !== 'string' || typeof keyPem !== 'string') {
+    throw new TypeError('setPreviewProxyCertificateAuthority expects { certPem: string, keyPem: string }')
+  }
+  let cert
+  try {
+    cert = new X509Certificate(certPem)
+  } catch (error) {
+    throw new Error(`setPreviewProxyCertificateAuthority: certPem is not a PEM certificate (${errorMessage(error)})`)
+  }
+  if (!cert.ca) throw new Error('setPreviewProxyCertificateAuthority: certPem is not a CA certificate (basicConstraints CA:TRUE)')
+  const now = Date.now()
+  if (Date.parse(cert.validFrom) > now || now >= Date.parse(cert.validTo)) {
+    throw new Error(`setPreviewProxyCertificateAuthority: the CA is not valid now (${cert.validFrom} .. ${cert.validTo})`)
+  }
+  let key
+  try {
+    key = createPrivateKey(keyPem)
+  } catch (error) {
+    throw new Error(`setPreviewProxyCertificateAuthority: keyPem is not a PEM private key (${errorMessage(error)})`)
+  }
+  if (!cert.checkPrivateKey(key)) throw new Error('setPreviewProxyCertificateAuthority: keyPem is not the key of certPem')
+  state.explicitCa = { certPem, keyPem, spkiSha256: spkiSha256(certPem) }
+}
+
+// ---------------------------------------------------------------------------
+// Trust of the proxy's CA in preview sessions
 
 function currentCa() {
   let pem = null
@@ -222,7 +395,7 @@ function currentCa() {
       pem = null
     }
   }
-  if (!pem && state.httpsCa) pem = state.httpsCa.certPem
+  if (!pem) pem = (state.httpsCa || state.explicitCa || {}).certPem || null
   if (!pem) return null
   if (state.caCache.pem !== pem) state.caCache = { pem, cert: new X509Certificate(pem) }
   return state.caCache.cert
@@ -230,20 +403,21 @@ function currentCa() {
 
 /**
  * The verdict for one server certificate in a preview session: 0 for a
- * current leaf issued by the proxy's CA for this loopback host, else -3
- * (Chromium's own verdict stands).
+ * current leaf issued by the proxy's CA naming this host, for a host the
+ * proxy intercepts; else -3 (Chromium's own verdict stands).
  */
 function verifyCertificate(request) {
   try {
     const hostname = String(request.hostname).replace(/^\[(.*)\]$/, '$1')
-    if (!isLoopbackHost(hostname)) return VERIFY_USE_CHROMIUM
+    if (!addon.isInterceptedHost(hostname)) return VERIFY_USE_CHROMIUM
     const ca = currentCa()
     if (!ca) return VERIFY_USE_CHROMIUM
     const leaf = new X509Certificate(request.certificate.data)
     const now = Date.now()
     if (!(Date.parse(leaf.validFrom) <= now && now <= Date.parse(leaf.validTo))) return VERIFY_USE_CHROMIUM
     if (!leaf.checkIssued(ca) || !leaf.verify(ca.publicKey)) return VERIFY_USE_CHROMIUM
-    const named = net.isIP(hostname) ? leaf.checkIP(hostname) : leaf.checkHost(hostname)
+    const name = hostname.replace(/\.$/, '')
+    const named = net.isIP(name) ? leaf.checkIP(name) : leaf.checkHost(name)
     return named ? VERIFY_OK : VERIFY_USE_CHROMIUM
   } catch {
     return VERIFY_USE_CHROMIUM
@@ -256,38 +430,43 @@ function trustProxyCa(session) {
   state.trustingSessions.add(session)
 }
 
+/** A session without setCertificateVerifyProc / clearAuthCache (a test double): warned once. */
+function sessionLacks(session, logger) {
+  const missing = ['setCertificateVerifyProc', 'clearAuthCache'].filter((name) => typeof session[name] !== 'function')
+  if (missing.length && !state.warnedSessionDouble) {
+    state.warnedSessionDouble = true
+    emit(logger, 'warn', 'Preview proxy: the session has no ' + missing.join(' or ') + ' (a test double?); skipped', { missing })
+  }
+  return new Set(missing)
+}
+
 // ---------------------------------------------------------------------------
 // Contexts
 
 /**
- * Forgets `entry` (if it is still the context of `webContentsId`), releases
- * it in the proxy and, with `resetSession`, sets its session back to a direct
- * connection unless another live preview uses the same session.
+ * Forgets `member` (if it is still the one of `webContentsId`) and, with the
+ * last member of its session's context, releases that context in the proxy.
+ * Never touches the session: it keeps pointing at the proxy (fails closed).
  */
-function releaseEntry(webContentsId, entry, resetSession) {
-  if (state.contexts.get(webContentsId) !== entry) return
+function releaseMember(webContentsId, member) {
+  if (state.contexts.get(webContentsId) !== member) return
   state.contexts.delete(webContentsId)
-  if (entry.server === state.server) {
+  const shared = member.shared
+  shared.members.delete(member)
+  if (shared.members.size > 0) return
+  if (state.sessions.get(shared.session) === shared) state.sessions.delete(shared.session)
+  if (shared.server === state.server) {
     try {
-      entry.server.releaseContext(entry.contextId)
+      shared.server.releaseContext(shared.contextId)
     } catch (error) {
-      emit(entry.logger, 'warn', 'Failed to release preview proxy context', { webContentsId, error: errorMessage(error) })
+      emit(member.logger, 'warn', 'Failed to release preview proxy context', { webContentsId, error: errorMessage(error) })
     }
-  }
-  if (!resetSession) return
-  for (const other of state.contexts.values()) if (other.session === entry.session) return
-  try {
-    Promise.resolve(entry.session.setProxy({ mode: 'direct' })).catch((error) => {
-      emit(entry.logger, 'warn', 'Failed to reset preview proxy', { webContentsId, persistKey: entry.persistKey, error: errorMessage(error) })
-    })
-  } catch (error) {
-    emit(entry.logger, 'warn', 'Failed to reset preview proxy', { webContentsId, persistKey: entry.persistKey, error: errorMessage(error) })
   }
 }
 
 function releasePreviewProxy(webContentsId) {
-  const entry = state.contexts.get(webContentsId)
-  if (entry) releaseEntry(webContentsId, entry, true)
+  const member = state.contexts.get(webContentsId)
+  if (member) releaseMember(webContentsId, member)
 }
 
 /** Electron's `app` in the main process; null elsewhere (in plain Node `require('electron')` is a path or throws). */
@@ -300,9 +479,45 @@ function electronApp() {
   }
 }
 
+/**
+ * The membership of `webContentsId` in its session's context for `route`:
+ * joins the live context of the same route, or creates one. Throws (changing
+ * nothing) when another live WebContents of the session uses another route.
+ */
+function joinSessionContext(server, webContentsId, session, route, logger, persistKey) {
+  const previous = state.contexts.get(webContentsId)
+  let shared = state.sessions.get(session) || null
+  if (shared) {
+    const others = [...shared.members].filter((m) => m !== previous)
+    if (others.length === 0) {
+      shared = null
+    } else if (!sameRoute(shared.route, route)) {
+      throw new Error(
+        `Preview proxy: this session already carries the preview of ${describeRoute(shared.route)} ` +
+          `(webContents ${others.map((m) => m.webContentsId).join(', ')}); the preview of ${describeRoute(route)} ` +
+          `(webContents ${webContentsId}) cannot use it, because Chromium caches proxy credentials per session. ` +
+          'Use one partition per preview (getPreviewPartitionForPersistKey).',
+      )
+    }
+  }
+  // Configuring a WebContents again replaces its own membership.
+  if (previous) releaseMember(webContentsId, previous)
+  let created = false
+  if (!shared) {
+    const context = server.createContext(webContentsId, route)
+    shared = { contextId: context.id, username: context.username, password: context.password, route, session, server, members: new Set() }
+    state.sessions.set(session, shared)
+    created = true
+  }
+  const member = { webContentsId, shared, logger, persistKey }
+  shared.members.add(member)
+  state.contexts.set(webContentsId, member)
+  return { member, created }
+}
+
 async function configurePreviewProxyForView(options) {
   const { webContents, initialUrl, persistKey, logger } = options
-  const route = typeof initialUrl === 'string' ? addon.deriveRoute(initialUrl) : null
+  const route = typeof initialUrl === 'string' ? deriveRoute(initialUrl) : null
   if (!route) {
     emit(logger, 'warn', 'Preview proxy skipped; unable to parse cmux host', { url: initialUrl, persistKey })
     return () => {}
@@ -321,20 +536,26 @@ async function configurePreviewProxyForView(options) {
 
   const webContentsId = webContents.id
   const session = webContents.session
-  const context = server.createContext(webContentsId, route)
-  const entry = { contextId: context.id, session, persistKey, logger, server }
-  state.contexts.set(webContentsId, entry)
+  let joined
+  try {
+    joined = joinSessionContext(server, webContentsId, session, route, logger, persistKey)
+  } catch (error) {
+    emit(logger, 'warn', 'Failed to configure preview proxy', { webContentsId, persistKey, error: errorMessage(error) })
+    throw error
+  }
+  const { member, created } = joined
 
   let cleanedUp = false
   const cleanup = () => {
     if (cleanedUp) return
     cleanedUp = true
-    releaseEntry(webContentsId, entry, true)
+    releaseMember(webContentsId, member)
   }
   // Before any await: a WebContents destroyed meanwhile still releases its context.
   webContents.once('destroyed', cleanup)
 
   try {
+    const missing = sessionLacks(session, logger)
     await session.setProxy({
       mode: 'fixed_servers',
       // http=http://127.0.0.1:PORT;https=http://127.0.0.1:PORT, or https:// in the HTTPS proxy mode
@@ -342,12 +563,13 @@ async function configurePreviewProxyForView(options) {
       // Chromium bypasses loopback by default: the page's localhost must reach the proxy too.
       proxyBypassRules: '<-loopback>',
     })
-    trustProxyCa(session)
-    // A reused partition must not answer the 407 with an earlier preview's cached credentials.
-    await session.clearAuthCache()
+    if (!missing.has('setCertificateVerifyProc')) trustProxyCa(session)
+    // A reused partition must not answer the 407 with an earlier context's cached credentials.
+    // (A WebContents joining its session's live context keeps the credentials already cached.)
+    if (created && !missing.has('clearAuthCache')) await session.clearAuthCache()
   } catch (error) {
     cleanedUp = true
-    releaseEntry(webContentsId, entry, false)
+    releaseMember(webContentsId, member)
     emit(logger, 'warn', 'Failed to configure preview proxy', { webContentsId, persistKey, error: errorMessage(error) })
     throw error
   }
@@ -376,11 +598,6 @@ function installPreviewProxyLoginHandler(app) {
 
 // ---------------------------------------------------------------------------
 // The HTTPS proxy mode
-
-function spkiSha256(certPem) {
-  const spki = new X509Certificate(certPem).publicKey.export({ type: 'spki', format: 'der' })
-  return createHash('sha256').update(spki).digest('base64')
-}
 
 /** The CA kept in `file`, or null when there is none or it is unusable (bad JSON or PEM, not a CA, expired, key not its own). */
 function readCa(file) {
@@ -424,13 +641,19 @@ function enablePreviewProxyHttpsMode(app, options = {}) {
   if (app.isReady()) {
     throw new Error("enablePreviewProxyHttpsMode must be called before the app is ready: Chromium reads --ignore-certificate-errors-spki-list at startup")
   }
-  const caFile = options.caFile || path.join(app.getPath('userData'), CA_FILE_NAME)
-  let ca = readCa(caFile)
-  if (ca) {
-    if (process.platform !== 'win32') fs.chmodSync(caFile, 0o600)
+  let ca
+  if (state.explicitCa) {
+    // The CA given to setPreviewProxyCertificateAuthority wins: no CA file.
+    ca = { certPem: state.explicitCa.certPem, keyPem: state.explicitCa.keyPem }
   } else {
-    ca = addon.ProxyServer.generateCa()
-    writeCa(caFile, ca)
+    const caFile = options.caFile || path.join(app.getPath('userData'), CA_FILE_NAME)
+    ca = readCa(caFile)
+    if (ca) {
+      if (process.platform !== 'win32') fs.chmodSync(caFile, 0o600)
+    } else {
+      ca = addon.ProxyServer.generateCa()
+      writeCa(caFile, ca)
+    }
   }
   const spki = spkiSha256(ca.certPem)
   // Other hashes the app trusts by the same switch are kept.
@@ -453,3 +676,4 @@ exports.getPreviewPartitionForPersistKey = getPreviewPartitionForPersistKey
 exports.getPreviewProxyCertificateAuthorityInfo = getPreviewProxyCertificateAuthorityInfo
 exports.installPreviewProxyLoginHandler = installPreviewProxyLoginHandler
 exports.enablePreviewProxyHttpsMode = enablePreviewProxyHttpsMode
+exports.setPreviewProxyCertificateAuthority = setPreviewProxyCertificateAuthority
