@@ -149,9 +149,9 @@ export interface ProxyEvent {
 
 /** Where a WebContents' loopback traffic goes: `https://cmux-<morphId>-<scope>-<port>.<domainSuffix>`. */
 export interface ProxyRoute {
-  /** `[a-z0-9-]+` */
+  /** `[a-z0-9_-]+` */
   morphId: string
-  /** `[a-z0-9-]+` */
+  /** `[a-z0-9_-]+` */
   scope: string
   /** A hostname, e.g. `cmux.app`. */
   domainSuffix: string

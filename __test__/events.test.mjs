@@ -51,13 +51,13 @@ describe('deriveRoute (through napi)', () => {
       morphId: 'abc',
       scope: 'base',
       domainSuffix: 'cmux.app',
-      cmuxProxyOrigin: 'https://port-39379-morphvm-abc.http.cloud.morph.so',
+      cmuxProxyOrigin: 'http://port-39379-morphvm-abc.http.cloud.morph.so',
     })
     expect(deriveRoute('http://port-3000-morphvm-q1.example.org/')).toEqual({
       morphId: 'q1',
       scope: 'base',
       domainSuffix: 'cmux.app',
-      cmuxProxyOrigin: 'http://port-39379-morphvm-q1.example.org',
+      cmuxProxyOrigin: 'http://port-39379-morphvm-q1.http.cloud.morph.so',
     })
     expect(deriveRoute('https://cmux-m1-base-3000.cmux.app.evil.example/')).toBeNull()
     expect(deriveRoute('https://cmux-m1-base-3000.notcmux.app/')).toBeNull()

@@ -29,19 +29,25 @@ mod addon {
     use parking_lot::Mutex;
 
     use crate::proxy;
+    use crate::proxy::address::PrivateNetworks;
 
     /// Where a WebContents' loopback traffic goes: `https://cmux-<morphId>-<scope>-<port>.<domainSuffix>`.
     #[napi(object)]
     pub struct ProxyRoute {
-        /// `[a-z0-9-]+`
+        /// `[a-z0-9_-]+`
         pub morph_id: String,
-        /// `[a-z0-9-]+`
+        /// `[a-z0-9_-]+`
         pub scope: String,
         /// A hostname, e.g. `cmux.app`.
         pub domain_suffix: String,
         /// e.g. `https://port-39379-morphvm-abc.http.cloud.morph.so`: loopback traffic goes there instead,
         /// with `X-Cmux-Port-Internal` and `X-Cmux-Host-Override`.
         pub cmux_proxy_origin: Option<String>,
+        /// Lets this preview's forwarded requests reach private and other non-global networks (never
+        /// this machine), on top of what the server allows: for a preview that calls an API over a VPN.
+        pub allow_private_network: Option<bool>,
+        /// Like `allowPrivateNetwork`, for these networks only (`10.0.0.0/8`, `fd00::/8`, an address).
+        pub allowed_networks: Option<Vec<String>>,
     }
 
     /// The route of a preview URL, by cmux's `deriveRoute` rules: `port-<n>-morphvm-<id>.<suffix>`, or
@@ -55,6 +61,8 @@ mod addon {
             scope: d.scope,
             domain_suffix: d.domain_suffix,
             cmux_proxy_origin: Some(d.cmux_proxy_origin),
+            allow_private_network: None,
+            allowed_networks: None,
         })
     }
 
@@ -123,6 +131,11 @@ mod addon {
         pub http2_idle_timeout_ms: Option<f64>,
         /// `SETTINGS_MAX_CONCURRENT_STREAMS` for HTTP/2 clients (default 1000).
         pub http2_max_concurrent_streams: Option<f64>,
+        /// Lets every routed preview's forwarded requests reach private and other non-global networks
+        /// (never this machine). Default: refused with 403.
+        pub allow_private_network: Option<bool>,
+        /// Like `allowPrivateNetwork`, for these networks only (`10.0.0.0/8`, `fd00::/8`, an address).
+        pub allowed_networks: Option<Vec<String>>,
         /// Test only (cmux's `TEST_CMUX_PROXY_ORIGIN`): every request of a routed context, whatever its
         /// host, goes through this cmux-proxy origin (which may be a loopback address).
         pub test_cmux_proxy_origin: Option<String>,
@@ -170,6 +183,10 @@ mod addon {
             limits.connect_ports = Some(ports);
         }
         Ok(limits)
+    }
+
+    fn private_networks(all: Option<bool>, listed: Option<&[String]>) -> std::result::Result<PrivateNetworks, String> {
+        PrivateNetworks::parse(all.unwrap_or(false), listed.unwrap_or_default())
     }
 
     /// `value` when it is a whole number within `min..=max` (NaN and fractions are refused).
@@ -346,6 +363,8 @@ mod addon {
                 resolve: options.resolve.unwrap_or_default(),
                 upstream_ca_pem: options.upstream_ca_pem.unwrap_or_default(),
                 logging: options.logging.unwrap_or(false),
+                private_networks: private_networks(options.allow_private_network, options.allowed_networks.as_deref())
+                    .map_err(|e| Error::new(Status::InvalidArg, format!("invalid option allowedNetworks: {e}")))?,
                 test_proxy_origin: options.test_cmux_proxy_origin,
                 insecure_upstream: options.test_allow_insecure_upstream.unwrap_or(false),
             };
@@ -403,10 +422,19 @@ mod addon {
             let proxy = self.running()?;
             let route = route
                 .map(|r| {
-                    proxy::routing::Route::new(&r.morph_id, &r.scope, &r.domain_suffix, r.cmux_proxy_origin.as_deref())
+                    let route = proxy::routing::Route::new(
+                        &r.morph_id,
+                        &r.scope,
+                        &r.domain_suffix,
+                        r.cmux_proxy_origin.as_deref(),
+                    )
+                    .map_err(|e| e.to_string())?;
+                    let networks = private_networks(r.allow_private_network, r.allowed_networks.as_deref())
+                        .map_err(|e| format!("invalid route.allowedNetworks: {e}"))?;
+                    Ok::<_, String>(route.allowing(&networks))
                 })
                 .transpose()
-                .map_err(|e| Error::new(Status::InvalidArg, e.to_string()))?;
+                .map_err(|e| Error::new(Status::InvalidArg, e))?;
             let context = proxy.create_context(web_contents_id, route);
             Ok(ProxyContext {
                 id: context.id.clone(),
