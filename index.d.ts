@@ -160,6 +160,13 @@ export interface ProxyRoute {
    * with `X-Cmux-Port-Internal` and `X-Cmux-Host-Override`.
    */
   cmuxProxyOrigin?: string
+  /**
+   * Lets this preview's forwarded requests reach private and other non-global networks (never
+   * this machine), on top of what the server allows: for a preview that calls an API over a VPN.
+   */
+  allowPrivateNetwork?: boolean
+  /** Like `allowPrivateNetwork`, for these networks only (`10.0.0.0/8`, `fd00::/8`, an address). */
+  allowedNetworks?: Array<string>
 }
 
 export interface ProxyRulesOptions {
@@ -218,6 +225,13 @@ export interface StartOptions {
   http2IdleTimeoutMs?: number
   /** `SETTINGS_MAX_CONCURRENT_STREAMS` for HTTP/2 clients (default 1000). */
   http2MaxConcurrentStreams?: number
+  /**
+   * Lets every routed preview's forwarded requests reach private and other non-global networks
+   * (never this machine). Default: refused with 403.
+   */
+  allowPrivateNetwork?: boolean
+  /** Like `allowPrivateNetwork`, for these networks only (`10.0.0.0/8`, `fd00::/8`, an address). */
+  allowedNetworks?: Array<string>
   /**
    * Test only (cmux's `TEST_CMUX_PROXY_ORIGIN`): every request of a routed context, whatever its
    * host, goes through this cmux-proxy origin (which may be a loopback address).

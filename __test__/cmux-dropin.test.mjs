@@ -132,26 +132,26 @@ describe('local development hosts reach the developer\'s machine; look-alikes ge
       input: {
         listen: ['127.0.0.1'],
         port,
-        route: ROUTE,
+        contexts: { routed: ROUTE, plain: null },
         probes: [
-          { kind: 'get', url: `http://app.cmux.local:${port}/`, routed: true },
-          { kind: 'get', url: `http://app.manaflow.local:${port}/`, routed: true },
-          { kind: 'connect', authority: `app.cmux.local:${port}`, routed: true },
-          { kind: 'get', url: `http://shop.example:${port}/`, routed: true },
-          { kind: 'get', url: `http://app.cmux.local.evil.test:${port}/`, routed: true },
-          { kind: 'connect', authority: `shop.example:${port}`, routed: true },
-          { kind: 'get', url: `http://shop.example:${port}/`, routed: false },
+          { kind: 'get', target: `http://app.cmux.local:${port}/`, context: 'routed' },
+          { kind: 'get', target: `http://app.manaflow.local:${port}/`, context: 'routed' },
+          { kind: 'connect', target: `app.cmux.local:${port}`, context: 'routed' },
+          { kind: 'get', target: `http://shop.example:${port}/`, context: 'routed' },
+          { kind: 'get', target: `http://app.cmux.local.evil.test:${port}/`, context: 'routed' },
+          { kind: 'connect', target: `shop.example:${port}`, context: 'routed' },
+          { kind: 'get', target: `http://shop.example:${port}/`, context: 'plain' },
         ],
       },
     })
-    expect(results.map((r) => [r.kind, r.url ?? r.authority, r.routed, r.status, r.reached])).toEqual([
-      ['get', `http://app.cmux.local:${port}/`, true, 200, '127.0.0.1'],
-      ['get', `http://app.manaflow.local:${port}/`, true, 200, '127.0.0.1'],
-      ['connect', `app.cmux.local:${port}`, true, 200, '127.0.0.1'],
-      ['get', `http://shop.example:${port}/`, true, 403, null],
-      ['get', `http://app.cmux.local.evil.test:${port}/`, true, 403, null],
-      ['connect', `shop.example:${port}`, true, 403, null],
-      ['get', `http://shop.example:${port}/`, false, 200, '127.0.0.1'],
+    expect(results.map((r) => [r.kind, r.target, r.context, r.status, r.reached])).toEqual([
+      ['get', `http://app.cmux.local:${port}/`, 'routed', 200, '127.0.0.1'],
+      ['get', `http://app.manaflow.local:${port}/`, 'routed', 200, '127.0.0.1'],
+      ['connect', `app.cmux.local:${port}`, 'routed', 200, '127.0.0.1'],
+      ['get', `http://shop.example:${port}/`, 'routed', 403, null],
+      ['get', `http://app.cmux.local.evil.test:${port}/`, 'routed', 403, null],
+      ['connect', `shop.example:${port}`, 'routed', 403, null],
+      ['get', `http://shop.example:${port}/`, 'plain', 200, '127.0.0.1'],
     ])
   })
 })

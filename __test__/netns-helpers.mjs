@@ -4,6 +4,12 @@
 // stack with only `lo`; the addresses the scenario needs are added to that
 // `lo`, and names come from an /etc/hosts bind-mounted for that namespace only.
 //
+// With `peer`, a second namespace stands for the network around the machine:
+// joined to the first by a veth pair (default routes both ways), it carries
+// the peer addresses, each with an HTTP server answering its own address
+// (netns/servers.mjs). The proxy's namespace then has only its own addresses,
+// as a user's machine has, and the peer's are reached like hosts on a LAN.
+//
 // The scenario is a Node ESM file under __test__/netns/; it gets its input as
 // JSON in CMUX_NETNS_INPUT, loads the addon like the tests do, and prints its
 // result as JSON on the last line of stdout.
@@ -26,21 +32,48 @@ export const canUseNamespaces = (() => {
 /**
  * Runs `__test__/netns/<scenario>.mjs` in a new network namespace whose `lo`
  * also carries `addresses` (CIDR strings such as '10.1.2.3/32' or 'fd00::1/128'),
- * with `hosts` ({ name: address }) as its /etc/hosts. Resolves with the JSON
+ * with `hosts` ({ name: address }) as its /etc/hosts. `peer`: { addresses
+ * (plain IPs), port } of the peer network's servers. Resolves with the JSON
  * the scenario printed last.
  */
-export async function runInNamespace(scenario, { addresses = [], hosts = {}, input = {}, timeout = 60000 } = {}) {
+export async function runInNamespace(scenario, { addresses = [], hosts = {}, peer, input = {}, timeout = 60000 } = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'cmux-netns-'))
   try {
     const hostsFile = join(dir, 'hosts')
     const lines = ['127.0.0.1 localhost', '::1 localhost', ...Object.entries(hosts).map(([name, ip]) => `${ip} ${name}`)]
     writeFileSync(hostsFile, lines.join('\n') + '\n')
+    const add = (where, ip, dev) => `ip${where} addr add ${ip} dev ${dev}${ip.includes(':') ? ' nodad' : ''}`
+    const ready = join(dir, 'ready')
+    const peerSetup = peer
+      ? [
+          // /run/netns of this mount namespace only: nothing of it shows on the host.
+          'mkdir -p /run/netns && mount -t tmpfs cmux-netns /run/netns',
+          'ip netns add peer',
+          'ip link add veth0 type veth peer name veth1 netns peer',
+          'ip link set veth0 up',
+          add('', '198.51.100.1/32', 'veth0'),
+          add('', 'fd99::1/128', 'veth0'),
+          'ip route add default dev veth0',
+          'ip -6 route add default dev veth0',
+          'ip -n peer link set lo up',
+          'ip -n peer link set veth1 up',
+          ...peer.addresses.map((ip) => add(' -n peer', `${ip}/${ip.includes(':') ? 128 : 32}`, 'veth1')),
+          'ip -n peer route add default dev veth1',
+          'ip -n peer -6 route add default dev veth1',
+          `CMUX_NETNS_READY=${ready} CMUX_NETNS_SERVERS='${JSON.stringify(peer)}' ip netns exec peer "${process.execPath}" "${join(HERE, 'netns', 'servers.mjs')}" >/dev/null 2>&1 &`,
+          `for i in $(seq 200); do [ -e ${ready} ] && break; sleep 0.05; done`,
+          `[ -e ${ready} ]`,
+        ]
+      : []
     const setup = [
       'set -e',
+      // The peer's servers end with the scenario, however it ends.
+      "trap 'kill $(jobs -p) 2>/dev/null || true' EXIT",
       'ip link set lo up',
-      ...addresses.map((cidr) => `ip addr add ${cidr} dev lo${cidr.includes(':') ? ' nodad' : ''}`),
+      ...addresses.map((cidr) => add('', cidr, 'lo')),
       `mount --bind ${hostsFile} /etc/hosts`,
-      `exec "${process.execPath}" "${join(HERE, 'netns', `${scenario}.mjs`)}"`,
+      ...peerSetup,
+      `"${process.execPath}" "${join(HERE, 'netns', `${scenario}.mjs`)}"`,
     ].join('\n')
     const child = spawn('unshare', ['-n', '--mount', 'sh', '-c', setup], {
       env: { ...process.env, CMUX_NETNS_INPUT: JSON.stringify(input) },

@@ -197,6 +197,7 @@ fn options() -> Options {
         tls_interception: true,
         https_proxy: true,
         ca_pem: None,
+        private_networks: Default::default(),
         test_proxy_origin: None,
         insecure_upstream: false,
     }

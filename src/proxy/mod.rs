@@ -1,6 +1,7 @@
 //! The proxy: shared state, start and stop. Request handling lives in the
 //! submodules, one concern each.
 
+pub(crate) mod address;
 pub(crate) mod auth;
 #[cfg(test)]
 mod core_tests;
@@ -32,6 +33,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use address::PrivateNetworks;
 use auth::{Context, Contexts};
 use pool::Pool;
 use routing::{Origin, Route};
@@ -73,6 +75,8 @@ pub(crate) struct Options {
     pub(crate) https_proxy: bool,
     /// The CA for intercepted hosts, as (certificate, key) PEM; generated when absent.
     pub(crate) ca_pem: Option<(String, String)>,
+    /// The private networks every routed preview may reach (`allowPrivateNetwork`, `allowedNetworks`).
+    pub(crate) private_networks: PrivateNetworks,
     /// Test only (cmux's `TEST_CMUX_PROXY_ORIGIN`): every request of a routed
     /// context, whatever its host, goes through this origin.
     pub(crate) test_proxy_origin: Option<String>,
@@ -156,6 +160,8 @@ pub(crate) struct Shared {
     pub(crate) http2: bool,
     /// Given to every routed context's route (see [`Options::test_proxy_origin`]).
     pub(crate) test_proxy_origin: Option<Origin>,
+    /// Added to every routed context's route (see [`Options::private_networks`]).
+    pub(crate) private_networks: PrivateNetworks,
     /// Terminates TLS inside loopback tunnels; `None` when interception is off.
     pub(crate) interceptor: Option<Interceptor>,
     /// Terminates TLS on the listener (HTTPS proxy mode); `None` when off.
@@ -248,6 +254,7 @@ impl Proxy {
             events: Arc::default(),
             http2: options.http2,
             test_proxy_origin,
+            private_networks: options.private_networks,
             interceptor,
             listener_tls,
             ca_cert_pem,
@@ -295,6 +302,7 @@ impl Proxy {
     }
 
     pub(crate) fn create_context(&self, web_contents_id: u32, route: Option<Route>) -> Arc<Context> {
+        let route = route.map(|route| route.allowing(&self.shared.private_networks));
         let route = match &self.shared.test_proxy_origin {
             Some(origin) => route.map(|route| route.through_test_origin(origin.clone())),
             None => route,

@@ -168,7 +168,7 @@ impl Pool {
     }
 
     fn origin(&self, upstream: &Upstream) -> Arc<Origin> {
-        let key = OriginKey { scheme: upstream.scheme, addr: upstream.addr.clone(), policy: upstream.policy };
+        let key = OriginKey { scheme: upstream.scheme, addr: upstream.addr.clone(), policy: upstream.policy.clone() };
         let mut origins = self.origins.lock();
         origins
             .entry(key)
@@ -218,7 +218,7 @@ impl Pool {
         let mut gate = OpeningGate { origin, gated, failure: None };
         let key = &origin.key;
         let opened = async {
-            let stream = self.connector.connect(key.scheme, &key.addr, Alpn::Any, key.policy).await?;
+            let stream = self.connector.connect(key.scheme, &key.addr, Alpn::Any, &key.policy).await?;
             let multiplexed = stream.is_h2();
             let io = TokioIo::new(stream);
             let handshake_failed = |e: hyper::Error| ProxyError::exchange(&key.addr, &e);

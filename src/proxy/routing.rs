@@ -4,6 +4,8 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 
+use super::address::PrivateNetworks;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Scheme {
     Http,
@@ -216,6 +218,8 @@ pub(crate) struct Route {
     /// Every host is rewritten, not only loopback ones: cmux's test hook
     /// (`TEST_CMUX_PROXY_ORIGIN`), set by [`Route::through_test_origin`].
     pub(crate) every_host: bool,
+    /// The private networks the preview's forwarded requests may reach.
+    pub(crate) private_networks: PrivateNetworks,
 }
 
 /// A `scheme://host[:port]` origin, such as a cmux-proxy endpoint.
@@ -278,7 +282,13 @@ impl Route {
             domain_suffix: suffix,
             proxy_origin,
             every_host: false,
+            private_networks: PrivateNetworks::default(),
         })
+    }
+
+    /// This route, also allowed to reach `networks`.
+    pub(crate) fn allowing(self, networks: &PrivateNetworks) -> Route {
+        Route { private_networks: self.private_networks.union(networks), ..self }
     }
 
     /// This route with every request, whatever its host, sent through `origin`.
@@ -409,24 +419,14 @@ pub(crate) struct Upstream {
 
 /// What DNS may send a request to. Addresses the app configured (`resolve`)
 /// are trusted either way.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum AddressPolicy {
     Any,
-    /// A routed preview's own requests: never an address on the user's machine,
-    /// whatever name leads there (its loopback names go to the dev box instead).
-    RemoteOnly,
-}
-
-/// Addresses that reach the user's machine or its link: loopback,
-/// unspecified (`0.0.0.0` connects to loopback) and link-local.
-pub(crate) fn is_local_address(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_loopback() || v4.is_unspecified() || v4.is_link_local(),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => is_local_address(IpAddr::V4(v4)),
-            None => v6.is_loopback() || v6.is_unspecified() || (v6.segments()[0] & 0xffc0) == 0xfe80,
-        },
-    }
+    /// A routed preview's own requests: only globally reachable addresses that
+    /// are not the user's machine, plus the private networks the app opted into
+    /// (see `address.rs`), whatever name leads there (its loopback names go to
+    /// the dev box instead).
+    PublicOnly(PrivateNetworks),
 }
 
 impl Upstream {
@@ -451,7 +451,10 @@ pub(crate) fn upstream_for(route: Option<&Route>, scheme: Scheme, target: &HostP
     };
     if !route.every_host && !is_loopback_host(&target.host) {
         // The developer's own local domains are meant to reach their machine.
-        let policy = if is_local_dev_host(&target.host) { AddressPolicy::Any } else { AddressPolicy::RemoteOnly };
+        let policy = match is_local_dev_host(&target.host) {
+            true => AddressPolicy::Any,
+            false => AddressPolicy::PublicOnly(route.private_networks.clone()),
+        };
         return Upstream { scheme, addr: target.clone(), extra_headers: Vec::new(), rewritten: false, policy };
     }
     match &route.proxy_origin {
@@ -532,7 +535,7 @@ mod tests {
         let up = upstream_for(Some(&route), Scheme::Https, &hp("app.cmux.local", 443));
         assert_eq!((up.addr, up.rewritten, up.policy), (hp("app.cmux.local", 443), false, AddressPolicy::Any));
         let up = upstream_for(Some(&route), Scheme::Https, &hp("app.cmux.local.evil.com", 443));
-        assert_eq!(up.policy, AddressPolicy::RemoteOnly);
+        assert_eq!(up.policy, AddressPolicy::PublicOnly(PrivateNetworks::default()));
     }
 
     #[test]
@@ -556,20 +559,10 @@ mod tests {
     }
 
     #[test]
-    fn local_addresses() {
-        for ip in ["127.0.0.1", "127.1.2.3", "0.0.0.0", "169.254.1.1", "::1", "::", "fe80::1", "::ffff:127.0.0.1"] {
-            assert!(is_local_address(ip.parse().unwrap()), "{ip}");
-        }
-        for ip in ["10.0.0.1", "192.168.1.1", "8.8.8.8", "2001:db8::1", "fec0::1", "::ffff:8.8.8.8"] {
-            assert!(!is_local_address(ip.parse().unwrap()), "{ip}");
-        }
-    }
-
-    #[test]
     fn only_a_routed_previews_forwarded_requests_keep_off_local_addresses() {
         let route = Route::new("m", "s", "cmux.app", None).unwrap();
         let policy = |route: Option<&Route>, host: &str| upstream_for(route, Scheme::Http, &hp(host, 80)).policy;
-        assert_eq!(policy(Some(&route), "example.com"), AddressPolicy::RemoteOnly);
+        assert_eq!(policy(Some(&route), "example.com"), AddressPolicy::PublicOnly(PrivateNetworks::default()));
         assert_eq!(policy(Some(&route), "localhost"), AddressPolicy::Any);
         assert_eq!(policy(None, "example.com"), AddressPolicy::Any);
     }

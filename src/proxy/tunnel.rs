@@ -80,7 +80,7 @@ pub(crate) async fn connect(
         let error = ProxyError::Forbidden(format!("CONNECT to port {} is not allowed", target.port));
         return shared.fail(Some(&context), &error);
     }
-    let upstream = match shared.connector.connect_tcp(&target, upstream.policy).await {
+    let upstream = match shared.connector.connect_tcp(&target, &upstream.policy).await {
         Ok(upstream) => upstream,
         Err(error) => return shared.fail(Some(&context), &error),
     };
@@ -291,7 +291,7 @@ async fn look_inside(
 /// cmux-proxy origin's own `CONNECT` when the route names one, else the dev box.
 async fn open_tunnel(shared: &Shared, upstream: &Upstream, target: &HostPort) -> Result<Box<dyn Stream>, ProxyError> {
     if upstream.extra_headers.is_empty() {
-        let stream = shared.connector.connect_tcp(&upstream.addr, upstream.policy).await?;
+        let stream = shared.connector.connect_tcp(&upstream.addr, &upstream.policy).await?;
         return Ok(Box::new(stream));
     }
     let mut req = Request::connect(target.authority())
@@ -320,7 +320,7 @@ async fn send_http1(
     mut req: Request<Body>,
 ) -> Result<Response<Incoming>, ProxyError> {
     // Connecting is bounded by the connect timeout, the answer by the response timeout.
-    let stream = shared.connector.connect(upstream.scheme, &upstream.addr, Alpn::Http1, upstream.policy).await?;
+    let stream = shared.connector.connect(upstream.scheme, &upstream.addr, Alpn::Http1, &upstream.policy).await?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| ProxyError::exchange(&upstream.addr, &e))?;

@@ -18,8 +18,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
+use super::address::{self, Refusal};
 use super::error::ProxyError;
-use super::routing::{is_local_address, AddressPolicy, HostPort, Scheme};
+use super::routing::{AddressPolicy, HostPort, Scheme};
 
 /// How long an attempt to one address runs alone before the next address is
 /// tried beside it (RFC 8305 §5 recommends 250 ms).
@@ -53,6 +54,7 @@ struct ConnectorInner {
     tls_any: tokio_rustls::TlsConnector,
     tls_http1: tokio_rustls::TlsConnector,
     connect_timeout: Duration,
+    own_addresses: OwnAddresses,
 }
 
 impl Connector {
@@ -90,13 +92,14 @@ impl Connector {
                 tls_any: tls_config(&[b"h2", b"http/1.1"])?,
                 tls_http1: tls_config(&[b"http/1.1"])?,
                 connect_timeout: options.connect_timeout,
+                own_addresses: OwnAddresses::default(),
             }),
         })
     }
 
     /// A TCP connection to `addr`, through the `resolve` overrides, else DNS
     /// (whose answers `policy` filters).
-    pub(crate) async fn connect_tcp(&self, addr: &HostPort, policy: AddressPolicy) -> Result<TcpStream, ProxyError> {
+    pub(crate) async fn connect_tcp(&self, addr: &HostPort, policy: &AddressPolicy) -> Result<TcpStream, ProxyError> {
         let attempt = async {
             let candidates = match self.inner.resolve.get(&addr.authority()) {
                 Some(configured) => vec![*configured],
@@ -105,7 +108,7 @@ impl Connector {
                         .await
                         .map_err(|e| ProxyError::Dns(format!("cannot reach {addr}: DNS lookup failed: {e}")))?
                         .collect();
-                    allowed_addresses(addr, found, policy)?
+                    allowed_addresses(addr, found, policy, &self.inner.own_addresses)?
                 }
             };
             let stream =
@@ -128,7 +131,7 @@ impl Connector {
         scheme: Scheme,
         addr: &HostPort,
         alpn: Alpn,
-        policy: AddressPolicy,
+        policy: &AddressPolicy,
     ) -> Result<UpstreamStream, ProxyError> {
         let tcp = self.connect_tcp(addr, policy).await?;
         if scheme == Scheme::Http {
@@ -148,23 +151,64 @@ impl Connector {
     }
 }
 
-/// The DNS answers `policy` lets a request use; `Forbidden` when it leaves none.
+/// The DNS answers `policy` lets a request use (answers it refuses are skipped
+/// when others remain); `Forbidden` when it leaves none.
 fn allowed_addresses(
     addr: &HostPort,
     found: Vec<SocketAddr>,
-    policy: AddressPolicy,
+    policy: &AddressPolicy,
+    own: &OwnAddresses,
 ) -> Result<Vec<SocketAddr>, ProxyError> {
-    if policy == AddressPolicy::Any || found.is_empty() {
+    let AddressPolicy::PublicOnly(private_networks) = policy else { return Ok(found) };
+    if found.is_empty() {
         return Ok(found);
     }
-    let allowed: Vec<SocketAddr> = found.iter().copied().filter(|a| !is_local_address(a.ip())).collect();
-    if allowed.is_empty() {
-        return Err(ProxyError::Forbidden(format!(
-            "{addr} resolves to {}, an address on this machine, which a preview may not reach",
-            found[0].ip()
-        )));
+    let own = own.current();
+    let mut refusal = None;
+    let mut allowed = Vec::with_capacity(found.len());
+    for candidate in found {
+        match address::check(candidate.ip(), &own, private_networks) {
+            Ok(()) => allowed.push(candidate),
+            Err(why) => refusal = refusal.or(Some((candidate.ip(), why))),
+        }
     }
-    Ok(allowed)
+    match refusal {
+        Some((ip, why)) if allowed.is_empty() => Err(ProxyError::Forbidden(match why {
+            Refusal::ThisMachine => format!("{addr} resolves to {ip}, an address of this machine, which a preview may not reach"),
+            Refusal::PrivateNetwork => format!(
+                "{addr} resolves to {ip}, on a private or special-purpose network, which a preview may not reach unless the app allows it (allowPrivateNetwork, allowedNetworks)"
+            ),
+        })),
+        _ => Ok(allowed),
+    }
+}
+
+/// The machine's own interface addresses (LAN, docker, VPN), read again at
+/// most once a second: a VPN that comes up is known within a second.
+pub(crate) struct OwnAddresses {
+    cached: parking_lot::Mutex<(Option<std::time::Instant>, Arc<[std::net::IpAddr]>)>,
+}
+
+impl Default for OwnAddresses {
+    fn default() -> Self {
+        OwnAddresses { cached: parking_lot::Mutex::new((None, Arc::from([]))) }
+    }
+}
+
+impl OwnAddresses {
+    const FRESH_FOR: Duration = Duration::from_secs(1);
+
+    fn current(&self) -> Arc<[std::net::IpAddr]> {
+        let mut cached = self.cached.lock();
+        if cached.0.is_none_or(|read| read.elapsed() > Self::FRESH_FOR) {
+            // On failure keep what was read before: a refusal more is better than one less.
+            if let Ok(interfaces) = if_addrs::get_if_addrs() {
+                cached.1 = interfaces.iter().map(|interface| interface.ip()).collect();
+            }
+            cached.0 = Some(std::time::Instant::now());
+        }
+        cached.1.clone()
+    }
 }
 
 /// Connects to the first address that answers. Addresses are tried in the
@@ -316,16 +360,28 @@ mod tests {
     }
 
     #[test]
-    fn a_routed_preview_keeps_off_local_answers() {
+    fn a_routed_preview_keeps_off_local_and_private_answers() {
         let target = HostPort { host: "vm".into(), port: 80 };
-        let local = addrs(&["127.0.0.1:80"]);
-        assert!(matches!(
-            allowed_addresses(&target, local.clone(), AddressPolicy::RemoteOnly),
-            Err(ProxyError::Forbidden(_))
-        ));
-        assert_eq!(allowed_addresses(&target, local.clone(), AddressPolicy::Any).unwrap(), local);
-        let mixed = addrs(&["127.0.0.1:80", "10.1.1.1:80"]);
-        assert_eq!(allowed_addresses(&target, mixed, AddressPolicy::RemoteOnly).unwrap(), addrs(&["10.1.1.1:80"]));
+        let own = OwnAddresses::default();
+        let public_only = AddressPolicy::PublicOnly(Default::default());
+        for refused in [addrs(&["127.0.0.1:80"]), addrs(&["10.1.1.1:80", "[fd00::1]:80"])] {
+            let result = allowed_addresses(&target, refused.clone(), &public_only, &own);
+            assert!(matches!(result, Err(ProxyError::Forbidden(_))), "{refused:?}: {result:?}");
+            assert_eq!(allowed_addresses(&target, refused.clone(), &AddressPolicy::Any, &own).unwrap(), refused);
+        }
+        // Refused answers are skipped when others remain.
+        let mixed = addrs(&["127.0.0.1:80", "10.1.1.1:80", "93.184.215.14:80"]);
+        assert_eq!(allowed_addresses(&target, mixed, &public_only, &own).unwrap(), addrs(&["93.184.215.14:80"]));
+        let vpn = AddressPolicy::PublicOnly(
+            crate::proxy::address::PrivateNetworks::parse(false, &["10.0.0.0/8".into()]).unwrap(),
+        );
+        assert_eq!(allowed_addresses(&target, addrs(&["10.1.1.1:80"]), &vpn, &own).unwrap(), addrs(&["10.1.1.1:80"]));
+    }
+
+    #[test]
+    fn own_interface_addresses_are_read() {
+        let own = OwnAddresses::default().current();
+        assert!(own.iter().any(|ip| ip.is_loopback()), "{own:?}");
     }
 
     /// A loopback address whose SYNs go unanswered: a listener that never
