@@ -17,12 +17,13 @@ export declare class ProxyServer {
   /** Binds `listenAddr` (`"127.0.0.1:0"` picks a free port) and starts serving. */
   static start(listenAddr: string, enableHttp2?: boolean | undefined | null, options?: StartOptions | undefined | null): Promise<ProxyServer>
   /**
-   * A new CA (ECDSA P-256, ten years) to keep in the app's user data and pass back as
-   * `caCertPem`/`caKeyPem` on every start: Chromium must trust the proxy's certificate
-   * before the app is ready (`--ignore-certificate-errors-spki-list`), so the CA must
-   * outlive the process.
+   * A new CA (ECDSA P-256) to keep and pass back as `caCertPem`/`caKeyPem`, valid for
+   * `validityDays` (1 to 365, default 365) and constrained to the names the proxy intercepts
+   * (`localhost`, `*.localhost`, `*.cmux.local`, `*.manaflow.local`, `127.0.0.0/8`, `::1`). Only for an
+   * app that must trust the proxy's certificate before it is ready and chooses to keep it: without
+   * `caCertPem`, every start generates a CA of its own, in memory, for 30 days.
    */
-  static generateCa(): CaPem
+  static generateCa(options?: GenerateCaOptions | undefined | null): CaPem
   /** The CA the app must trust for intercepted hosts (PEM). */
   caCertificatePem(): string
   /**
@@ -67,7 +68,6 @@ export interface AcceptedConnections {
   tlsH2: number
 }
 
-/** A CA as PEM, for `StartOptions.caCertPem` / `caKeyPem`. */
 export interface CaPem {
   certPem: string
   keyPem: string
@@ -94,6 +94,12 @@ export interface ContextStats {
  * `manaflow.localhost`, `autobuild.app`); `null` for any other URL.
  */
 export declare function deriveRoute(url: string): ProxyRoute | null
+
+/** A CA as PEM, for `StartOptions.caCertPem` / `caKeyPem`. */
+export interface GenerateCaOptions {
+  /** How long the CA is valid, in days: 1 to 365 (default 365). */
+  validityDays?: number
+}
 
 /**
  * Whether a routed context's `CONNECT` to `host` is looked into (and its TLS terminated with a leaf of
@@ -212,6 +218,11 @@ export interface StartOptions {
   upstreamConnectTimeoutMs?: number
   /** An upstream's response head later than this gives 504 (default 60000). */
   upstreamResponseTimeoutMs?: number
+  /**
+   * A TLS handshake the proxy terminates (the HTTPS listener, intercepted tunnels) must finish within
+   * this many ms, else the connection is closed (default 10000).
+   */
+  tlsHandshakeTimeoutMs?: number
   /** A tunnel or WebSocket with no bytes either way for this long is closed (default 600000). */
   idleTunnelTimeoutMs?: number
   /** Client connections (tunnels included) beyond this get 503 and a close (default 4096). */

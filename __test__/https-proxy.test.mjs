@@ -18,6 +18,7 @@ import {
   proxyRequest,
   readFrame,
   REALM,
+  sleep,
   startEchoServer,
   startHttpServer,
   waitFor,
@@ -296,10 +297,9 @@ describe('failed and stalled TLS handshakes', () => {
     expect(ok.authorized).toBe(true)
   })
 
-  test('half a ClientHello is closed at the TLS handshake timeout (upstreamConnectTimeoutMs), not headerReadTimeoutMs', async () => {
-    // The handshake timeout follows upstreamConnectTimeoutMs (1 s here); the head timeout is far away (60 s)
-    // and the default handshake timeout (10 s) is beyond the wait below.
-    const p = await startProxy(true, { upstreamConnectTimeoutMs: 1000, headerReadTimeoutMs: 60000 })
+  test('half a ClientHello is closed at the TLS handshake timeout (tlsHandshakeTimeoutMs), not headerReadTimeoutMs', async () => {
+    // tlsHandshakeTimeoutMs is 1 s here; the head timeout is far away (60 s).
+    const p = await startProxy(true, { tlsHandshakeTimeoutMs: 1000, headerReadTimeoutMs: 60000 })
     const hello = await captureClientHello()
     expect(hello[0]).toBe(0x16) // a TLS handshake record
     const conn = track(await Conn.connect(p.port(), { timeout: 8000 }))
@@ -310,6 +310,16 @@ describe('failed and stalled TLS handshakes', () => {
     expect(conn.buf.toString('latin1')).not.toMatch(/^HTTP\//)
     await waitFor(() => p.stats().activeConnections === 0, { timeout: 3000, message: 'activeConnections back to 0' })
     expect(p.stats().accepted).toEqual({ http1: 0, h2c: 0, tlsHttp1: 0, tlsH2: 0 })
+  })
+
+  test('upstreamConnectTimeoutMs does not bound the client\'s TLS handshake (its own option does, 10 s by default)', async () => {
+    const p = await startProxy(true, { upstreamConnectTimeoutMs: 500, headerReadTimeoutMs: 60000 })
+    const hello = await captureClientHello()
+    const conn = track(await Conn.connect(p.port(), { timeout: 8000 }))
+    conn.write(hello.subarray(0, Math.floor(hello.length / 2)))
+    await sleep(2000)
+    expect(conn.closed).toBe(false)
+    expect(p.stats().activeConnections).toBe(1)
   })
 
   test('after the handshake, an HTTP/1.1 connection that sends no request is closed at headerReadTimeoutMs', async () => {

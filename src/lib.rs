@@ -120,6 +120,9 @@ mod addon {
         pub upstream_connect_timeout_ms: Option<f64>,
         /// An upstream's response head later than this gives 504 (default 60000).
         pub upstream_response_timeout_ms: Option<f64>,
+        /// A TLS handshake the proxy terminates (the HTTPS listener, intercepted tunnels) must finish within
+        /// this many ms, else the connection is closed (default 10000).
+        pub tls_handshake_timeout_ms: Option<f64>,
         /// A tunnel or WebSocket with no bytes either way for this long is closed (default 600000).
         pub idle_tunnel_timeout_ms: Option<f64>,
         /// Client connections (tunnels included) beyond this get 503 and a close (default 4096).
@@ -153,6 +156,8 @@ mod addon {
         }
         if let Some(timeout) = millis("upstreamConnectTimeoutMs", options.upstream_connect_timeout_ms)? {
             limits.connect_timeout = timeout;
+        }
+        if let Some(timeout) = millis("tlsHandshakeTimeoutMs", options.tls_handshake_timeout_ms)? {
             limits.tls_handshake_timeout = timeout;
         }
         if let Some(timeout) = millis("upstreamResponseTimeoutMs", options.upstream_response_timeout_ms)? {
@@ -313,6 +318,12 @@ mod addon {
 
     /// A CA as PEM, for `StartOptions.caCertPem` / `caKeyPem`.
     #[napi(object)]
+    pub struct GenerateCaOptions {
+        /// How long the CA is valid, in days: 1 to 365 (default 365).
+        pub validity_days: Option<f64>,
+    }
+
+    #[napi(object)]
     pub struct CaPem {
         pub cert_pem: String,
         pub key_pem: String,
@@ -376,14 +387,18 @@ mod addon {
             }
         }
 
-        /// A new CA (ECDSA P-256, ten years) to keep in the app's user data and pass back as
-        /// `caCertPem`/`caKeyPem` on every start: Chromium must trust the proxy's certificate
-        /// before the app is ready (`--ignore-certificate-errors-spki-list`), so the CA must
-        /// outlive the process.
+        /// A new CA (ECDSA P-256) to keep and pass back as `caCertPem`/`caKeyPem`, valid for
+        /// `validityDays` (1 to 365, default 365) and constrained to the names the proxy intercepts
+        /// (`localhost`, `*.localhost`, `*.cmux.local`, `*.manaflow.local`, `127.0.0.0/8`, `::1`). Only for an
+        /// app that must trust the proxy's certificate before it is ready and chooses to keep it: without
+        /// `caCertPem`, every start generates a CA of its own, in memory, for 30 days.
         #[napi(catch_unwind)]
-        pub fn generate_ca() -> Result<CaPem> {
+        pub fn generate_ca(options: Option<GenerateCaOptions>) -> Result<CaPem> {
+            let max = f64::from(crate::tls::ca::MAX_KEPT_CA_DAYS);
+            let days = whole_number("validityDays", options.and_then(|o| o.validity_days), 1.0, max)?;
+            let days = days.map_or(crate::tls::ca::MAX_KEPT_CA_DAYS, |d| d as u32);
             let (cert_pem, key_pem) =
-                crate::tls::ca::generate_ca_pem().map_err(|e| Error::new(Status::GenericFailure, e))?;
+                crate::tls::ca::generate_ca_pem(days).map_err(|e| Error::new(Status::GenericFailure, e))?;
             Ok(CaPem { cert_pem, key_pem })
         }
 

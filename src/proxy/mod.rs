@@ -210,6 +210,13 @@ impl Proxy {
     /// Binds and starts serving. Must run on [`runtime`].
     pub(crate) async fn start(listen_addr: &str, options: Options) -> Result<Proxy, StartError> {
         let addr: SocketAddr = listen_addr.parse().map_err(|_| StartError::BadAddress(listen_addr.to_owned()))?;
+        if options.https_proxy && !addr.ip().is_loopback() {
+            // The listener's certificate chain is trusted by key for the whole app: it stays on this machine.
+            return Err(StartError::BadOption(format!(
+                "httpsProxy needs a loopback listen address (127.0.0.1 or ::1), not {}; set httpsProxy: false",
+                addr.ip()
+            )));
+        }
         let limits = options.limits;
         let connector = Connector::new(UpstreamOptions {
             resolve: upstream::parse_resolve(options.resolve).map_err(StartError::BadOption)?,

@@ -77,7 +77,7 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
 /// resets it, and the client would see the reset instead of the 503.
 async fn refuse_over_capacity(mut stream: tokio::net::TcpStream) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 30\r\nConnection: close\r\n\r\nproxy is at its connection cap\n";
+    const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 31\r\nConnection: close\r\n\r\nproxy is at its connection cap\n";
     const READ_AT_MOST: usize = 64 * 1024;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
         stream.write_all(BUSY).await?;

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+    BasicConstraints, CertificateParams, CidrSubnet, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    GeneralSubtree, IsCa, Issuer, KeyPair, KeyUsagePurpose, NameConstraints, PKCS_ECDSA_P256_SHA256,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -28,17 +28,37 @@ pub(crate) struct CertificateAuthority {
     cert_pem: String,
     /// base64 SHA-256 of the CA's SubjectPublicKeyInfo, for `--ignore-certificate-errors-spki-list`.
     spki_sha256: String,
+    /// No leaf outlives its CA.
+    not_after: OffsetDateTime,
 }
 
-/// A new CA as PEM (certificate, PKCS#8 key), for an app to keep across runs.
-pub(crate) fn generate_ca_pem() -> Result<(String, String), String> {
-    let (key, params) = ca_params()?;
+/// How long a CA generated for one run of the proxy lives: days, not years,
+/// and long enough for an app left open for weeks.
+pub(crate) const PER_LAUNCH_CA_DAYS: u32 = 30;
+/// The longest a CA generated to be kept (`generateCa`) may live.
+pub(crate) const MAX_KEPT_CA_DAYS: u32 = 365;
+
+/// A new CA as PEM (certificate, PKCS#8 key), valid for `days`, for an app to keep across runs.
+pub(crate) fn generate_ca_pem(days: u32) -> Result<(String, String), String> {
+    let (key, params) = ca_params(days)?;
     let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
     Ok((cert.pem(), key.serialize_pem()))
 }
 
-/// A fresh ECDSA P-256 key and CA parameters, valid from a day ago for ten years.
-fn ca_params() -> Result<(KeyPair, CertificateParams), String> {
+/// What every CA the proxy generates may sign for: the names and addresses it
+/// intercepts (loopback, and the local development suffixes it looks into),
+/// nothing else. A stolen key cannot then sign for any other site.
+fn name_constraints() -> NameConstraints {
+    let dns = ["localhost", ".localhost", "cmux.local", ".cmux.local", "manaflow.local", ".manaflow.local"];
+    let mut permitted: Vec<GeneralSubtree> = dns.iter().map(|name| GeneralSubtree::DnsName((*name).into())).collect();
+    permitted.push(GeneralSubtree::IpAddress(CidrSubnet::from_v4_prefix([127, 0, 0, 0], 8)));
+    permitted.push(GeneralSubtree::IpAddress(CidrSubnet::from_v6_prefix(std::net::Ipv6Addr::LOCALHOST.octets(), 128)));
+    NameConstraints { permitted_subtrees: permitted, excluded_subtrees: Vec::new() }
+}
+
+/// A fresh ECDSA P-256 key and CA parameters, valid from a day ago for `days`,
+/// constrained to the names the proxy intercepts.
+fn ca_params(days: u32) -> Result<(KeyPair, CertificateParams), String> {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
     let mut params = CertificateParams::default();
     let mut name = DistinguishedName::new();
@@ -47,9 +67,10 @@ fn ca_params() -> Result<(KeyPair, CertificateParams), String> {
     params.distinguished_name = name;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.name_constraints = Some(name_constraints());
     let now = OffsetDateTime::now_utc();
     params.not_before = now - Duration::days(1);
-    params.not_after = now + Duration::days(3650);
+    params.not_after = now + Duration::days(i64::from(days));
     Ok((key, params))
 }
 
@@ -61,14 +82,16 @@ fn spki_sha256(cert_der: &[u8]) -> Result<String, String> {
 }
 
 impl CertificateAuthority {
-    /// A fresh ECDSA P-256 CA, valid from a day ago for ten years.
+    /// A fresh ECDSA P-256 CA for this run only (kept in memory), valid for
+    /// [`PER_LAUNCH_CA_DAYS`] and constrained to the names the proxy intercepts.
     pub(crate) fn generate() -> Result<Self, String> {
-        let (key, params) = ca_params()?;
+        let (key, params) = ca_params(PER_LAUNCH_CA_DAYS)?;
         let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
         Ok(CertificateAuthority {
             cert_pem: cert.pem(),
             spki_sha256: spki_sha256(cert.der())?,
             cert_der: cert.der().clone(),
+            not_after: params.not_after,
             issuer: Issuer::new(params, key),
         })
     }
@@ -88,9 +111,15 @@ impl CertificateAuthority {
         if !parsed.is_ca() {
             return Err("caCertPem is not a CA certificate (basicConstraints CA:TRUE missing)".into());
         }
+        let not_after = OffsetDateTime::from_unix_timestamp(parsed.validity().not_after.timestamp())
+            .map_err(|e| format!("caCertPem: {e}"))?;
+        if not_after <= OffsetDateTime::now_utc() {
+            return Err("caCertPem has expired".into());
+        }
         let issuer = Issuer::from_ca_cert_der(&cert_der, key).map_err(|e| format!("caCertPem: {e}"))?;
         Ok(CertificateAuthority {
             issuer,
+            not_after,
             spki_sha256: spki_sha256(&cert_der)?,
             cert_der,
             cert_pem: cert_pem.trim().to_owned() + "\n",
@@ -115,14 +144,18 @@ impl CertificateAuthority {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
         let sans: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = CertificateParams::new(sans).map_err(|e| format!("no certificate for {names:?}: {e}"))?;
-        params.distinguished_name.push(DnType::CommonName, names.first().copied().unwrap_or("localhost"));
+        // The common name is the first name, unless that is an address: verifiers (OpenSSL) check a common
+        // name that looks like a DNS name against the CA's DNS name constraints, and an address is no DNS name.
+        let first = names.first().copied().unwrap_or("localhost");
+        let common_name = if first.parse::<std::net::IpAddr>().is_ok() { "Cmux Preview Proxy leaf" } else { first };
+        params.distinguished_name.push(DnType::CommonName, common_name);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::days(1);
-        // Under Chromium's 398-day ceiling for leaf certificates.
-        params.not_after = now + Duration::days(390);
+        // Under Chromium's 398-day ceiling for leaf certificates, and never past the CA's own end.
+        params.not_after = (now + Duration::days(390)).min(self.not_after);
         let cert = params.signed_by(&key, &self.issuer).map_err(|e| e.to_string())?;
         Ok(Leaf {
             chain: vec![cert.der().clone(), self.cert_der.clone()],
@@ -264,7 +297,7 @@ mod tests {
 
     #[test]
     fn a_generated_ca_reloads_with_the_same_spki() {
-        let (cert, key) = generate_ca_pem().unwrap();
+        let (cert, key) = generate_ca_pem(MAX_KEPT_CA_DAYS).unwrap();
         let ca = CertificateAuthority::from_pem(&cert, &key).unwrap();
         let (_, parsed) = x509_parser::parse_x509_certificate(&ca.cert_der).unwrap();
         let expected = ring::digest::digest(&ring::digest::SHA256, parsed.public_key().raw);
@@ -278,6 +311,48 @@ mod tests {
             rendered.contains("DNSName(\"localhost\")") && rendered.matches("IPAddress").count() == 2,
             "{rendered}"
         );
+    }
+
+    /// rustls' own verdict on `leaf` for `name`, with `ca` the only root.
+    fn webpki_verdict(ca: &CertificateAuthority, leaf: &Leaf, name: &str) -> Result<(), rustls::Error> {
+        use rustls::client::danger::ServerCertVerifier;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.cert_der.clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider).build().unwrap();
+        let name = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
+        verifier.verify_server_cert(&leaf.chain[0], &[], &name, &[], rustls::pki_types::UnixTime::now()).map(|_| ())
+    }
+
+    #[test]
+    fn generated_cas_are_short_lived_and_sign_only_for_intercepted_names() {
+        let ca = CertificateAuthority::generate().unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&ca.cert_der).unwrap();
+        let lifetime = cert.validity().not_after.timestamp() - OffsetDateTime::now_utc().unix_timestamp();
+        assert!(lifetime <= i64::from(PER_LAUNCH_CA_DAYS) * 86_400 && lifetime > 86_400 * 29, "{lifetime}");
+        let constraints = cert.name_constraints().unwrap().expect("name constraints").value;
+        assert!(constraints.excluded_subtrees.is_none());
+        assert_eq!(constraints.permitted_subtrees.as_ref().map(Vec::len), Some(8));
+        for name in
+            ["localhost", "app.localhost", "cmux-test-base-8080.cmux.local", "x.manaflow.local", "127.0.0.1", "::1"]
+        {
+            let leaf = ca.issue_leaf(name).unwrap();
+            assert_eq!(webpki_verdict(&ca, &leaf, name), Ok(()), "{name}");
+            let (_, leaf) = x509_parser::parse_x509_certificate(&leaf.chain[0]).unwrap();
+            assert!(leaf.validity().not_after <= cert.validity().not_after, "a leaf never outlives its CA");
+        }
+        // Whatever the proxy were made to sign outside them, a verifier refuses.
+        for name in ["example.com", "localhost.example.com", "cmux.local.evil.com", "10.0.0.1"] {
+            let leaf = ca.issue_leaf(name).unwrap();
+            assert!(webpki_verdict(&ca, &leaf, name).is_err(), "{name}");
+        }
+        let (kept, _) = generate_ca_pem(MAX_KEPT_CA_DAYS).unwrap();
+        let kept = x509_parser::pem::parse_x509_pem(kept.as_bytes()).unwrap().1;
+        let kept = kept.parse_x509().unwrap();
+        let lifetime = kept.validity().not_after.timestamp() - OffsetDateTime::now_utc().unix_timestamp();
+        assert!(lifetime <= i64::from(MAX_KEPT_CA_DAYS) * 86_400, "{lifetime}");
+        assert!(kept.name_constraints().unwrap().is_some());
     }
 
     /// The content of the DER element at the start of `der`, and what follows it.
@@ -295,7 +370,7 @@ mod tests {
         use base64::Engine;
         for algorithm in [&PKCS_ECDSA_P256_SHA256, &rcgen::PKCS_ECDSA_P384_SHA384] {
             let key = KeyPair::generate_for(algorithm).unwrap();
-            let (_, mut params) = ca_params().unwrap();
+            let (_, mut params) = ca_params(30).unwrap();
             params.not_after = OffsetDateTime::now_utc() + Duration::days(30);
             let cert = params.self_signed(&key).unwrap();
             // PKCS#8 = SEQUENCE { version, algorithm, OCTET STRING { the SEC1 ECPrivateKey } }
