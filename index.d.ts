@@ -219,6 +219,22 @@ export interface StartOptions {
   /** An upstream's response head later than this gives 504 (default 60000). */
   upstreamResponseTimeoutMs?: number
   /**
+   * Upstream connections open at once, tunnels included, across contexts (default 16384) and per
+   * context (default 8192). A connection past a cap waits up to 3 s for a place, then gets 503.
+   */
+  maxUpstreamConnections?: number
+  maxUpstreamConnectionsPerContext?: number
+  /** DNS lookups under way at once (default 64); more wait their turn within the connect timeout. */
+  maxConcurrentDnsLookups?: number
+  /** Unused upstream connections kept across origins (default 256); the least recently used close first. */
+  maxIdleUpstreamConnections?: number
+  /**
+   * Client connections that have not authenticated a request yet, at once (default 1024): more get
+   * 503 and a close. Each must authenticate within `unauthenticatedTimeoutMs` (default 10000) or is closed.
+   */
+  maxUnauthenticatedConnections?: number
+  unauthenticatedTimeoutMs?: number
+  /**
    * A TLS handshake the proxy terminates (the HTTPS listener, intercepted tunnels) must finish within
    * this many ms, else the connection is closed (default 10000).
    */

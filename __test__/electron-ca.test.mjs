@@ -118,9 +118,18 @@ describe('setPreviewProxyCertificateAuthority', () => {
     expect(await connectStatus(port, credentials)).toBe(200)
   })
 
+  test('with the HTTPS proxy mode by default (no caFile): its CA wins too, and nothing asks for a path', () => {
+    mod.setPreviewProxyCertificateAuthority(cmuxCa)
+    const app = fakeApp()
+    expect(mod.enablePreviewProxyHttpsMode(app.app)).toEqual({ certPem: cmuxCa.certPem, spkiSha256: spki(cmuxCa.certPem) })
+    expect(app.appended).toEqual([['ignore-certificate-errors-spki-list', spki(cmuxCa.certPem)]])
+    expect(app.pathsAsked).toEqual([])
+  })
+
   test('after enablePreviewProxyHttpsMode it throws (the switch already names that mode\'s CA)', () => {
-    mod.enablePreviewProxyHttpsMode(fakeApp().app, { caFile: join(dir, 'after', 'ca.json') })
+    const info = mod.enablePreviewProxyHttpsMode(fakeApp().app)
     expect(() => mod.setPreviewProxyCertificateAuthority(cmuxCa)).toThrow(/before enablePreviewProxyHttpsMode/)
+    expect(mod.getPreviewProxyCertificateAuthorityInfo()).toEqual(info)
   })
 
   test('throws while the proxy is starting and once it started; after stopPreviewProxy the next start uses it', async () => {

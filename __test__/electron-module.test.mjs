@@ -11,13 +11,13 @@
 
 import { execFile } from 'node:child_process'
 import crypto from 'node:crypto'
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import tls from 'node:tls'
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, onTestFinished, test, vi } from 'vitest'
-import { closedPort, makeCA, makeLeaf, proxyRequest, basicAuth, waitFor, sleep } from './helpers.mjs'
-import { tlsTunnel } from './tls-helpers.mjs'
+import { closedPort, makeCA, makeLeaf, proxyRequest, basicAuth, waitFor, sleep, ProxyServer } from './helpers.mjs'
+import { tlsConnect, tlsTunnel } from './tls-helpers.mjs'
 import {
   configureView,
   connectStatus,
@@ -27,6 +27,7 @@ import {
   fakeSession,
   fakeWebContents,
   FIRST_PORT,
+  forgeCa,
   LAST_PORT,
   listeningPorts,
   loadModule,
@@ -331,18 +332,13 @@ describe('the login handler', () => {
   })
 
   test('configure installs it on first use on the app given to enablePreviewProxyHttpsMode', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'cmux-electron-module-'))
-    try {
-      const app = fakeApp({ userData: dir })
-      mod.enablePreviewProxyHttpsMode(app.app)
-      expect(app.listeners).toEqual([])
-      const { wc, credentials } = await configured(53)
-      const port = await mod.startPreviewProxy(recordingLogger().logger)
-      expect(app.listeners.map((l) => l.event)).toEqual(['login'])
-      expect(app.login(wc.webContents, { isProxy: true, scheme: 'basic', host: '127.0.0.1', port, realm: '' }).answer).toEqual([credentials.username, credentials.password])
-    } finally {
-      rmSync(dir, { recursive: true, force: true })
-    }
+    const app = fakeApp()
+    mod.enablePreviewProxyHttpsMode(app.app)
+    expect(app.listeners).toEqual([])
+    const { wc, credentials } = await configured(53)
+    const port = await mod.startPreviewProxy(recordingLogger().logger)
+    expect(app.listeners.map((l) => l.event)).toEqual(['login'])
+    expect(app.login(wc.webContents, { isProxy: true, scheme: 'basic', host: '127.0.0.1', port, realm: '' }).answer).toEqual([credentials.username, credentials.password])
   })
 
   test('outside Electron with no app given, configure warns once and still configures', async () => {
@@ -480,15 +476,57 @@ describe('the HTTPS proxy mode (enablePreviewProxyHttpsMode)', () => {
   })
   afterAll(() => rmSync(dir, { recursive: true, force: true }))
 
-  test('before ready: creates the CA (0600), appends the SPKI switch; the proxy uses that CA and sessions get https:// rules', async () => {
-    const userData = join(dir, 'user-data')
+  const DAY = 24 * 60 * 60 * 1000
+  const SPKI_SWITCH = 'ignore-certificate-errors-spki-list'
+  /** DER of the OID id-ce-nameConstraints (2.5.29.30). */
+  const NAME_CONSTRAINTS_OID = Buffer.from([0x06, 0x03, 0x55, 0x1d, 0x1e])
+  const validity = (certPem) => {
+    const cert = new crypto.X509Certificate(certPem)
+    const notBefore = Date.parse(cert.validFrom)
+    const notAfter = Date.parse(cert.validTo)
+    return { notBefore, notAfter, span: notAfter - notBefore, left: notAfter - Date.now() }
+  }
+  const spkiOf = (certPem) =>
+    crypto.createHash('sha256').update(new crypto.X509Certificate(certPem).publicKey.export({ type: 'spki', format: 'der' })).digest('base64')
+  /** A directory of its own under `dir`, created. */
+  const fresh = (name) => mkdtempSync(join(dir, `${name}-`))
+  /** The CA the module (a new instance: a new launch) keeps in `caFile`, after writing `ca` there first. */
+  const launchWith = (caFile, ca) => {
+    mkdirSync(dirname(caFile), { recursive: true })
+    writeFileSync(caFile, JSON.stringify(ca), { mode: 0o600 })
+    return loadModule().enablePreviewProxyHttpsMode(fakeApp().app, { caFile })
+  }
+  /** `launchWith` and what the file then holds. */
+  const replacedOrKept = (name, ca) => {
+    const caFile = join(fresh(name), 'ca.json')
+    const info = launchWith(caFile, ca)
+    const stored = JSON.parse(readFileSync(caFile, 'utf8'))
+    expect(stored.certPem).toBe(info.certPem)
+    return { info, stored, kept: info.certPem === ca.certPem }
+  }
+
+  test('by default: a CA for this launch only (generateCa, 30 days), nothing on disk, no getPath; the switch names it, the proxy uses it, sessions get https:// rules', async () => {
+    const starts = recordProxyStarts()
+    onTestFinished(() => starts.restore())
+    // The app's real user data directory: the module must leave it alone.
+    const userData = fresh('user-data')
     const app = fakeApp({ userData })
     const info = mod.enablePreviewProxyHttpsMode(app.app)
-    const caFile = join(userData, 'preview-proxy-ca.json')
-    const stored = JSON.parse(readFileSync(caFile, 'utf8'))
-    expect(stored).toEqual({ certPem: info.certPem, keyPem: expect.stringContaining('PRIVATE KEY') })
-    if (process.platform !== 'win32') expect(statSync(caFile).mode & 0o777).toBe(0o600)
-    expect(app.appended).toEqual([['ignore-certificate-errors-spki-list', info.spkiSha256]])
+    expect(readdirSync(userData)).toEqual([])
+    expect(app.pathsAsked).toEqual([])
+    expect(mod.PER_LAUNCH_CA_VALIDITY_DAYS).toBe(30)
+    expect(starts.generated.map((g) => g.args)).toEqual([[{ validityDays: 30 }]])
+    const generated = starts.generated[0].ca
+    expect(info).toEqual({ certPem: generated.certPem, spkiSha256: spkiOf(generated.certPem) })
+    expect(app.appended).toEqual([[SPKI_SWITCH, info.spkiSha256]])
+    // Short-lived (generateCa backdates a day: a span of 31 days at most), constrained to the proxy's names.
+    const cert = new crypto.X509Certificate(info.certPem)
+    expect(cert.ca).toBe(true)
+    const { span, left } = validity(info.certPem)
+    expect(span).toBeLessThanOrEqual(31 * DAY)
+    expect(left).toBeLessThanOrEqual(30 * DAY)
+    expect(left).toBeGreaterThan(29 * DAY)
+    expect(cert.raw.includes(NAME_CONSTRAINTS_OID)).toBe(true)
     // Known before the start.
     expect(mod.getPreviewProxyCertificateAuthorityInfo()).toEqual(info)
 
@@ -497,13 +535,15 @@ describe('the HTTPS proxy mode (enablePreviewProxyHttpsMode)', () => {
     // The running proxy has that CA: its SPKI is the switch's value.
     expect(mod.getPreviewProxyCertificateAuthorityInfo()).toEqual(info)
     expect(control.proxies()).toEqual([{ mode: 'fixed_servers', proxyRules: RULES('https', port), proxyBypassRules: '<-loopback>' }])
+    expect(starts.attempts.at(-1)).toMatchObject({ outcome: 'ok' })
 
-    // The proxy's own certificate (TLS on its listener), trusted by the verify proc for 127.0.0.1 only.
+    // The proxy's own certificate (TLS on its listener), issued from that CA, trusted by the verify proc for 127.0.0.1 only.
     const socket = tls.connect({ host: '127.0.0.1', port, rejectUnauthorized: false, ALPNProtocols: ['h2', 'http/1.1'] })
     await new Promise((resolve, reject) => socket.once('secureConnect', resolve).once('error', reject))
     expect(socket.alpnProtocol).toBe('h2')
     const own = derToPem(socket.getPeerCertificate(true).raw)
     socket.destroy()
+    expect(new crypto.X509Certificate(own).verify(cert.publicKey)).toBe(true)
     expect(await control.verify(verifyRequest('127.0.0.1', own))).toBe(0)
     expect(await control.verify(verifyRequest('example.com', own))).toBe(-3)
     expect(await control.verify(verifyRequest('10.0.0.1', own))).toBe(-3)
@@ -518,46 +558,186 @@ describe('the HTTPS proxy mode (enablePreviewProxyHttpsMode)', () => {
     })
     const leafDer = intercepted.getPeerCertificate(true).raw
     intercepted.destroy()
-    const resigned = derToPem(resignLeaf(leafDer, stored.keyPem))
+    const resigned = derToPem(resignLeaf(leafDer, generated.keyPem))
     expect(await control.verify(verifyRequest('localhost', resigned))).toBe(0)
-    const forged = derToPem(resignLeaf(leafDer, stored.keyPem, 'localhost', 'evil.test'))
+    const forged = derToPem(resignLeaf(leafDer, generated.keyPem, 'localhost', 'evil.test'))
     const forgedCert = new crypto.X509Certificate(forged)
     expect(forgedCert.checkHost('evil.test')).toBe('evil.test')
-    expect(forgedCert.verify(new crypto.X509Certificate(info.certPem).publicKey)).toBe(true)
+    expect(forgedCert.verify(cert.publicKey)).toBe(true)
     expect(await control.verify(verifyRequest('evil.test', forged))).toBe(-3)
+
+    // Still nothing on disk once the proxy ran.
+    expect(readdirSync(userData)).toEqual([])
+    expect(app.pathsAsked).toEqual([])
   })
 
-  test('the CA is kept: a new process (module instance) loads the same one, and other SPKI hashes of the switch are kept', async () => {
-    const caFile = join(dir, 'kept', 'ca.json')
+  test('by default, each launch (a new module instance) has a new CA; other SPKI hashes of the switch are kept', () => {
+    const first = fakeApp({ switches: { [SPKI_SWITCH]: 'AAAA=' } })
+    const a = mod.enablePreviewProxyHttpsMode(first.app)
+    const next = fakeApp({ switches: { [SPKI_SWITCH]: 'AAAA=' } })
+    const b = loadModule().enablePreviewProxyHttpsMode(next.app)
+    expect(b.spkiSha256).not.toBe(a.spkiSha256)
+    expect(b.certPem).not.toBe(a.certPem)
+    expect(first.appended).toEqual([[SPKI_SWITCH, `AAAA=,${a.spkiSha256}`]])
+    expect(next.appended).toEqual([[SPKI_SWITCH, `AAAA=,${b.spkiSha256}`]])
+    expect([...first.pathsAsked, ...next.pathsAsked]).toEqual([])
+  })
+
+  test('by default, the file older versions kept (<userData>/preview-proxy-ca.json) is neither used nor touched', () => {
+    const userData = fresh('old-user-data')
+    const legacy = join(userData, 'preview-proxy-ca.json')
+    const old = ProxyServer.generateCa()
+    writeFileSync(legacy, JSON.stringify(old), { mode: 0o600 })
+    const before = statSync(legacy)
+    const app = fakeApp({ userData })
+    const info = mod.enablePreviewProxyHttpsMode(app.app)
+    expect(info.spkiSha256).not.toBe(spkiOf(old.certPem))
+    expect(readFileSync(legacy, 'utf8')).toBe(JSON.stringify(old))
+    expect(statSync(legacy).mtimeMs).toBe(before.mtimeMs)
+    expect(readdirSync(userData)).toEqual(['preview-proxy-ca.json'])
+    expect(app.pathsAsked).toEqual([])
+  })
+
+  test('enabled again in the same launch: the same CA, no second hash; another caFile, or a caFile that is not a path, throws', () => {
+    const app = fakeApp()
+    const info = mod.enablePreviewProxyHttpsMode(app.app)
+    expect(mod.enablePreviewProxyHttpsMode(app.app)).toEqual(info)
+    expect(app.appended).toEqual([[SPKI_SWITCH, info.spkiSha256]])
+    const caFile = join(fresh('again'), 'ca.json')
+    expect(() => mod.enablePreviewProxyHttpsMode(app.app, { caFile })).toThrow(/already called without caFile/)
+    expect(existsSync(caFile)).toBe(false)
+
+    const other = loadModule()
+    expect(() => other.enablePreviewProxyHttpsMode(fakeApp().app, { caFile: '' })).toThrow(TypeError)
+    expect(() => other.enablePreviewProxyHttpsMode(fakeApp().app, { caFile: 1 })).toThrow(TypeError)
+    const kept = other.enablePreviewProxyHttpsMode(fakeApp().app, { caFile })
+    expect(other.enablePreviewProxyHttpsMode(fakeApp().app, { caFile })).toEqual(kept)
+    expect(() => other.enablePreviewProxyHttpsMode(fakeApp().app)).toThrow(/already called with caFile/)
+  })
+
+  test('with caFile: the CA is created there (0600, generateCa for 365 days: a span of 366 days at most, name constraints), and the proxy uses it', async () => {
+    const starts = recordProxyStarts()
+    onTestFinished(() => starts.restore())
+    const userData = fresh('user-data-kept')
+    const caFile = join(userData, 'kept', 'ca.json')
+    const app = fakeApp({ userData })
+    const info = mod.enablePreviewProxyHttpsMode(app.app, { caFile })
+    expect(app.pathsAsked).toEqual([])
+    expect(starts.generated.map((g) => g.args)).toEqual([[{ validityDays: 365 }]])
+    const stored = JSON.parse(readFileSync(caFile, 'utf8'))
+    expect(stored).toEqual({ certPem: info.certPem, keyPem: expect.stringContaining('PRIVATE KEY') })
+    expect(stored).toEqual(starts.generated[0].ca)
+    if (process.platform !== 'win32') expect(statSync(caFile).mode & 0o777).toBe(0o600)
+    // No temporary file left behind.
+    expect(readdirSync(dirname(caFile))).toEqual(['ca.json'])
+    const { span, left } = validity(info.certPem)
+    expect(span).toBeLessThanOrEqual(366 * DAY)
+    expect(left).toBeGreaterThan(364 * DAY)
+    expect(new crypto.X509Certificate(info.certPem).raw.includes(NAME_CONSTRAINTS_OID)).toBe(true)
+    expect(app.appended).toEqual([[SPKI_SWITCH, info.spkiSha256]])
+
+    await configured(82, { app: app.app })
+    const port = await mod.startPreviewProxy(recordingLogger().logger)
+    expect(mod.getPreviewProxyCertificateAuthorityInfo()).toEqual(info)
+    // The listener's certificate verifies against the file's CA.
+    const socket = await tlsConnect({ host: '127.0.0.1', port, ca: info.certPem, rejectUnauthorized: true, ALPNProtocols: ['h2'] })
+    expect(socket.alpnProtocol).toBe('h2')
+    socket.destroy()
+  })
+
+  test('with caFile: a new launch (module instance) loads the same CA, restores 0600, and keeps the other SPKI hashes', () => {
+    const caFile = join(fresh('kept'), 'ca.json')
     const first = mod.enablePreviewProxyHttpsMode(fakeApp().app, { caFile })
+    if (process.platform !== 'win32') chmodSync(caFile, 0o644)
     const again = loadModule()
-    const app = fakeApp({ switches: { 'ignore-certificate-errors-spki-list': 'AAAA=' } })
+    const app = fakeApp({ switches: { [SPKI_SWITCH]: 'AAAA=' } })
     const second = again.enablePreviewProxyHttpsMode(app.app, { caFile })
     expect(second).toEqual(first)
-    expect(app.appended).toEqual([['ignore-certificate-errors-spki-list', `AAAA=,${first.spkiSha256}`]])
+    expect(app.appended).toEqual([[SPKI_SWITCH, `AAAA=,${first.spkiSha256}`]])
+    if (process.platform !== 'win32') expect(statSync(caFile).mode & 0o777).toBe(0o600)
     // Enabling twice does not append twice.
     again.enablePreviewProxyHttpsMode(app.app, { caFile })
     expect(app.appended).toHaveLength(1)
   })
 
-  test('an unusable CA file is replaced by a new CA', async () => {
-    const caFile = join(dir, 'broken', 'ca.json')
+  test('with caFile: an unusable file is replaced (bad JSON, a key not its own, expired, not yet valid, not a CA)', () => {
+    const caFile = join(fresh('broken'), 'ca.json')
     mkdirSync(dirname(caFile), { recursive: true })
     writeFileSync(caFile, '{"certPem": "garbage"')
     const info = mod.enablePreviewProxyHttpsMode(fakeApp().app, { caFile })
     expect(JSON.parse(readFileSync(caFile, 'utf8')).certPem).toBe(info.certPem)
-    // A cert with someone else's key is unusable too.
+    // A cert with someone else's key.
     const other = makeCA('mismatch')
     writeFileSync(caFile, JSON.stringify({ certPem: info.certPem, keyPem: other.keyPem }))
     const replaced = loadModule().enablePreviewProxyHttpsMode(fakeApp().app, { caFile })
     expect(replaced.spkiSha256).not.toBe(info.spkiSha256)
+    const now = Date.now()
+    for (const [name, ca] of [
+      ['expired', forgeCa({ notBefore: new Date(now - 100 * DAY), notAfter: new Date(now - DAY) })],
+      ['not yet valid', forgeCa({ notBefore: new Date(now + DAY), notAfter: new Date(now + 200 * DAY) })],
+      ['not a CA', forgeCa({ notBefore: new Date(now - DAY), notAfter: new Date(now + 200 * DAY), ca: false })],
+    ]) {
+      const outcome = replacedOrKept(name.replaceAll(' ', '-'), ca)
+      expect(outcome.kept, name).toBe(false)
+    }
+  })
+
+  test('with caFile: a CA of a year (366 days from notBefore) with name constraints, made elsewhere, is kept', () => {
+    // The control of the next tests: they differ from this CA in one property each.
+    const now = Date.now()
+    const ca = forgeCa({ notBefore: new Date(now - DAY), notAfter: new Date(now + 365 * DAY) })
+    const outcome = replacedOrKept('year', ca)
+    expect(outcome.kept).toBe(true)
+    expect(outcome.stored).toEqual(ca)
+  })
+
+  test('with caFile: a ten-year CA (what older versions wrote) is replaced by one of a year, even with name constraints', () => {
+    const now = Date.now()
+    for (const nameConstraints of [true, false]) {
+      const tenYears = forgeCa({ notBefore: new Date(now - DAY), notAfter: new Date(now + 3650 * DAY), nameConstraints })
+      const outcome = replacedOrKept('ten-years', tenYears)
+      expect(outcome.kept).toBe(false)
+      expect(validity(outcome.info.certPem).span).toBeLessThanOrEqual(366 * DAY)
+      expect(outcome.stored.keyPem).not.toBe(tenYears.keyPem)
+    }
+    // Just over the limit: a span of 366 days and an hour.
+    const over = forgeCa({ notBefore: new Date(now - DAY - 3600 * 1000), notAfter: new Date(now + 365 * DAY) })
+    expect(replacedOrKept('over', over).kept).toBe(false)
+  })
+
+  test('with caFile: a CA without name constraints is replaced (the OID in its name does not count)', () => {
+    const now = Date.now()
+    const unconstrained = forgeCa({ notBefore: new Date(now - DAY), notAfter: new Date(now + 300 * DAY), nameConstraints: false })
+    const outcome = replacedOrKept('unconstrained', unconstrained)
+    expect(outcome.kept).toBe(false)
+    expect(new crypto.X509Certificate(outcome.info.certPem).raw.includes(NAME_CONSTRAINTS_OID)).toBe(true)
+    // The bytes of the OID in the subject's common name, and no such extension.
+    const named = forgeCa({ notBefore: new Date(now - DAY), notAfter: new Date(now + 300 * DAY), nameConstraints: false, commonName: 'CA \x06\x03\x55\x1d\x1e' })
+    expect(new crypto.X509Certificate(named.certPem).raw.includes(NAME_CONSTRAINTS_OID)).toBe(true)
+    expect(replacedOrKept('oid-in-name', named).kept).toBe(false)
+  })
+
+  test('with caFile: a CA that expires within 30 days is renewed; one with more left is kept', () => {
+    expect(mod.CA_FILE_RENEW_DAYS).toBe(30)
+    const soon = ProxyServer.generateCa({ validityDays: 20 })
+    const renewed = replacedOrKept('soon', soon)
+    expect(renewed.kept).toBe(false)
+    expect(validity(renewed.info.certPem).left).toBeGreaterThan(364 * DAY)
+    const now = Date.now()
+    const almost = forgeCa({ notBefore: new Date(now - DAY), notAfter: new Date(now + 30 * DAY - 60 * 1000) })
+    expect(replacedOrKept('almost', almost).kept).toBe(false)
+    const enough = ProxyServer.generateCa({ validityDays: 35 })
+    expect(replacedOrKept('enough', enough).kept).toBe(true)
   })
 
   test('refused after ready and after the proxy started', async () => {
-    const caFile = join(dir, 'late', 'ca.json')
-    expect(() => mod.enablePreviewProxyHttpsMode(fakeApp({ ready: true }).app, { caFile })).toThrow(/before the app is ready/)
+    const app = fakeApp({ ready: true })
+    expect(() => mod.enablePreviewProxyHttpsMode(app.app)).toThrow(/before the app is ready/)
+    expect(app.appended).toEqual([])
     await mod.startPreviewProxy(recordingLogger().logger)
-    expect(() => mod.enablePreviewProxyHttpsMode(fakeApp().app, { caFile })).toThrow(/before the preview proxy starts/)
+    const late = fakeApp()
+    expect(() => mod.enablePreviewProxyHttpsMode(late.app)).toThrow(/before the preview proxy starts/)
+    expect(late.appended).toEqual([])
   })
 })
 
@@ -578,10 +758,14 @@ import {
   startPreviewProxy,
   setPreviewProxyCertificateAuthority,
   stopPreviewProxy,
+  CA_FILE_RENEW_DAYS,
+  CA_FILE_VALIDITY_DAYS,
+  PER_LAUNCH_CA_VALIDITY_DAYS,
   type ConfigurePreviewProxyOptions,
   type Logger,
   type PreviewProxyCertificateAuthority,
   type PreviewProxyCertificateAuthorityInfo,
+  type PreviewProxyHttpsModeOptions,
 } from '@cmux/preview-proxy/electron'
 
 // If the package's types were not found, everything would be \`any\` and this directive unused (TS2578).
@@ -609,8 +793,12 @@ const appCa: PreviewProxyCertificateAuthority = { certPem: '-----BEGIN CERTIFICA
 const nothing: void = setPreviewProxyCertificateAuthority(appCa)
 void nothing
 
-const ca: PreviewProxyCertificateAuthorityInfo = enablePreviewProxyHttpsMode(app, { caFile: '/tmp/ca.json' })
+const httpsOptions: PreviewProxyHttpsModeOptions = { caFile: '/tmp/ca.json' }
+const ca: PreviewProxyCertificateAuthorityInfo = enablePreviewProxyHttpsMode(app, httpsOptions)
 enablePreviewProxyHttpsMode(app)
+enablePreviewProxyHttpsMode(app, {})
+const days: number = PER_LAUNCH_CA_VALIDITY_DAYS + CA_FILE_VALIDITY_DAYS + CA_FILE_RENEW_DAYS
+void days
 const spki: string = ca.spkiSha256
 installPreviewProxyLoginHandler(app)
 setPreviewProxyLoggingEnabled(true)
@@ -661,6 +849,7 @@ import {
   setPreviewProxyCertificateAuthority,
   setPreviewProxyLoggingEnabled,
   startPreviewProxy,
+  PER_LAUNCH_CA_VALIDITY_DAYS,
   type Logger,
 } from '@cmux/preview-proxy/electron'
 
@@ -678,6 +867,8 @@ export async function wrong(logger: Logger, webContents: WebContents): Promise<v
   const partition: string = getPreviewPartitionForPersistKey('task-run-preview:x') // expect TS2322
   installPreviewProxyLoginHandler(session.defaultSession) // expect TS2345
   enablePreviewProxyHttpsMode(app, { caFile: 1 }) // expect TS2322
+  enablePreviewProxyHttpsMode(app, { file: '/tmp/ca.json' }) // expect TS2353
+  const perLaunch: 365 = PER_LAUNCH_CA_VALIDITY_DAYS // expect TS2322
   await startPreviewProxy({ log: () => {}, warn: () => {}, error: 'no' }) // expect TS2322
   setPreviewProxyCertificateAuthority({ certPem: 'x' }) // expect TS2345
   setPreviewProxyCertificateAuthority('x') // expect TS2345
@@ -685,6 +876,7 @@ export async function wrong(logger: Logger, webContents: WebContents): Promise<v
   void cleanup
   void user
   void partition
+  void perLaunch
 }
 `
 
@@ -731,6 +923,9 @@ console.log(JSON.stringify({ names, same: names.every((n) => esm[n] === cjs[n]) 
     })
     const { names, same } = JSON.parse(out.trim().split('\n').pop())
     expect(names).toEqual([
+      'CA_FILE_RENEW_DAYS',
+      'CA_FILE_VALIDITY_DAYS',
+      'PER_LAUNCH_CA_VALIDITY_DAYS',
       'configurePreviewProxyForView',
       'enablePreviewProxyHttpsMode',
       'getPreviewPartitionForPersistKey',

@@ -146,9 +146,34 @@ export declare function getPreviewProxyCertificateAuthorityInfo(): PreviewProxyC
 export declare function installPreviewProxyLoginHandler(app: App): void
 
 export interface PreviewProxyHttpsModeOptions {
-  /** Where the CA is kept; default `<userData>/preview-proxy-ca.json` (`app.getPath('userData')`). */
+  /**
+   * Keep the CA across launches, in this file (JSON `{ certPem, keyPem }`, mode 0600, written
+   * atomically). Left out (the default), the CA is generated in memory for this launch only and
+   * nothing is read or written.
+   *
+   * What keeping it costs: the SPKI switch is app-wide and Chromium accepts any chain that merely
+   * contains a certificate with that key, for any host, without checking signatures. The CA
+   * certificate is no secret (the proxy shows it to every local client), so whoever ever got it,
+   * from this file or from the proxy's listener, can impersonate any site to the app, in every
+   * window, in every launch that trusts it, until the file's CA is replaced (it is valid
+   * `CA_FILE_VALIDITY_DAYS`, a year, at most). Name constraints do not limit that: Chromium does
+   * not check the chain. With the per-launch CA, a copy is good for the one launch it came from.
+   *
+   * The file's CA is replaced by a new one (`ProxyServer.generateCa({ validityDays: 365 })`) when the
+   * file is missing or unusable: not JSON with PEM `certPem`/`keyPem`, not a CA, not valid now or
+   * expiring within `CA_FILE_RENEW_DAYS` (30) days, valid for more than 366 days from notBefore to
+   * notAfter (older versions wrote ten-year CAs), without X.509 name constraints, or with a key that is
+   * not its own.
+   */
   caFile?: string
 }
+
+/** Days the per-launch CA of the HTTPS proxy mode is valid (`ProxyServer.generateCa({ validityDays: 30 })`). */
+export declare const PER_LAUNCH_CA_VALIDITY_DAYS: 30
+/** Days a CA the HTTPS proxy mode writes to `caFile` is valid. */
+export declare const CA_FILE_VALIDITY_DAYS: 365
+/** A `caFile` CA that expires within this many days is replaced at launch. */
+export declare const CA_FILE_RENEW_DAYS: 30
 
 /** A CA as PEM: the certificate, and its private key (RSA or ECDSA; PKCS#1, SEC1 or PKCS#8). */
 export interface PreviewProxyCertificateAuthority {
@@ -168,11 +193,19 @@ export declare function setPreviewProxyCertificateAuthority(ca: PreviewProxyCert
 
 /**
  * Opts in to the HTTPS proxy mode (recommended: Chromium speaks HTTP/2 to the proxy). Call it
- * before the app is ready (it throws after `ready`, or once the proxy started): loads the CA from
- * `caFile`, or creates one (`ProxyServer.generateCa()`, written with mode 0600) when the file is
- * missing or unusable, and appends `--ignore-certificate-errors-spki-list` with its SPKI hash (keeping
- * hashes the switch already had). After `setPreviewProxyCertificateAuthority`, that CA is used instead
- * of the file's. The proxy then starts with that CA, and sessions get `https://`
- * proxy rules. Returns the CA.
+ * before the app is ready (it throws after `ready`, or once the proxy started).
+ *
+ * By default it generates a CA in memory for this launch only
+ * (`ProxyServer.generateCa({ validityDays: PER_LAUNCH_CA_VALIDITY_DAYS })`, with X.509 name
+ * constraints to the hosts the proxy intercepts): nothing is written to disk, no file is read, and
+ * `app.getPath` is not called; the next launch has a new key. With `caFile`, the app chooses to keep
+ * the CA across launches in that file (see `PreviewProxyHttpsModeOptions.caFile` for what that
+ * costs, and when the file's CA is replaced). After `setPreviewProxyCertificateAuthority`, that CA
+ * is used instead, and no file is read or written.
+ *
+ * It appends `--ignore-certificate-errors-spki-list` with the CA's SPKI hash (keeping hashes the
+ * switch already had). The proxy then starts with that CA, and sessions get `https://` proxy rules.
+ * Called again in the same launch, it returns the same CA (and throws when `caFile` differs from
+ * the first call's). Throws a TypeError for a `caFile` that is not a non-empty string. Returns the CA.
  */
 export declare function enablePreviewProxyHttpsMode(app: App, options?: PreviewProxyHttpsModeOptions): PreviewProxyCertificateAuthorityInfo

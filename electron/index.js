@@ -18,8 +18,9 @@
 //     setProxy only, like cmux's scripts/test-preview-proxy.ts passes, is
 //     configured without them, and the logger is warned once)
 //   webContents.id, webContents.session, webContents.once('destroyed')
-//   app.on('login'), app.isReady, app.getPath('userData') (only without caFile),
+//   app.on('login'), app.isReady,
 //   app.commandLine.getSwitchValue, app.commandLine.appendSwitch
+//   (never app.getPath: the module writes to disk only where the app says)
 //
 // Environment, as cmux reads it (the addon itself reads none: it takes options):
 //   CMUX_PREVIEW_TLS_MITM        at load: unset, empty or exactly `1` means TLS
@@ -63,6 +64,21 @@
 // intercepts (`isInterceptedHost` of the addon: loopback names and addresses,
 // *.cmux.local, *.manaflow.local; so also the proxy's own 127.0.0.1 in the
 // HTTPS proxy mode), and leaves every other certificate to Chromium.
+//
+// The HTTPS proxy mode's CA (enablePreviewProxyHttpsMode). Chromium must trust
+// the proxy's certificate before `ready`, by --ignore-certificate-errors-spki-list.
+// That switch is app-wide, and Chromium accepts any chain that merely contains
+// a certificate with an allowlisted key, for any host, without checking the
+// chain's signatures: whoever has the CA certificate (not a secret: the proxy
+// shows it to every local client) can impersonate any site to the app, in
+// every window, for as long as the switch names that key. So by default the CA
+// is per launch: generated in memory (valid PER_LAUNCH_CA_VALIDITY_DAYS), its
+// hash appended for this process only, and nothing is written to disk. An app
+// that wants the same CA across launches passes `caFile` explicitly and
+// accepts that a copy of that certificate works against it for the file CA's
+// lifetime (CA_FILE_VALIDITY_DAYS at most; a file CA spanning longer than a
+// year plus a day, without name constraints, or expiring within
+// CA_FILE_RENEW_DAYS is replaced).
 'use strict'
 
 const { createHash, createPrivateKey, randomBytes, X509Certificate } = require('node:crypto')
@@ -76,7 +92,17 @@ const LAST_PORT = 39434
 const PROXY_HOST = '127.0.0.1'
 const TASK_RUN_PREVIEW_PREFIX = 'task-run-preview:'
 const SPKI_SWITCH = 'ignore-certificate-errors-spki-list'
-const CA_FILE_NAME = 'preview-proxy-ca.json'
+/** Validity of the CA the HTTPS proxy mode generates for one launch (in memory only). */
+const PER_LAUNCH_CA_VALIDITY_DAYS = 30
+/** Validity of a CA the HTTPS proxy mode writes to the app's `caFile`. */
+const CA_FILE_VALIDITY_DAYS = 365
+/** A `caFile` CA that expires within this many days is replaced at launch. */
+const CA_FILE_RENEW_DAYS = 30
+const DAY_MS = 24 * 60 * 60 * 1000
+/** The longest notBefore..notAfter span of a usable `caFile` CA (generateCa backdates by a day). */
+const CA_FILE_MAX_SPAN_MS = (CA_FILE_VALIDITY_DAYS + 1) * DAY_MS
+/** DER of the OID id-ce-nameConstraints (2.5.29.30). */
+const NAME_CONSTRAINTS_OID_DER = Buffer.from([0x06, 0x03, 0x55, 0x1d, 0x1e])
 /** cmux's test route: a URL whose host contains this, with TEST_CMUX_PROXY_ORIGIN set. */
 const TEST_ROUTE_HOST = 'cmux-test-base-8080'
 /** Electron's setCertificateVerifyProc verdicts. */
@@ -599,7 +625,56 @@ function installPreviewProxyLoginHandler(app) {
 // ---------------------------------------------------------------------------
 // The HTTPS proxy mode
 
-/** The CA kept in `file`, or null when there is none or it is unusable (bad JSON or PEM, not a CA, expired, key not its own). */
+/** The DER element at `offset` of `der`: { tag, contentStart, end }; throws when it does not fit. */
+function derElement(der, offset, limit = der.length) {
+  if (offset + 2 > limit) throw new Error('truncated DER')
+  const tag = der[offset]
+  let length = der[offset + 1]
+  let contentStart = offset + 2
+  if (length & 0x80) {
+    const count = length & 0x7f
+    if (count === 0 || count > 4 || contentStart + count > limit) throw new Error('unsupported DER length')
+    length = 0
+    for (let i = 0; i < count; i++) length = length * 256 + der[contentStart + i]
+    contentStart += count
+  }
+  const end = contentStart + length
+  if (end > limit) throw new Error('truncated DER')
+  return { tag, contentStart, end }
+}
+
+/**
+ * Whether the certificate carries the X.509 nameConstraints extension
+ * (2.5.29.30): the extensions ([3] of the TBSCertificate) are walked, so the
+ * OID's bytes elsewhere (in a name, say) do not count.
+ */
+function hasNameConstraints(cert) {
+  const der = cert.raw
+  const certificate = derElement(der, 0)
+  const tbs = derElement(der, certificate.contentStart, certificate.end)
+  for (let offset = tbs.contentStart; offset < tbs.end; ) {
+    const field = derElement(der, offset, tbs.end)
+    if (field.tag === 0xa3) {
+      const extensions = derElement(der, field.contentStart, field.end)
+      for (let at = extensions.contentStart; at < extensions.end; ) {
+        const extension = derElement(der, at, extensions.end)
+        const oid = derElement(der, extension.contentStart, extension.end)
+        if (der.subarray(extension.contentStart, oid.end).equals(NAME_CONSTRAINTS_OID_DER)) return true
+        at = extension.end
+      }
+      return false
+    }
+    offset = field.end
+  }
+  return false
+}
+
+/**
+ * The CA kept in `file`, or null when there is none or it is unusable: bad
+ * JSON or PEM, not a CA, not valid now or expiring within CA_FILE_RENEW_DAYS,
+ * valid for longer than a year (notAfter - notBefore over 366 days: older
+ * versions wrote ten-year CAs), without name constraints, key not its own.
+ */
 function readCa(file) {
   let text
   try {
@@ -612,8 +687,13 @@ function readCa(file) {
     const { certPem, keyPem } = JSON.parse(text)
     if (typeof certPem !== 'string' || typeof keyPem !== 'string') return null
     const cert = new X509Certificate(certPem)
+    if (!cert.ca) return null
     const now = Date.now()
-    if (!cert.ca || Date.parse(cert.validFrom) > now || now >= Date.parse(cert.validTo)) return null
+    const notBefore = Date.parse(cert.validFrom)
+    const notAfter = Date.parse(cert.validTo)
+    if (!(notBefore <= now) || !(now + CA_FILE_RENEW_DAYS * DAY_MS < notAfter)) return null
+    if (notAfter - notBefore > CA_FILE_MAX_SPAN_MS) return null
+    if (!hasNameConstraints(cert)) return null
     if (!cert.checkPrivateKey(createPrivateKey(keyPem))) return null
     return { certPem, keyPem }
   } catch {
@@ -641,17 +721,33 @@ function enablePreviewProxyHttpsMode(app, options = {}) {
   if (app.isReady()) {
     throw new Error("enablePreviewProxyHttpsMode must be called before the app is ready: Chromium reads --ignore-certificate-errors-spki-list at startup")
   }
+  const caFile = (options || {}).caFile
+  if (caFile !== undefined && (typeof caFile !== 'string' || caFile === '')) {
+    throw new TypeError('enablePreviewProxyHttpsMode: caFile must be a non-empty path (or left out: a CA for this launch only)')
+  }
   let ca
   if (state.explicitCa) {
     // The CA given to setPreviewProxyCertificateAuthority wins: no CA file.
     ca = { certPem: state.explicitCa.certPem, keyPem: state.explicitCa.keyPem }
+  } else if (state.httpsCa) {
+    // Enabled again in this launch: the switch already names this CA (Chromium reads it once).
+    if (state.httpsCa.caFile !== caFile) {
+      throw new Error(
+        `enablePreviewProxyHttpsMode was already called ${state.httpsCa.caFile === undefined ? 'without caFile' : `with caFile ${JSON.stringify(state.httpsCa.caFile)}`}: ` +
+          'the SPKI switch names that CA, and Chromium reads it once',
+      )
+    }
+    ca = { certPem: state.httpsCa.certPem, keyPem: state.httpsCa.keyPem }
+  } else if (caFile === undefined) {
+    // The default: a CA for this launch only, in memory. Nothing is read or written.
+    ca = addon.ProxyServer.generateCa({ validityDays: PER_LAUNCH_CA_VALIDITY_DAYS })
   } else {
-    const caFile = options.caFile || path.join(app.getPath('userData'), CA_FILE_NAME)
+    // The app chose to keep its CA across launches, in this file.
     ca = readCa(caFile)
     if (ca) {
       if (process.platform !== 'win32') fs.chmodSync(caFile, 0o600)
     } else {
-      ca = addon.ProxyServer.generateCa()
+      ca = addon.ProxyServer.generateCa({ validityDays: CA_FILE_VALIDITY_DAYS })
       writeCa(caFile, ca)
     }
   }
@@ -660,7 +756,7 @@ function enablePreviewProxyHttpsMode(app, options = {}) {
   const existing = app.commandLine.getSwitchValue(SPKI_SWITCH)
   const hashes = existing ? existing.split(',').map((h) => h.trim()).filter(Boolean) : []
   if (!hashes.includes(spki)) app.commandLine.appendSwitch(SPKI_SWITCH, [...hashes, spki].join(','))
-  state.httpsCa = { certPem: ca.certPem, keyPem: ca.keyPem, spkiSha256: spki }
+  state.httpsCa = { certPem: ca.certPem, keyPem: ca.keyPem, spkiSha256: spki, caFile: state.explicitCa ? undefined : caFile }
   if (!state.app) state.app = app
   return { certPem: ca.certPem, spkiSha256: spki }
 }
@@ -677,3 +773,6 @@ exports.getPreviewProxyCertificateAuthorityInfo = getPreviewProxyCertificateAuth
 exports.installPreviewProxyLoginHandler = installPreviewProxyLoginHandler
 exports.enablePreviewProxyHttpsMode = enablePreviewProxyHttpsMode
 exports.setPreviewProxyCertificateAuthority = setPreviewProxyCertificateAuthority
+exports.PER_LAUNCH_CA_VALIDITY_DAYS = PER_LAUNCH_CA_VALIDITY_DAYS
+exports.CA_FILE_VALIDITY_DAYS = CA_FILE_VALIDITY_DAYS
+exports.CA_FILE_RENEW_DAYS = CA_FILE_RENEW_DAYS

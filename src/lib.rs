@@ -120,6 +120,18 @@ mod addon {
         pub upstream_connect_timeout_ms: Option<f64>,
         /// An upstream's response head later than this gives 504 (default 60000).
         pub upstream_response_timeout_ms: Option<f64>,
+        /// Upstream connections open at once, tunnels included, across contexts (default 16384) and per
+        /// context (default 8192). A connection past a cap waits up to 3 s for a place, then gets 503.
+        pub max_upstream_connections: Option<f64>,
+        pub max_upstream_connections_per_context: Option<f64>,
+        /// DNS lookups under way at once (default 64); more wait their turn within the connect timeout.
+        pub max_concurrent_dns_lookups: Option<f64>,
+        /// Unused upstream connections kept across origins (default 256); the least recently used close first.
+        pub max_idle_upstream_connections: Option<f64>,
+        /// Client connections that have not authenticated a request yet, at once (default 1024): more get
+        /// 503 and a close. Each must authenticate within `unauthenticatedTimeoutMs` (default 10000) or is closed.
+        pub max_unauthenticated_connections: Option<f64>,
+        pub unauthenticated_timeout_ms: Option<f64>,
         /// A TLS handshake the proxy terminates (the HTTPS listener, intercepted tunnels) must finish within
         /// this many ms, else the connection is closed (default 10000).
         pub tls_handshake_timeout_ms: Option<f64>,
@@ -159,6 +171,25 @@ mod addon {
         }
         if let Some(timeout) = millis("tlsHandshakeTimeoutMs", options.tls_handshake_timeout_ms)? {
             limits.tls_handshake_timeout = timeout;
+        }
+        if let Some(timeout) = millis("unauthenticatedTimeoutMs", options.unauthenticated_timeout_ms)? {
+            limits.unauthenticated_timeout = timeout;
+        }
+        let count = |name, value| Ok::<_, Error>(whole_number(name, value, 1.0, 1_000_000.0)?.map(|n| n as usize));
+        if let Some(n) = count("maxUpstreamConnections", options.max_upstream_connections)? {
+            limits.max_upstream_connections = n;
+        }
+        if let Some(n) = count("maxUpstreamConnectionsPerContext", options.max_upstream_connections_per_context)? {
+            limits.max_upstream_per_context = n;
+        }
+        if let Some(n) = count("maxConcurrentDnsLookups", options.max_concurrent_dns_lookups)? {
+            limits.max_dns_lookups = n;
+        }
+        if let Some(n) = count("maxIdleUpstreamConnections", options.max_idle_upstream_connections)? {
+            limits.max_idle_upstream = n;
+        }
+        if let Some(n) = count("maxUnauthenticatedConnections", options.max_unauthenticated_connections)? {
+            limits.max_unauthenticated = n;
         }
         if let Some(timeout) = millis("upstreamResponseTimeoutMs", options.upstream_response_timeout_ms)? {
             limits.response_timeout = timeout;

@@ -4,10 +4,14 @@
 // - one proxy per app, on the first free port of 39385..39434, used as an
 //   https:// proxy (the HTTPS proxy mode): Chromium speaks HTTP/2 to it, so a
 //   page of hundreds of modules is not held to 6 connections;
-// - its CA is kept in the app's user data (mode 0600) and trusted by SPKI
-//   before `ready` (Chromium treats a bad proxy certificate as fatal, and no
-//   event fires for it: --ignore-certificate-errors-spki-list is the way that
-//   works): enablePreviewProxyHttpsMode(app);
+// - its CA is trusted by SPKI before `ready` (Chromium treats a bad proxy
+//   certificate as fatal, and no event fires for it:
+//   --ignore-certificate-errors-spki-list is the way that works):
+//   enablePreviewProxyHttpsMode(app). The CA is new for each launch, kept in
+//   memory only (valid 30 days, constrained to loopback names): that switch is
+//   app-wide, and Chromium accepts any chain containing the CA's key for any
+//   host, so a CA kept on disk would let whoever ever got its (public)
+//   certificate impersonate any site to the app in later launches too;
 // - one session partition per preview, so that Chromium's per-session proxy
 //   credential cache never mixes two previews;
 // - configurePreviewProxyForView derives the route from the preview's cmux
@@ -39,8 +43,12 @@ const logger: Logger = {
   warn: (message, data) => console.warn(`[preview] ${message}`, data ?? ''),
 }
 
-// Before `ready`: loads (or creates) <userData>/preview-proxy-ca.json and
+// Before `ready`: generates this launch's CA (in memory, nothing written) and
 // appends --ignore-certificate-errors-spki-list with its key's hash.
+// To keep one CA across launches instead, pass a file explicitly, e.g.
+// `{ caFile: path.join(app.getPath('userData'), 'preview-proxy-ca.json') }`
+// (mode 0600, a CA of a year, renewed 30 days before it expires), and accept
+// that a copy of its certificate works against the app for that year.
 enablePreviewProxyHttpsMode(app)
 // The proxy's 407 answered with the credentials of the WebContents that asked,
 // for this proxy's challenge only (configurePreviewProxyForView would install

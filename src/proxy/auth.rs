@@ -26,6 +26,8 @@ pub(crate) struct Context {
     /// authenticated (the token's own check takes a mutex).
     revoked_flag: AtomicBool,
     pub(crate) stats: super::events::ContextStats,
+    /// One permit per upstream connection the context has open (tunnels included).
+    pub(crate) upstream_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Context {
@@ -61,6 +63,8 @@ struct Maps {
 pub(crate) struct Contexts {
     maps: RwLock<Maps>,
     shutdown: CancellationToken,
+    /// Upstream connections one context may have open at once.
+    upstream_per_context: usize,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -71,8 +75,8 @@ pub enum AuthError {
 }
 
 impl Contexts {
-    pub(crate) fn new(shutdown: CancellationToken) -> Self {
-        Contexts { maps: RwLock::default(), shutdown }
+    pub(crate) fn new(shutdown: CancellationToken, upstream_per_context: usize) -> Self {
+        Contexts { maps: RwLock::default(), shutdown, upstream_per_context }
     }
 
     /// Creates a context with fresh credentials; replaces (and revokes) any
@@ -87,6 +91,7 @@ impl Contexts {
             revoked: self.shutdown.child_token(),
             revoked_flag: AtomicBool::new(false),
             stats: Default::default(),
+            upstream_slots: Arc::new(tokio::sync::Semaphore::new(self.upstream_per_context)),
         });
         let mut maps = self.maps.write();
         if let Some(old) = maps.by_web_contents.insert(web_contents_id, context.clone()) {
@@ -192,7 +197,7 @@ mod tests {
 
     #[test]
     fn credentials_are_fresh_and_well_formed() {
-        let contexts = Contexts::new(CancellationToken::new());
+        let contexts = Contexts::new(CancellationToken::new(), 16);
         let a = contexts.create(7, None);
         let b = contexts.create(8, None);
         assert!(a.username.starts_with("wc-7-") && a.username.len() == "wc-7-".len() + 8);
@@ -203,7 +208,7 @@ mod tests {
 
     #[test]
     fn authenticates_only_live_contexts() {
-        let contexts = Contexts::new(CancellationToken::new());
+        let contexts = Contexts::new(CancellationToken::new(), 16);
         let a = contexts.create(1, None);
         let header = basic(&a.username, &a.password);
         assert_eq!(contexts.authenticate(Some(&header)).unwrap().id, a.id);

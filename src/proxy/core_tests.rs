@@ -90,9 +90,17 @@ fn pool_for(host_port: &str, addr: SocketAddr, extra_roots_pem: Vec<String>) -> 
         extra_roots_pem,
         connect_timeout: Duration::from_secs(5),
         insecure: false,
+        max_connections: 1024,
+        slot_wait: Duration::from_secs(1),
+        max_dns_lookups: 4,
     })
     .unwrap();
-    Pool::new(connector, TaskTracker::new(), CancellationToken::new())
+    Pool::new(connector, TaskTracker::new(), CancellationToken::new(), 256)
+}
+
+/// A context's cap on upstream connections, for requests sent through the pool directly.
+fn slots() -> Arc<tokio::sync::Semaphore> {
+    Arc::new(tokio::sync::Semaphore::new(1024))
 }
 
 fn get(uri: &str) -> Request<Body> {
@@ -108,7 +116,9 @@ async fn burst(pool: &Arc<Pool>, upstream: &Upstream) {
     let sends = (0..50).map(|i| {
         let pool = pool.clone();
         let upstream = upstream.clone();
-        tokio::spawn(async move { pool.send(&upstream, get(&format!("https://devbox.test/m/{i}"))).await })
+        tokio::spawn(
+            async move { pool.send(&upstream, get(&format!("https://devbox.cmux.local/m/{i}")), &slots()).await },
+        )
     });
     for (i, send) in sends.enumerate() {
         let response = send.await.unwrap().unwrap();
@@ -118,9 +128,9 @@ async fn burst(pool: &Arc<Pool>, upstream: &Upstream) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cold_burst_shares_one_connection_each_time_the_origin_has_none() {
-    let upstream = h2_upstream("devbox.test").await;
-    let pool = pool_for("devbox.test:443", upstream.addr, vec![upstream.ca_pem.clone()]);
-    let target = upstream_for(None, Scheme::Https, &HostPort { host: "devbox.test".into(), port: 443 });
+    let upstream = h2_upstream("devbox.cmux.local").await;
+    let pool = pool_for("devbox.cmux.local:443", upstream.addr, vec![upstream.ca_pem.clone()]);
+    let target = upstream_for(None, Scheme::Https, &HostPort { host: "devbox.cmux.local".into(), port: 443 });
     burst(&pool, &target).await;
     assert_eq!(upstream.connections.load(Ordering::SeqCst), 1);
     // The upstream closes its connection (GOAWAY): the next cold burst opens exactly one more.
@@ -172,7 +182,7 @@ async fn an_idempotent_request_meeting_a_stale_connection_goes_again_and_a_post_
     let pool = pool_for("stale.test:80", addr, Vec::new());
     let target = upstream_for(None, Scheme::Http, &HostPort { host: "stale.test".into(), port: 80 });
     for _ in 0..3 {
-        let response = pool.send(&target, get("http://stale.test/")).await.unwrap();
+        let response = pool.send(&target, get("http://stale.test/"), &slots()).await.unwrap();
         assert_eq!(body_text(response).await, "fresh");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -182,7 +192,7 @@ async fn an_idempotent_request_meeting_a_stale_connection_goes_again_and_a_post_
     let post = Request::post("http://stale.test/")
         .body(Full::new(Bytes::from_static(b"once")).map_err(|never| match never {}).boxed())
         .unwrap();
-    let failed = pool.send(&target, post).await;
+    let failed = pool.send(&target, post, &slots()).await;
     assert!(matches!(failed, Err(ProxyError::BadGateway(_))), "{failed:?}");
     assert_eq!(*seen.lock(), ["POST"], "a POST is never replayed");
 }

@@ -22,6 +22,8 @@ pub(crate) enum ProxyError {
     BadGateway(String),
     /// Connecting, the TLS handshake or the response head took too long (504).
     Timeout(String),
+    /// Too many upstream connections are open, for the preview or in all (503).
+    Unavailable(String),
 }
 
 impl ProxyError {
@@ -33,6 +35,7 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -46,6 +49,7 @@ impl ProxyError {
             ProxyError::Tls(_) => "tls",
             ProxyError::BadGateway(_) => "upstream",
             ProxyError::Timeout(_) => "timeout",
+            ProxyError::Unavailable(_) => "busy",
         }
     }
 
@@ -57,7 +61,8 @@ impl ProxyError {
             | ProxyError::Refused(r)
             | ProxyError::Tls(r)
             | ProxyError::BadGateway(r)
-            | ProxyError::Timeout(r) => r,
+            | ProxyError::Timeout(r)
+            | ProxyError::Unavailable(r) => r,
         }
     }
 
@@ -98,6 +103,7 @@ mod tests {
         assert_eq!(ProxyError::Forbidden("x".into()).status(), 403);
         assert_eq!(ProxyError::BadGateway("x".into()).status(), 502);
         assert_eq!(ProxyError::Timeout("x".into()).status(), 504);
+        assert_eq!(ProxyError::Unavailable("x".into()).status(), 503);
         assert_eq!(ProxyError::BadGateway("a\r\nb".into()).to_string(), "a  b");
     }
 

@@ -104,6 +104,18 @@ pub(crate) struct Limits {
     pub(crate) http2_max_concurrent_streams: u32,
     /// When set, `CONNECT` to hosts that are not rewritten is allowed to these ports only.
     pub(crate) connect_ports: Option<Vec<u16>>,
+    /// Upstream connections (tunnels included) open at once, in all and per context.
+    pub(crate) max_upstream_connections: usize,
+    pub(crate) max_upstream_per_context: usize,
+    /// How long a connection waits for a place under those caps before `503`.
+    pub(crate) upstream_slot_wait: Duration,
+    /// DNS lookups under way at once.
+    pub(crate) max_dns_lookups: usize,
+    /// Unused upstream connections kept across origins; the least recently used go first.
+    pub(crate) max_idle_upstream: usize,
+    /// Client connections that have not authenticated yet, at once; and how long one may take to.
+    pub(crate) max_unauthenticated: usize,
+    pub(crate) unauthenticated_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -119,6 +131,14 @@ impl Default for Limits {
             http2_idle_timeout: Duration::from_secs(300),
             http2_max_concurrent_streams: 1000,
             connect_ports: None,
+            // Far above what a browser opens: 5 000 tunnels of one preview keep working.
+            max_upstream_connections: 16_384,
+            max_upstream_per_context: 8_192,
+            upstream_slot_wait: Duration::from_secs(3),
+            max_dns_lookups: 64,
+            max_idle_upstream: 256,
+            max_unauthenticated: 1024,
+            unauthenticated_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -174,6 +194,8 @@ pub(crate) struct Shared {
     pub(crate) tasks: TaskTracker,
     /// One permit per client connection on the listener.
     pub(crate) connection_slots: Arc<tokio::sync::Semaphore>,
+    /// One permit per listener connection that has not authenticated a request yet.
+    pub(crate) unauthenticated_slots: Arc<tokio::sync::Semaphore>,
     /// Pipes for the blind tunnels that splice(2) relays.
     #[cfg(target_os = "linux")]
     pub(crate) pipes: splice::Pipes,
@@ -223,6 +245,9 @@ impl Proxy {
             extra_roots_pem: options.upstream_ca_pem,
             connect_timeout: limits.connect_timeout,
             insecure: options.insecure_upstream,
+            max_connections: limits.max_upstream_connections,
+            slot_wait: limits.upstream_slot_wait,
+            max_dns_lookups: limits.max_dns_lookups,
         })
         .map_err(StartError::BadOption)?;
         let test_proxy_origin = match &options.test_proxy_origin {
@@ -253,8 +278,8 @@ impl Proxy {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let shared = Arc::new(Shared {
-            contexts: Contexts::new(shutdown.clone()),
-            pool: Pool::new(connector.clone(), tasks.clone(), shutdown.clone()),
+            contexts: Contexts::new(shutdown.clone(), limits.max_upstream_per_context),
+            pool: Pool::new(connector.clone(), tasks.clone(), shutdown.clone(), limits.max_idle_upstream),
             connector,
             stats: Stats::default(),
             log: Log(AtomicBool::new(options.logging)),
@@ -269,6 +294,7 @@ impl Proxy {
             shutdown,
             tasks,
             connection_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
+            unauthenticated_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_unauthenticated)),
             #[cfg(target_os = "linux")]
             pipes: splice::Pipes::default(),
             limits,

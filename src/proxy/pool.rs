@@ -25,7 +25,7 @@ use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -59,10 +59,14 @@ pub(crate) struct Pool {
     tasks: TaskTracker,
     shutdown: CancellationToken,
     next_connection_id: AtomicU64,
+    /// Unused connections kept across origins; past it the least recently used close.
+    max_idle: usize,
 }
 
 struct Origin {
     key: OriginKey,
+    /// Unused HTTP/1.1 connections kept for this origin (at most the pool's `max_idle`).
+    max_idle: usize,
     state: Mutex<OriginState>,
     /// Fired when an opening attempt is over, to wake the requests that waited for it.
     opened: Notify,
@@ -95,6 +99,13 @@ struct Idle {
     since: Instant,
 }
 
+impl Multiplexed {
+    /// No stream under way: the connection is only kept for later requests.
+    fn is_unused(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0
+    }
+}
+
 enum Sender {
     Http1(http1::SendRequest<Body>),
     Http2(Multiplexed),
@@ -118,20 +129,32 @@ struct Failed {
 }
 
 impl Pool {
-    pub(crate) fn new(connector: Connector, tasks: TaskTracker, shutdown: CancellationToken) -> Arc<Pool> {
+    pub(crate) fn new(
+        connector: Connector,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+        max_idle: usize,
+    ) -> Arc<Pool> {
         let pool = Arc::new(Pool {
             connector,
             origins: Mutex::default(),
             tasks,
             shutdown,
             next_connection_id: AtomicU64::new(1),
+            max_idle,
         });
         pool.tasks.spawn(sweep_idle(Arc::downgrade(&pool), pool.shutdown.clone()));
         pool
     }
 
-    /// Sends `req` (absolute URI) to `upstream` and returns the response head; the body streams.
-    pub(crate) async fn send(&self, upstream: &Upstream, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
+    /// Sends `req` (absolute URI) to `upstream` and returns the response head; the body streams. A
+    /// connection it opens counts against `slots` (the context's cap) for as long as it lives.
+    pub(crate) async fn send(
+        &self,
+        upstream: &Upstream,
+        req: Request<Body>,
+        slots: &Arc<Semaphore>,
+    ) -> Result<Response<Body>, ProxyError> {
         let origin = self.origin(upstream);
         let (mut parts, body) = req.into_parts();
         let uri = std::mem::take(&mut parts.uri);
@@ -141,7 +164,7 @@ impl Pool {
         let idempotent = is_idempotent(&parts.method);
         let mut req = Request::from_parts(parts, body);
         for attempt in 1..=MAX_ATTEMPTS {
-            let lease = self.checkout(&origin).await?;
+            let lease = self.checkout(&origin, slots).await?;
             let reused = lease.reused;
             let failed = match lease.send(&origin, req, &uri, host.as_ref()).await {
                 Ok(response) => return Ok(response),
@@ -175,6 +198,7 @@ impl Pool {
             .or_insert_with_key(|key| {
                 Arc::new(Origin {
                     key: key.clone(),
+                    max_idle: self.max_idle.min(MAX_IDLE_PER_ORIGIN),
                     state: Mutex::default(),
                     opened: Notify::new(),
                     tasks: self.tasks.clone(),
@@ -185,7 +209,7 @@ impl Pool {
 
     /// A live connection of `origin`, or a new one. While an origin that may
     /// multiplex has none, one request opens it and the others wait.
-    async fn checkout(&self, origin: &Arc<Origin>) -> Result<Lease, ProxyError> {
+    async fn checkout(&self, origin: &Arc<Origin>, slots: &Arc<Semaphore>) -> Result<Lease, ProxyError> {
         loop {
             let waiting = {
                 let mut state = origin.state.lock();
@@ -202,7 +226,7 @@ impl Pool {
             };
             let (opened, attempt) = match waiting {
                 Ok(waiting) => waiting,
-                Err(gated) => return self.open(origin, gated).await,
+                Err(gated) => return self.open(origin, gated, slots).await,
             };
             opened.await;
             let state = origin.state.lock();
@@ -214,11 +238,14 @@ impl Pool {
     }
 
     /// Opens a connection to `origin`; `gated` when others wait for it.
-    async fn open(&self, origin: &Arc<Origin>, gated: bool) -> Result<Lease, ProxyError> {
+    async fn open(&self, origin: &Arc<Origin>, gated: bool, slots: &Arc<Semaphore>) -> Result<Lease, ProxyError> {
+        // A new connection may take the pool past its cap of unused ones once it is unused
+        // itself: the oldest go first, leaving it room.
+        self.trim_idle(1);
         let mut gate = OpeningGate { origin, gated, failure: None };
         let key = &origin.key;
         let opened = async {
-            let stream = self.connector.connect(key.scheme, &key.addr, Alpn::Any, &key.policy).await?;
+            let stream = self.connector.connect(key.scheme, &key.addr, Alpn::Any, &key.policy, slots).await?;
             let multiplexed = stream.is_h2();
             let io = TokioIo::new(stream);
             let handshake_failed = |e: hyper::Error| ProxyError::exchange(&key.addr, &e);
@@ -257,6 +284,35 @@ impl Pool {
             gate.failure = Some(e.clone());
         }
         opened
+    }
+
+    /// Closes the least recently used unused connections (kept-alive HTTP/1.1
+    /// ones, and HTTP/2 ones with no stream) past `max_idle - room`, across origins:
+    /// a page that touches hundreds of origins must not leave a socket open
+    /// for each.
+    fn trim_idle(&self, room: usize) {
+        let max_idle = self.max_idle.saturating_sub(room);
+        let origins: Vec<Arc<Origin>> = self.origins.lock().values().cloned().collect();
+        let mut unused_since: Vec<Instant> = Vec::new();
+        for origin in &origins {
+            let state = origin.state.lock();
+            unused_since.extend(state.idle.iter().map(|idle| idle.since));
+            unused_since.extend(state.multiplexed.as_ref().filter(|c| c.is_unused()).map(|c| c.last_used));
+        }
+        if unused_since.len() <= max_idle {
+            return;
+        }
+        // Everything unused since this moment or before goes.
+        let excess = unused_since.len() - max_idle;
+        let (_, cutoff, _) = unused_since.select_nth_unstable(excess - 1);
+        let cutoff = *cutoff;
+        for origin in &origins {
+            let mut state = origin.state.lock();
+            state.idle.retain(|idle| idle.since > cutoff);
+            if state.multiplexed.as_ref().is_some_and(|c| c.is_unused() && c.last_used <= cutoff) {
+                state.multiplexed = None;
+            }
+        }
     }
 
     /// Drives an upstream connection until it ends or the server stops.
@@ -325,7 +381,7 @@ impl Origin {
 
     fn keep_idle(&self, sender: http1::SendRequest<Body>) {
         let mut state = self.state.lock();
-        if state.idle.len() < MAX_IDLE_PER_ORIGIN {
+        if state.idle.len() < self.max_idle {
             state.idle.push(Idle { sender, since: Instant::now() });
         }
     }
@@ -538,6 +594,7 @@ async fn sweep_idle(pool: std::sync::Weak<Pool>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
         }
         let Some(pool) = pool.upgrade() else { return };
+        pool.trim_idle(0);
         pool.origins.lock().retain(|_, origin| {
             let mut state = origin.state.lock();
             state.idle.retain(|idle| !idle.sender.is_closed() && idle.since.elapsed() < IDLE_TIMEOUT);

@@ -19,6 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
@@ -57,11 +58,19 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             Ok((stream, _)) => {
                 let _ = stream.set_nodelay(true);
                 let Ok(slot) = shared.connection_slots.clone().try_acquire_owned() else {
-                    shared.tasks.spawn(refuse_over_capacity(stream));
+                    shared.tasks.spawn(refuse_over_capacity(stream, "proxy is at its connection cap\n"));
+                    continue;
+                };
+                // Connections that have not authenticated yet have a cap of their own: they cannot
+                // take every place from the previews.
+                let Ok(unauthenticated) = shared.unauthenticated_slots.clone().try_acquire_owned() else {
+                    let busy = "too many connections are waiting to authenticate\n";
+                    shared.tasks.spawn(refuse_over_capacity(stream, busy));
                     continue;
                 };
                 let closer = shared.shutdown.child_token();
-                shared.tasks.spawn(serve_stream(shared.clone(), stream, None, closer, Hold::listener(slot)));
+                let slot = Hold::listener(slot);
+                shared.tasks.spawn(serve_listener_stream(shared.clone(), stream, closer, slot, unauthenticated));
             }
             // Out of file descriptors and the like: back off instead of spinning.
             Err(e) => {
@@ -75,12 +84,15 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
 /// Past `max_connections`: a short `503` and a close. The request is read
 /// (a bounded amount) after the answer: closing a socket with unread bytes
 /// resets it, and the client would see the reset instead of the 503.
-async fn refuse_over_capacity(mut stream: tokio::net::TcpStream) {
+async fn refuse_over_capacity(mut stream: tokio::net::TcpStream, body: &'static str) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 31\r\nConnection: close\r\n\r\nproxy is at its connection cap\n";
     const READ_AT_MOST: usize = 64 * 1024;
+    let busy = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
-        stream.write_all(BUSY).await?;
+        stream.write_all(busy.as_bytes()).await?;
         stream.shutdown().await?;
         let mut sink = [0u8; 4096];
         let mut read = 0;
@@ -111,6 +123,10 @@ struct Connection {
     /// sends the same value with every request, checked once per connection
     /// (revoking the context closes the connection anyway).
     accepted: Mutex<Option<(http::HeaderValue, Arc<Context>)>>,
+    /// A listener connection's place under the cap of unauthenticated ones, until its first
+    /// authenticated request; `authenticated` is set then (and from the start inside a tunnel).
+    unauthenticated: Mutex<Option<OwnedSemaphorePermit>>,
+    authenticated: AtomicBool,
 }
 
 impl Connection {
@@ -129,6 +145,8 @@ impl Connection {
             }
         }
         let context = shared.contexts.authenticate(Some(header.as_bytes())).ok()?;
+        self.authenticated.store(true, Ordering::Relaxed);
+        self.unauthenticated.lock().take();
         self.watch(shared, &context);
         *self.accepted.lock() = Some((header.clone(), context.clone()));
         Some(context)
@@ -151,14 +169,49 @@ impl Connection {
     }
 }
 
-/// Serves HTTP/1.1 (and HTTP/2 when enabled) on any byte stream until it ends
-/// or `closer` is cancelled. Boxed: tunnels call it from inside the service.
+/// Serves a connection of the listener: it must authenticate a request
+/// within `unauthenticatedTimeoutMs`, else it is closed.
+fn serve_listener_stream(
+    shared: Arc<Shared>,
+    io: tokio::net::TcpStream,
+    closer: CancellationToken,
+    slot: Slot,
+    unauthenticated: OwnedSemaphorePermit,
+) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    serve(shared, io, None, closer, slot, Some(unauthenticated))
+}
+
+/// Serves HTTP/1.1 (and HTTP/2 when enabled) inside a tunnel bound to a
+/// context, until it ends or `closer` is cancelled. Boxed: tunnels call it
+/// from inside the service.
 pub(crate) fn serve_stream<I>(
     shared: Arc<Shared>,
     io: I,
     binding: Option<Binding>,
     closer: CancellationToken,
     slot: Slot,
+) -> Pin<Box<dyn Future<Output = ()> + Send>>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    serve(shared, io, binding, closer, slot, None)
+}
+
+/// Closes a connection that has not authenticated a request within `timeout`; never returns otherwise.
+async fn authentication_deadline(connection: &Connection, timeout: std::time::Duration) {
+    tokio::time::sleep(timeout).await;
+    if connection.authenticated.load(Ordering::Relaxed) {
+        std::future::pending::<()>().await;
+    }
+}
+
+fn serve<I>(
+    shared: Arc<Shared>,
+    io: I,
+    binding: Option<Binding>,
+    closer: CancellationToken,
+    slot: Slot,
+    unauthenticated: Option<OwnedSemaphorePermit>,
 ) -> Pin<Box<dyn Future<Output = ()> + Send>>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -174,6 +227,8 @@ where
             http2: AtomicBool::new(false),
             watched: Mutex::new(Vec::new()),
             accepted: Mutex::new(None),
+            authenticated: AtomicBool::new(unauthenticated.is_none()),
+            unauthenticated: Mutex::new(unauthenticated),
         });
         let on_listener = binding.is_none();
         // Shared by the requests of the connection: a clone per request would copy the target.
@@ -238,6 +293,9 @@ where
                 }
             }
             _ = closer.cancelled() => {}
+            _ = authentication_deadline(&connection, limits.unauthenticated_timeout) => {
+                shared.log.event(format_args!("connection closed: no authenticated request within {:?}", limits.unauthenticated_timeout));
+            }
         }
     })
 }
@@ -424,7 +482,7 @@ async fn handle(
         let bytes_in = trace.bytes_in.insert(Arc::default()).clone();
         req.map(|body| Metered::new(body.boxed(), bytes_in).boxed())
     };
-    match forward(&shared, req, &upstream).await {
+    match forward(&shared, req, &upstream, &context).await {
         Ok(response) => response,
         Err(error) => match navigation.filter(|_| error_page::is_unreachable(&error)) {
             Some(url) => {
@@ -445,9 +503,15 @@ fn asked_url(binding: Option<&Binding>, uri: &http::Uri) -> String {
 }
 
 /// Sends a plain request through the pool and streams the answer back.
-async fn forward(shared: &Shared, req: Request<Body>, upstream: &Upstream) -> Result<Response<Body>, ProxyError> {
+async fn forward(
+    shared: &Shared,
+    req: Request<Body>,
+    upstream: &Upstream,
+    context: &Context,
+) -> Result<Response<Body>, ProxyError> {
     let req = upstream_request(req, upstream, None);
-    let sent = tokio::time::timeout(shared.limits.response_timeout, shared.pool.send(upstream, req)).await;
+    let send = shared.pool.send(upstream, req, &context.upstream_slots);
+    let sent = tokio::time::timeout(shared.limits.response_timeout, send).await;
     sent.unwrap_or_else(|_| Err(response_timed_out(shared, upstream))).map(client_response)
 }
 

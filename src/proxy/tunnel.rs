@@ -14,6 +14,7 @@ use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::Context;
@@ -26,7 +27,7 @@ use super::reply::{self, empty_body, Body};
 use super::routing::{is_intercepted_host, parse_authority, upstream_for, HostPort, Scheme, Upstream};
 use super::server::{response_timed_out, serve_stream, Binding};
 use super::sniff::Protocol;
-use super::upstream::Alpn;
+use super::upstream::{Alpn, Counted};
 use super::{Shared, Slot};
 
 /// Any byte stream a tunnel can carry.
@@ -59,7 +60,7 @@ pub(crate) async fn connect(
     let through_origin = upstream.rewritten && !upstream.extra_headers.is_empty();
     if through_origin && (shared.interceptor.is_none() || !is_intercepted_host(&target.host)) {
         // Nothing to look into: the cmux-proxy origin carries the tunnel, and its answer is ours.
-        let upstream_stream = match open_tunnel(&shared, &upstream, &target).await {
+        let upstream_stream = match open_tunnel(&shared, &upstream, &target, &context.upstream_slots).await {
             Ok(stream) => stream,
             Err(error) => return shared.fail(Some(&context), &error),
         };
@@ -80,7 +81,7 @@ pub(crate) async fn connect(
         let error = ProxyError::Forbidden(format!("CONNECT to port {} is not allowed", target.port));
         return shared.fail(Some(&context), &error);
     }
-    let upstream = match shared.connector.connect_tcp(&target, &upstream.policy).await {
+    let upstream = match shared.connector.connect_tcp(&target, &upstream.policy, &context.upstream_slots).await {
         Ok(upstream) => upstream,
         Err(error) => return shared.fail(Some(&context), &error),
     };
@@ -199,9 +200,11 @@ fn spawn_relay(
 async fn relay_to_socket(
     shared: &Shared,
     client: Upgraded,
-    upstream: TcpStream,
+    upstream: Counted<TcpStream>,
     traffic: &Arc<Traffic>,
 ) -> io::Result<()> {
+    // The upstream's places under the caps are held until the tunnel ends.
+    let Counted { io: upstream, slots: _slots } = upstream;
     let idle = shared.limits.idle_tunnel_timeout;
     #[cfg(target_os = "linux")]
     let client = match client_socket(client) {
@@ -275,7 +278,7 @@ async fn look_inside(
         Protocol::Tls | Protocol::Opaque => {
             let upstream = upstream_for(context.route.as_ref(), Scheme::Https, &target);
             *record.handling.lock() = "blind";
-            let upstream_stream = match open_tunnel(&shared, &upstream, &target).await {
+            let upstream_stream = match open_tunnel(&shared, &upstream, &target, &context.upstream_slots).await {
                 Ok(stream) => stream,
                 Err(error) => {
                     shared.events.failure(Some(&context), None, &error);
@@ -289,9 +292,14 @@ async fn look_inside(
 
 /// A raw byte stream to where a routed loopback `target` lives: through the
 /// cmux-proxy origin's own `CONNECT` when the route names one, else the dev box.
-async fn open_tunnel(shared: &Shared, upstream: &Upstream, target: &HostPort) -> Result<Box<dyn Stream>, ProxyError> {
+async fn open_tunnel(
+    shared: &Shared,
+    upstream: &Upstream,
+    target: &HostPort,
+    slots: &Arc<Semaphore>,
+) -> Result<Box<dyn Stream>, ProxyError> {
     if upstream.extra_headers.is_empty() {
-        let stream = shared.connector.connect_tcp(&upstream.addr, &upstream.policy).await?;
+        let stream = shared.connector.connect_tcp(&upstream.addr, &upstream.policy, slots).await?;
         return Ok(Box::new(stream));
     }
     let mut req = Request::connect(target.authority())
@@ -305,7 +313,7 @@ async fn open_tunnel(shared: &Shared, upstream: &Upstream, target: &HostPort) ->
     if let Ok(host) = HeaderValue::from_str(&target.authority()) {
         req.headers_mut().insert(header::HOST, host);
     }
-    let response = send_http1(shared, upstream, req).await?;
+    let response = send_http1(shared, upstream, req, slots).await?;
     if response.status() != StatusCode::OK {
         return Err(ProxyError::BadGateway(format!("{} answered CONNECT with {}", upstream.addr, response.status())));
     }
@@ -318,9 +326,11 @@ async fn send_http1(
     shared: &Shared,
     upstream: &Upstream,
     mut req: Request<Body>,
+    slots: &Arc<Semaphore>,
 ) -> Result<Response<Incoming>, ProxyError> {
     // Connecting is bounded by the connect timeout, the answer by the response timeout.
-    let stream = shared.connector.connect(upstream.scheme, &upstream.addr, Alpn::Http1, &upstream.policy).await?;
+    let stream =
+        shared.connector.connect(upstream.scheme, &upstream.addr, Alpn::Http1, &upstream.policy, slots).await?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| ProxyError::exchange(&upstream.addr, &e))?;
@@ -349,7 +359,8 @@ async fn switch_protocols(
     (asked, upstream): (&str, &Upstream),
     req: Request<Body>,
 ) -> Result<Response<Body>, Response<Body>> {
-    let mut response = send_http1(shared, upstream, req).await.map_err(|e| shared.fail(Some(context), &e))?;
+    let mut response =
+        send_http1(shared, upstream, req, &context.upstream_slots).await.map_err(|e| shared.fail(Some(context), &e))?;
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         return Err(client_response(response.map(|body| body.boxed())));
     }

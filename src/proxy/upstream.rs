@@ -16,6 +16,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::client::TlsStream;
 
 use super::address::{self, Refusal};
@@ -41,6 +42,57 @@ pub(crate) struct UpstreamOptions {
     pub(crate) connect_timeout: Duration,
     /// Test only: accept any upstream certificate (`testAllowInsecureUpstream`).
     pub(crate) insecure: bool,
+    /// Upstream connections open at once, tunnels included, across contexts.
+    pub(crate) max_connections: usize,
+    /// How long a connection waits for a place under a cap before `503`.
+    pub(crate) slot_wait: Duration,
+    /// DNS lookups under way at once (each holds a thread of the blocking pool).
+    pub(crate) max_dns_lookups: usize,
+}
+
+/// An upstream connection's places under the global and the context's caps,
+/// held for as long as the connection lives.
+pub(crate) struct UpstreamSlots {
+    _global: OwnedSemaphorePermit,
+    _context: OwnedSemaphorePermit,
+}
+
+/// A connection with its places under the caps.
+pub(crate) struct Counted<T> {
+    pub(crate) io: T,
+    pub(crate) slots: UpstreamSlots,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
 }
 
 /// Opens connections to upstreams. Cheap to clone.
@@ -55,6 +107,9 @@ struct ConnectorInner {
     tls_http1: tokio_rustls::TlsConnector,
     connect_timeout: Duration,
     own_addresses: OwnAddresses,
+    slots: Arc<Semaphore>,
+    slot_wait: Duration,
+    dns_lookups: Semaphore,
 }
 
 impl Connector {
@@ -93,17 +148,45 @@ impl Connector {
                 tls_http1: tls_config(&[b"http/1.1"])?,
                 connect_timeout: options.connect_timeout,
                 own_addresses: OwnAddresses::default(),
+                slots: Arc::new(Semaphore::new(options.max_connections)),
+                slot_wait: options.slot_wait,
+                dns_lookups: Semaphore::new(options.max_dns_lookups),
             }),
         })
     }
 
+    /// A place under the global cap and under `context`'s, waiting at most
+    /// `slot_wait` for each; `503` past that.
+    async fn slots(&self, context: &Arc<Semaphore>) -> Result<UpstreamSlots, ProxyError> {
+        let wait = self.inner.slot_wait;
+        let take = |semaphore: Arc<Semaphore>, whose: &'static str| async move {
+            match tokio::time::timeout(wait, semaphore.acquire_owned()).await {
+                Ok(Ok(permit)) => Ok(permit),
+                _ => Err(ProxyError::Unavailable(format!(
+                    "too many upstream connections open {whose}; try again when some have closed"
+                ))),
+            }
+        };
+        let context = take(context.clone(), "for this preview").await?;
+        let global = take(self.inner.slots.clone(), "in this proxy").await?;
+        Ok(UpstreamSlots { _global: global, _context: context })
+    }
+
     /// A TCP connection to `addr`, through the `resolve` overrides, else DNS
-    /// (whose answers `policy` filters).
-    pub(crate) async fn connect_tcp(&self, addr: &HostPort, policy: &AddressPolicy) -> Result<TcpStream, ProxyError> {
+    /// (whose answers `policy` filters), counted against `context`'s cap and the global one.
+    pub(crate) async fn connect_tcp(
+        &self,
+        addr: &HostPort,
+        policy: &AddressPolicy,
+        context: &Arc<Semaphore>,
+    ) -> Result<Counted<TcpStream>, ProxyError> {
+        let slots = self.slots(context).await?;
         let attempt = async {
             let candidates = match self.inner.resolve.get(&addr.authority()) {
                 Some(configured) => vec![*configured],
                 None => {
+                    // Bounded: each lookup holds a thread of the blocking pool until the resolver answers.
+                    let _lookup = self.inner.dns_lookups.acquire().await;
                     let found: Vec<SocketAddr> = tokio::net::lookup_host((addr.host.as_str(), addr.port))
                         .await
                         .map_err(|e| ProxyError::Dns(format!("cannot reach {addr}: DNS lookup failed: {e}")))?
@@ -114,7 +197,7 @@ impl Connector {
             let stream =
                 race(candidates).await.map_err(|e| ProxyError::Refused(format!("cannot reach {addr}: {e}")))?;
             let _ = stream.set_nodelay(true);
-            Ok(stream)
+            Ok(Counted { io: stream, slots })
         };
         match tokio::time::timeout(self.inner.connect_timeout, attempt).await {
             Ok(result) => result,
@@ -132,10 +215,11 @@ impl Connector {
         addr: &HostPort,
         alpn: Alpn,
         policy: &AddressPolicy,
+        context: &Arc<Semaphore>,
     ) -> Result<UpstreamStream, ProxyError> {
-        let tcp = self.connect_tcp(addr, policy).await?;
+        let Counted { io: tcp, slots } = self.connect_tcp(addr, policy, context).await?;
         if scheme == Scheme::Http {
-            return Ok(UpstreamStream::Plain(tcp));
+            return Ok(UpstreamStream { io: UpstreamIo::Plain(tcp), _slots: slots });
         }
         let server_name = ServerName::try_from(addr.host.clone())
             .map_err(|e| ProxyError::Tls(format!("cannot reach {addr}: {e}")))?;
@@ -144,7 +228,7 @@ impl Connector {
             Alpn::Http1 => &self.inner.tls_http1,
         };
         match tokio::time::timeout(self.inner.connect_timeout, tls.connect(server_name, tcp)).await {
-            Ok(Ok(stream)) => Ok(UpstreamStream::Tls(Box::new(stream))),
+            Ok(Ok(stream)) => Ok(UpstreamStream { io: UpstreamIo::Tls(Box::new(stream)), _slots: slots }),
             Ok(Err(e)) => Err(ProxyError::Tls(format!("cannot reach {addr}: TLS handshake failed: {e}"))),
             Err(_) => Err(ProxyError::Timeout(format!("TLS handshake with {addr} timed out"))),
         }
@@ -256,8 +340,13 @@ fn interleave_families(candidates: Vec<SocketAddr>) -> Vec<SocketAddr> {
     ordered
 }
 
-/// A plain or TLS connection to an upstream.
-pub(crate) enum UpstreamStream {
+/// A plain or TLS connection to an upstream, with its places under the caps.
+pub(crate) struct UpstreamStream {
+    io: UpstreamIo,
+    _slots: UpstreamSlots,
+}
+
+enum UpstreamIo {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
 }
@@ -265,24 +354,24 @@ pub(crate) enum UpstreamStream {
 impl UpstreamStream {
     /// Whether TLS negotiated HTTP/2 by ALPN.
     pub(crate) fn is_h2(&self) -> bool {
-        matches!(self, UpstreamStream::Tls(tls) if tls.get_ref().1.alpn_protocol() == Some(b"h2"))
+        matches!(&self.io, UpstreamIo::Tls(tls) if tls.get_ref().1.alpn_protocol() == Some(b"h2"))
     }
 }
 
 impl AsyncRead for UpstreamStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        match &mut self.get_mut().io {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
 
 impl AsyncWrite for UpstreamStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        match &mut self.get_mut().io {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -291,30 +380,30 @@ impl AsyncWrite for UpstreamStream {
         cx: &mut TaskContext<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        match &mut self.get_mut().io {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
-        match self {
-            UpstreamStream::Plain(s) => s.is_write_vectored(),
-            UpstreamStream::Tls(s) => s.is_write_vectored(),
+        match &self.io {
+            UpstreamIo::Plain(s) => s.is_write_vectored(),
+            UpstreamIo::Tls(s) => s.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        match &mut self.get_mut().io {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        match &mut self.get_mut().io {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

@@ -1,0 +1,226 @@
+// Bounded resources in the app's main process (issue 18): unused upstream
+// connections capped across origins, upstream connections (tunnels included)
+// capped per context and in all, and connections that never authenticate
+// closed after a while and capped on their own. Real servers on loopback.
+
+import http from 'node:http'
+import http2 from 'node:http2'
+import { afterEach, describe, expect, test } from 'vitest'
+import { authOf, Conn, openTunnel, ProxyServer, proxyRequest, sleep, startEchoServer, trackSockets, waitFor, listen, closer } from './helpers.mjs'
+
+const cleanup = []
+afterEach(async () => {
+  for (const close of cleanup.splice(0).reverse()) await close()
+})
+
+async function startProxy(options) {
+  const proxy = await ProxyServer.start('127.0.0.1:0', true, { httpsProxy: false, ...options })
+  cleanup.push(() => proxy.stop())
+  return proxy
+}
+
+/** An HTTP/1.1 keep-alive server that counts its open sockets. */
+async function startCountingServer() {
+  const server = http.createServer((req, res) => res.end('ok'))
+  server.keepAliveTimeout = 120_000
+  const sockets = trackSockets(server)
+  const port = await listen(server)
+  cleanup.push(closer(server, sockets))
+  return { port, open: () => sockets.size }
+}
+
+/** A CONNECT stream over an h2c session through the proxy; resolves the stream once answered 200, or the status. */
+function h2Connect(session, authority, auth) {
+  return new Promise((resolve, reject) => {
+    const stream = session.request({ ':method': 'CONNECT', ':authority': authority, 'proxy-authorization': auth }, { endStream: false })
+    stream.once('response', (headers) => (headers[':status'] === 200 ? resolve(stream) : resolve(headers[':status'])))
+    stream.once('error', reject)
+  })
+}
+
+/** Sends `text` on a tunnel stream and resolves what came back once it is as long. */
+function echoOver(stream, text) {
+  return new Promise((resolve, reject) => {
+    let got = ''
+    stream.on('data', (d) => {
+      got += d
+      if (got.length >= text.length) resolve(got)
+    })
+    stream.once('error', reject)
+    stream.write(text)
+  })
+}
+
+describe('unused upstream connections are capped across origins', () => {
+  test('300 origins touched once leave at most maxIdleUpstreamConnections (default 256) connections open', async () => {
+    const server = await startCountingServer()
+    const origins = Array.from({ length: 300 }, (_, i) => `origin-${i}.test:80`)
+    const resolve = Object.fromEntries(origins.map((origin) => [origin, `127.0.0.1:${server.port}`]))
+    const proxy = await startProxy({ resolve })
+    const auth = authOf(proxy.createContext(1, null))
+    for (const origin of origins) {
+      const res = await proxyRequest(proxy.port(), `http://${origin}/`, { auth })
+      expect(res.status).toBe(200)
+    }
+    await waitFor(() => server.open() <= 256, { timeout: 5000, message: `${server.open()} upstream sockets open` })
+    expect(server.open()).toBeGreaterThanOrEqual(200) // kept for reuse, up to the cap
+  })
+
+  test('with maxIdleUpstreamConnections: 4, the least recently used close first and the newest are reused', async () => {
+    const server = await startCountingServer()
+    const origins = Array.from({ length: 8 }, (_, i) => `o${i}.test:80`)
+    const proxy = await startProxy({ resolve: Object.fromEntries(origins.map((o) => [o, `127.0.0.1:${server.port}`])), maxIdleUpstreamConnections: 4 })
+    const auth = authOf(proxy.createContext(1, null))
+    const sockets = []
+    for (const origin of origins) {
+      const res = await proxyRequest(proxy.port(), `http://${origin}/`, { auth })
+      expect(res.status).toBe(200)
+    }
+    await waitFor(() => server.open() <= 5, { timeout: 5000, message: `${server.open()} upstream sockets open` })
+    sockets.push(server.open())
+    // The newest origin's connection was kept: a request to it opens nothing new.
+    const before = server.open()
+    expect((await proxyRequest(proxy.port(), `http://${origins.at(-1)}/`, { auth })).status).toBe(200)
+    expect(server.open()).toBe(before)
+  })
+})
+
+describe('upstream connections are capped per context and in all', () => {
+  test('past maxUpstreamConnectionsPerContext a CONNECT waits, then gets 503 with a clear body; another context is not held back; a freed place is taken', async () => {
+    const echo = await startEchoServer()
+    cleanup.push(() => echo.close())
+    const proxy = await startProxy({ maxUpstreamConnectionsPerContext: 3 })
+    const a = authOf(proxy.createContext(1, null))
+    const b = authOf(proxy.createContext(2, null))
+    const held = []
+    for (let i = 0; i < 3; i++) {
+      const { conn, res } = await openTunnel(proxy.port(), `127.0.0.1:${echo.port}`, a)
+      expect(res.status).toBe(200)
+      held.push(conn)
+    }
+    const started = Date.now()
+    const { conn: refused, res } = await openTunnel(proxy.port(), `127.0.0.1:${echo.port}`, a)
+    const waited = Date.now() - started
+    const body = (await refused.readResponse().catch(() => ({ body: Buffer.from(res.body ?? '') }))).body
+    refused.destroy()
+    expect(res.status).toBe(503)
+    expect(res.headers['x-cmux-proxy-error']).toBe('busy')
+    expect(String(res.body ?? body)).toMatch(/too many upstream connections open for this preview/)
+    expect(waited).toBeGreaterThanOrEqual(2500) // it waited for a place first
+    const other = await openTunnel(proxy.port(), `127.0.0.1:${echo.port}`, b)
+    expect(other.res.status).toBe(200)
+    other.conn.destroy()
+    held.shift().destroy()
+    await waitFor(() => proxy.stats().activeTunnels === 2, { timeout: 5000, message: 'the closed tunnel did not end' })
+    const again = await waitFor(async () => {
+      const t = await openTunnel(proxy.port(), `127.0.0.1:${echo.port}`, a)
+      if (t.res.status === 200) return t
+      t.conn.destroy()
+      return undefined
+    }, { timeout: 8000, interval: 100, message: 'the freed place was not taken' })
+    again.conn.destroy()
+    for (const conn of held) conn.destroy()
+  })
+
+  test('the global cap (maxUpstreamConnections) holds across contexts; forwarded requests count too', async () => {
+    const echo = await startEchoServer()
+    cleanup.push(() => echo.close())
+    const server = await startCountingServer()
+    const proxy = await startProxy({ maxUpstreamConnections: 2, resolve: { 'held.test:80': `127.0.0.1:${server.port}` } })
+    const a = authOf(proxy.createContext(1, null))
+    const b = authOf(proxy.createContext(2, null))
+    // A kept-alive upstream connection of a forwarded request holds a place while it lives.
+    expect((await proxyRequest(proxy.port(), 'http://held.test/', { auth: a })).status).toBe(200)
+    const t1 = await openTunnel(proxy.port(), `127.0.0.1:${echo.port}`, b)
+    expect(t1.res.status).toBe(200)
+    const t2 = await openTunnel(proxy.port(), `127.0.0.1:${echo.port}`, b)
+    expect(t2.res.status).toBe(503)
+    expect(t2.res.headers['x-cmux-proxy-error']).toBe('busy')
+    t1.conn.destroy()
+    t2.conn.destroy()
+  })
+
+  test('5 000 concurrent tunnels of one context work at the defaults (five h2c connections of 1 000 CONNECT streams)', async () => {
+    const echo = await startEchoServer()
+    cleanup.push(() => echo.close())
+    const proxy = await startProxy({})
+    const auth = authOf(proxy.createContext(1, null))
+    const sessions = Array.from({ length: 5 }, () => {
+      const session = http2.connect(`http://127.0.0.1:${proxy.port()}`, { peerMaxConcurrentStreams: 1000 })
+      session.on('error', () => {})
+      cleanup.push(() => session.destroy())
+      return session
+    })
+    const streams = []
+    for (const session of sessions) {
+      const opened = await Promise.all(Array.from({ length: 1000 }, () => h2Connect(session, `127.0.0.1:${echo.port}`, auth)))
+      streams.push(...opened)
+    }
+    expect(streams.filter((s) => typeof s === 'number')).toEqual([])
+    await waitFor(() => proxy.stats().activeTunnels === 5000, { timeout: 10000, message: `activeTunnels ${proxy.stats().activeTunnels}` })
+    const echoed = await Promise.all(streams.map((stream, i) => echoOver(stream, `t${i};`)))
+    expect(echoed.every((text, i) => text === `t${i};`)).toBe(true)
+    for (const session of sessions) session.destroy()
+  }, 60000)
+})
+
+describe('connections that never authenticate', () => {
+  test('a TCP connection that sends nothing and an h2c connection with no stream close at unauthenticatedTimeoutMs; an authenticated one stays', async () => {
+    const server = await startCountingServer()
+    const proxy = await startProxy({ unauthenticatedTimeoutMs: 1000, resolve: { 'site.test:80': `127.0.0.1:${server.port}` } })
+    const auth = authOf(proxy.createContext(1, null))
+    const silent = await Conn.connect(proxy.port())
+    cleanup.push(() => silent.destroy())
+    const h2 = http2.connect(`http://127.0.0.1:${proxy.port()}`)
+    h2.on('error', () => {})
+    cleanup.push(() => h2.destroy())
+    const h2Closed = new Promise((resolve) => h2.once('close', () => resolve(true)))
+    // A connection that only ever gets 407s does not count as authenticated either.
+    const unanswered = await Conn.connect(proxy.port())
+    cleanup.push(() => unanswered.destroy())
+    unanswered.write('GET http://site.test/ HTTP/1.1\r\nHost: site.test\r\n\r\n')
+    expect((await unanswered.readResponse()).status).toBe(407)
+    const authenticated = await Conn.connect(proxy.port())
+    cleanup.push(() => authenticated.destroy())
+    authenticated.write(`GET http://site.test/ HTTP/1.1\r\nHost: site.test\r\nProxy-Authorization: ${auth}\r\n\r\n`)
+    expect((await authenticated.readResponse()).status).toBe(200)
+    await silent.waitClosed(4000)
+    await unanswered.waitClosed(4000)
+    expect(await Promise.race([h2Closed, sleep(4000).then(() => false)])).toBe(true)
+    await sleep(500)
+    expect(authenticated.closed).toBe(false)
+    authenticated.write(`GET http://site.test/again HTTP/1.1\r\nHost: site.test\r\nProxy-Authorization: ${auth}\r\n\r\n`)
+    expect((await authenticated.readResponse()).status).toBe(200)
+  })
+
+  test('they have a cap of their own (maxUnauthenticatedConnections): the next gets 503 and a close, while authenticated ones are still served', async () => {
+    const server = await startCountingServer()
+    const proxy = await startProxy({ maxUnauthenticatedConnections: 3, resolve: { 'site.test:80': `127.0.0.1:${server.port}` } })
+    const auth = authOf(proxy.createContext(1, null))
+    const authenticated = await Conn.connect(proxy.port())
+    cleanup.push(() => authenticated.destroy())
+    authenticated.write(`GET http://site.test/ HTTP/1.1\r\nHost: site.test\r\nProxy-Authorization: ${auth}\r\n\r\n`)
+    expect((await authenticated.readResponse()).status).toBe(200)
+    const silent = []
+    for (let i = 0; i < 3; i++) {
+      const conn = await Conn.connect(proxy.port())
+      cleanup.push(() => conn.destroy())
+      silent.push(conn)
+    }
+    await waitFor(() => proxy.stats().activeConnections === 4, { message: `activeConnections ${proxy.stats().activeConnections}` })
+    const refused = await Conn.connect(proxy.port())
+    cleanup.push(() => refused.destroy())
+    const res = await refused.readResponse()
+    expect(res.status).toBe(503)
+    expect(res.body.toString()).toBe('too many connections are waiting to authenticate\n')
+    authenticated.write(`GET http://site.test/more HTTP/1.1\r\nHost: site.test\r\nProxy-Authorization: ${auth}\r\n\r\n`)
+    expect((await authenticated.readResponse()).status).toBe(200)
+    // One of the silent ones authenticates: its place frees for a newcomer.
+    silent[0].write(`GET http://site.test/late HTTP/1.1\r\nHost: site.test\r\nProxy-Authorization: ${auth}\r\n\r\n`)
+    expect((await silent[0].readResponse()).status).toBe(200)
+    const newcomer = await Conn.connect(proxy.port())
+    cleanup.push(() => newcomer.destroy())
+    newcomer.write(`GET http://site.test/new HTTP/1.1\r\nHost: site.test\r\nProxy-Authorization: ${auth}\r\n\r\n`)
+    expect((await newcomer.readResponse()).status).toBe(200)
+  })
+})
