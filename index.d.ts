@@ -253,6 +253,11 @@ export interface StartOptions {
   /** `SETTINGS_MAX_CONCURRENT_STREAMS` for HTTP/2 clients (default 1000). */
   http2MaxConcurrentStreams?: number
   /**
+   * HTTP/2 streams a client may reset before they were accepted (and streams reset for its
+   * errors) before the connection is closed as abusive (GOAWAY ENHANCE_YOUR_CALM).
+   */
+  http2MaxResets?: number
+  /**
    * Lets every routed preview's forwarded requests reach private and other non-global networks
    * (never this machine). Default: refused with 403.
    */

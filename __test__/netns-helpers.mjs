@@ -3,6 +3,10 @@
 // leaving the machine: `unshare -n --mount` (as root) gives a fresh network
 // stack with only `lo`; the addresses the scenario needs are added to that
 // `lo`, and names come from an /etc/hosts bind-mounted for that namespace only.
+// Name lookups stay inside too: the namespace's /etc/nsswitch.conf says
+// `hosts: files dns` (no systemd-resolved, mDNS or sssd, which answer through
+// sockets outside the namespace), nscd's socket is hidden, and /etc/resolv.conf
+// names 127.0.0.1 (nothing there unless the scenario runs a DNS server of its own).
 //
 // With `peer`, a second namespace stands for the network around the machine:
 // joined to the first by a veth pair (default routes both ways), it carries
@@ -12,10 +16,11 @@
 //
 // The scenario is a Node ESM file under __test__/netns/; it gets its input as
 // JSON in CMUX_NETNS_INPUT, loads the addon like the tests do, and prints its
-// result as JSON on the last line of stdout.
+// result as JSON on the last line of stdout. CMUX_NETNS_HITS names a file, empty
+// at first, where the peer's servers log the requests they get (netns/servers.mjs).
 
 import { spawn, spawnSync } from 'node:child_process'
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -32,16 +37,27 @@ export const canUseNamespaces = (() => {
 /**
  * Runs `__test__/netns/<scenario>.mjs` in a new network namespace whose `lo`
  * also carries `addresses` (CIDR strings such as '10.1.2.3/32' or 'fd00::1/128'),
- * with `hosts` ({ name: address }) as its /etc/hosts. `peer`: { addresses
- * (plain IPs), port } of the peer network's servers. Resolves with the JSON
- * the scenario printed last.
+ * with `hosts` ({ name: address }) as its /etc/hosts and `resolvConf` (text) as
+ * its /etc/resolv.conf. `peer`: { addresses (plain IPs), port } of the peer
+ * network's servers. Resolves with the JSON the scenario printed last.
  */
-export async function runInNamespace(scenario, { addresses = [], hosts = {}, peer, input = {}, timeout = 60000 } = {}) {
+export async function runInNamespace(
+  scenario,
+  { addresses = [], hosts = {}, resolvConf = 'nameserver 127.0.0.1\n', peer, input = {}, timeout = 60000 } = {},
+) {
   const dir = mkdtempSync(join(tmpdir(), 'cmux-netns-'))
   try {
     const hostsFile = join(dir, 'hosts')
     const lines = ['127.0.0.1 localhost', '::1 localhost', ...Object.entries(hosts).map(([name, ip]) => `${ip} ${name}`)]
     writeFileSync(hostsFile, lines.join('\n') + '\n')
+    const resolvFile = join(dir, 'resolv.conf')
+    writeFileSync(resolvFile, resolvConf)
+    // The machine's nsswitch.conf (other databases as they are), hosts from the two sources above only.
+    const nsswitchFile = join(dir, 'nsswitch.conf')
+    const nsswitch = existsSync('/etc/nsswitch.conf') ? readFileSync('/etc/nsswitch.conf', 'utf8') : ''
+    writeFileSync(nsswitchFile, nsswitch.replace(/^hosts:.*$/gm, '') + 'hosts: files dns\n')
+    const hits = join(dir, 'hits')
+    writeFileSync(hits, '')
     const add = (where, ip, dev) => `ip${where} addr add ${ip} dev ${dev}${ip.includes(':') ? ' nodad' : ''}`
     const ready = join(dir, 'ready')
     const peerSetup = peer
@@ -60,7 +76,7 @@ export async function runInNamespace(scenario, { addresses = [], hosts = {}, pee
           ...peer.addresses.map((ip) => add(' -n peer', `${ip}/${ip.includes(':') ? 128 : 32}`, 'veth1')),
           'ip -n peer route add default dev veth1',
           'ip -n peer -6 route add default dev veth1',
-          `CMUX_NETNS_READY=${ready} CMUX_NETNS_SERVERS='${JSON.stringify(peer)}' ip netns exec peer "${process.execPath}" "${join(HERE, 'netns', 'servers.mjs')}" >/dev/null 2>&1 &`,
+          `CMUX_NETNS_READY=${ready} CMUX_NETNS_HITS=${hits} CMUX_NETNS_SERVERS='${JSON.stringify(peer)}' ip netns exec peer "${process.execPath}" "${join(HERE, 'netns', 'servers.mjs')}" >/dev/null 2>&1 &`,
           `for i in $(seq 200); do [ -e ${ready} ] && break; sleep 0.05; done`,
           `[ -e ${ready} ]`,
         ]
@@ -72,11 +88,15 @@ export async function runInNamespace(scenario, { addresses = [], hosts = {}, pee
       'ip link set lo up',
       ...addresses.map((cidr) => add('', cidr, 'lo')),
       `mount --bind ${hostsFile} /etc/hosts`,
+      `mount --bind ${resolvFile} /etc/resolv.conf`,
+      `mount --bind ${nsswitchFile} /etc/nsswitch.conf`,
+      // glibc asks a running nscd before anything else: hide its socket.
+      '[ ! -d /var/run/nscd ] || mount -t tmpfs cmux-nscd /var/run/nscd',
       ...peerSetup,
       `"${process.execPath}" "${join(HERE, 'netns', `${scenario}.mjs`)}"`,
     ].join('\n')
     const child = spawn('unshare', ['-n', '--mount', 'sh', '-c', setup], {
-      env: { ...process.env, CMUX_NETNS_INPUT: JSON.stringify(input) },
+      env: { ...process.env, CMUX_NETNS_INPUT: JSON.stringify(input), CMUX_NETNS_HITS: hits },
       stdio: ['ignore', 'pipe', 'pipe'],
     })
     let stdout = ''

@@ -146,6 +146,9 @@ mod addon {
         pub http2_idle_timeout_ms: Option<f64>,
         /// `SETTINGS_MAX_CONCURRENT_STREAMS` for HTTP/2 clients (default 1000).
         pub http2_max_concurrent_streams: Option<f64>,
+        /// HTTP/2 streams a client may reset before they were accepted (and streams reset for its
+        /// errors) before the connection is closed as abusive (GOAWAY ENHANCE_YOUR_CALM).
+        pub http2_max_resets: Option<f64>,
         /// Lets every routed preview's forwarded requests reach private and other non-global networks
         /// (never this machine). Default: refused with 403.
         pub allow_private_network: Option<bool>,
@@ -184,6 +187,9 @@ mod addon {
         }
         if let Some(n) = count("maxConcurrentDnsLookups", options.max_concurrent_dns_lookups)? {
             limits.max_dns_lookups = n;
+        }
+        if let Some(n) = count("http2MaxResets", options.http2_max_resets)? {
+            limits.http2_max_resets = n;
         }
         if let Some(n) = count("maxIdleUpstreamConnections", options.max_idle_upstream_connections)? {
             limits.max_idle_upstream = n;

@@ -104,6 +104,10 @@ pub(crate) struct Limits {
     pub(crate) http2_max_concurrent_streams: u32,
     /// When set, `CONNECT` to hosts that are not rewritten is allowed to these ports only.
     pub(crate) connect_ports: Option<Vec<u16>>,
+    /// HTTP/2 streams a client may reset before the proxy accepted them, and
+    /// streams the proxy may reset for a client's errors, before it calls the
+    /// client abusive (GOAWAY): the "rapid reset" bound.
+    pub(crate) http2_max_resets: usize,
     /// Upstream connections (tunnels included) open at once, in all and per context.
     pub(crate) max_upstream_connections: usize,
     pub(crate) max_upstream_per_context: usize,
@@ -131,6 +135,7 @@ impl Default for Limits {
             http2_idle_timeout: Duration::from_secs(300),
             http2_max_concurrent_streams: 1000,
             connect_ports: None,
+            http2_max_resets: 4000,
             // Far above what a browser opens: 5 000 tunnels of one preview keep working.
             max_upstream_connections: 16_384,
             max_upstream_per_context: 8_192,

@@ -424,6 +424,16 @@ pub(crate) async fn websocket_over_h2(
             }
             accepted
         }
+        // On an HTTP/2 CONNECT a 2xx means "accepted": an upstream that answered the handshake with
+        // a 2xx instead of 101 did not take the WebSocket, and must not look as if it did.
+        Err(answer) if answer.status().is_success() => {
+            let error = ProxyError::BadGateway(format!(
+                "{} answered the WebSocket handshake with {} instead of 101",
+                upstream.addr,
+                answer.status()
+            ));
+            shared.fail(Some(&context), &error)
+        }
         Err(answer) => answer,
     }
 }

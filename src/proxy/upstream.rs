@@ -109,7 +109,7 @@ struct ConnectorInner {
     own_addresses: OwnAddresses,
     slots: Arc<Semaphore>,
     slot_wait: Duration,
-    dns_lookups: Semaphore,
+    dns_lookups: Arc<Semaphore>,
 }
 
 impl Connector {
@@ -150,9 +150,27 @@ impl Connector {
                 own_addresses: OwnAddresses::default(),
                 slots: Arc::new(Semaphore::new(options.max_connections)),
                 slot_wait: options.slot_wait,
-                dns_lookups: Semaphore::new(options.max_dns_lookups),
+                dns_lookups: Arc::new(Semaphore::new(options.max_dns_lookups)),
             }),
         })
+    }
+
+    /// The addresses of `addr` by the system resolver. Bounded: each lookup
+    /// holds a thread of the blocking pool until the resolver answers, and
+    /// keeps its place under the cap until then, even when the request that
+    /// asked gave up (timed out) before.
+    async fn lookup(&self, addr: &HostPort) -> io::Result<Vec<SocketAddr>> {
+        use std::net::ToSocketAddrs;
+        if let Ok(ip) = addr.host.parse::<std::net::IpAddr>() {
+            return Ok(vec![SocketAddr::new(ip, addr.port)]);
+        }
+        let place = self.inner.dns_lookups.clone().acquire_owned().await.map_err(io::Error::other)?;
+        let (host, port) = (addr.host.clone(), addr.port);
+        let lookup = tokio::task::spawn_blocking(move || {
+            let _place = place;
+            (host.as_str(), port).to_socket_addrs().map(Iterator::collect)
+        });
+        lookup.await.map_err(io::Error::other)?
     }
 
     /// A place under the global cap and under `context`'s, waiting at most
@@ -185,12 +203,10 @@ impl Connector {
             let candidates = match self.inner.resolve.get(&addr.authority()) {
                 Some(configured) => vec![*configured],
                 None => {
-                    // Bounded: each lookup holds a thread of the blocking pool until the resolver answers.
-                    let _lookup = self.inner.dns_lookups.acquire().await;
-                    let found: Vec<SocketAddr> = tokio::net::lookup_host((addr.host.as_str(), addr.port))
+                    let found = self
+                        .lookup(addr)
                         .await
-                        .map_err(|e| ProxyError::Dns(format!("cannot reach {addr}: DNS lookup failed: {e}")))?
-                        .collect();
+                        .map_err(|e| ProxyError::Dns(format!("cannot reach {addr}: DNS lookup failed: {e}")))?;
                     allowed_addresses(addr, found, policy, &self.inner.own_addresses)?
                 }
             };
