@@ -2,6 +2,7 @@
 // / route validation / logging.
 
 import { execFile } from 'node:child_process'
+import crypto from 'node:crypto'
 import net from 'node:net'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
 import { ADDON_PATH, ProxyServer } from './helpers.mjs'
@@ -88,6 +89,29 @@ describe('start', () => {
     )
     expect(err).toBeInstanceOf(Error)
     expect(err.message).toMatch(/upstreamCaPem/)
+  })
+
+  test('the HTTPS proxy mode (on by default) needs a loopback listen address; it is refused before anything is bound', async () => {
+    for (const addr of ['0.0.0.0:0', '[::]:0']) {
+      await expect(startAsync(addr, true)).rejects.toThrow(/httpsProxy needs a loopback listen address/)
+      await expect(startAsync(addr, true, { httpsProxy: true })).rejects.toThrow(/set httpsProxy: false/)
+    }
+    const other = await ProxyServer.start('127.0.0.2:0', true, { httpsProxy: true })
+    expect(other.proxyRules()).toMatch(/^http=https:\/\/127\.0\.0\.2:\d+;/)
+    await other.stop()
+  })
+
+  test('generateCa: validityDays from 1 to 365 (default 365), anything else refused naming the option', () => {
+    const days = (pem) => {
+      const cert = new crypto.X509Certificate(pem)
+      return (Date.parse(cert.validTo) - Date.now()) / 86_400_000
+    }
+    expect(days(ProxyServer.generateCa().certPem)).toBeGreaterThan(364)
+    expect(days(ProxyServer.generateCa().certPem)).toBeLessThanOrEqual(365)
+    expect(days(ProxyServer.generateCa({ validityDays: 7 }).certPem)).toBeLessThanOrEqual(7)
+    for (const validityDays of [0, 366, 3650, 1.5, -1]) {
+      expect(() => ProxyServer.generateCa({ validityDays })).toThrow(/validityDays/)
+    }
   })
 
   test('a malformed resolve entry rejects', async () => {
