@@ -37,8 +37,11 @@ export declare class ProxyServer {
    */
   proxyRules(options?: ProxyRulesOptions | undefined | null): string
   port(): number
-  /** New credentials for a WebContents; replaces any earlier context of the same WebContents. */
-  createContext(webContentsId: number, route?: ProxyRoute | undefined | null): ProxyContext
+  /**
+   * New credentials for a WebContents (and, with `ownPort`, a port of its own); replaces any earlier
+   * context of the same WebContents.
+   */
+  createContext(webContentsId: number, route?: ProxyRoute | undefined | null, options?: CreateContextOptions | undefined | null): ProxyContext
   /** Revokes a context's credentials and closes its connections and tunnels. */
   releaseContext(id: string): boolean
   /** The credentials to answer the proxy's 407 with, for `app.on('login')`. */
@@ -87,6 +90,15 @@ export interface ContextStats {
   lastErrorAt?: number
 }
 
+export interface CreateContextOptions {
+  /**
+   * A listener of the context's own on `127.0.0.1` (HTTP/1.1, h2c, and TLS with h2 in the HTTPS proxy
+   * mode), so that a first request Chromium will not authenticate (a WebSocket, a service worker's
+   * fetch) still works. Counted against `maxContextPorts`.
+   */
+  ownPort?: boolean
+}
+
 /**
  * The route of a preview URL, by cmux's `deriveRoute` rules: `port-<n>-morphvm-<id>.<suffix>`, or
  * `<cmux-|manaflow-><morphId>-<scope>-<port>.<domain>` under one of cmux's ten domains (`cmux.app`,
@@ -119,6 +131,11 @@ export interface ProxyContext {
   username: string
   password: string
   webContentsId: number
+  /**
+   * The context's own port on `127.0.0.1` (with `ownPort: true`): every connection there is this
+   * context's, with no 407. Closed when the context is released.
+   */
+  port?: number
 }
 
 export interface ProxyCredentials {
@@ -178,6 +195,8 @@ export interface ProxyRoute {
 export interface ProxyRulesOptions {
   /** `https://` proxy URLs (the HTTPS proxy mode); defaults to whether it is on. */
   https?: boolean
+  /** The rules for this context's own port instead of the shared one. */
+  contextId?: string
 }
 
 export interface ProxyStats {
@@ -234,6 +253,8 @@ export interface StartOptions {
    */
   maxUnauthenticatedConnections?: number
   unauthenticatedTimeoutMs?: number
+  /** Contexts with a port of their own (`createContext(..., { ownPort: true })`) at once (default 256). */
+  maxContextPorts?: number
   /**
    * A TLS handshake the proxy terminates (the HTTPS listener, intercepted tunnels) must finish within
    * this many ms, else the connection is closed (default 10000).

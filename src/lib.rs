@@ -87,6 +87,17 @@ mod addon {
         pub username: String,
         pub password: String,
         pub web_contents_id: u32,
+        /// The context's own port on `127.0.0.1` (with `ownPort: true`): every connection there is this
+        /// context's, with no 407. Closed when the context is released.
+        pub port: Option<u32>,
+    }
+
+    #[napi(object)]
+    pub struct CreateContextOptions {
+        /// A listener of the context's own on `127.0.0.1` (HTTP/1.1, h2c, and TLS with h2 in the HTTPS proxy
+        /// mode), so that a first request Chromium will not authenticate (a WebSocket, a service worker's
+        /// fetch) still works. Counted against `maxContextPorts`.
+        pub own_port: Option<bool>,
     }
 
     #[napi(object)]
@@ -132,6 +143,8 @@ mod addon {
         /// 503 and a close. Each must authenticate within `unauthenticatedTimeoutMs` (default 10000) or is closed.
         pub max_unauthenticated_connections: Option<f64>,
         pub unauthenticated_timeout_ms: Option<f64>,
+        /// Contexts with a port of their own (`createContext(..., { ownPort: true })`) at once (default 256).
+        pub max_context_ports: Option<f64>,
         /// A TLS handshake the proxy terminates (the HTTPS listener, intercepted tunnels) must finish within
         /// this many ms, else the connection is closed (default 10000).
         pub tls_handshake_timeout_ms: Option<f64>,
@@ -194,6 +207,9 @@ mod addon {
         }
         if let Some(n) = count("maxIdleUpstreamConnections", options.max_idle_upstream_connections)? {
             limits.max_idle_upstream = n;
+        }
+        if let Some(n) = count("maxContextPorts", options.max_context_ports)? {
+            limits.max_context_ports = n;
         }
         if let Some(n) = count("maxUnauthenticatedConnections", options.max_unauthenticated_connections)? {
             limits.max_unauthenticated = n;
@@ -352,6 +368,8 @@ mod addon {
     pub struct ProxyRulesOptions {
         /// `https://` proxy URLs (the HTTPS proxy mode); defaults to whether it is on.
         pub https: Option<bool>,
+        /// The rules for this context's own port instead of the shared one.
+        pub context_id: Option<String>,
     }
 
     /// A CA as PEM, for `StartOptions.caCertPem` / `caKeyPem`.
@@ -461,7 +479,8 @@ mod addon {
         /// in the HTTPS proxy mode (the default when it is on), else with `http://`.
         #[napi(catch_unwind)]
         pub fn proxy_rules(&self, options: Option<ProxyRulesOptions>) -> Result<String> {
-            self.running()?.proxy_rules(options.and_then(|o| o.https)).map_err(|e| Error::new(Status::InvalidArg, e))
+            let (https, context_id) = options.map_or((None, None), |o| (o.https, o.context_id));
+            self.running()?.proxy_rules(https, context_id.as_deref()).map_err(|e| Error::new(Status::InvalidArg, e))
         }
 
         #[napi(catch_unwind)]
@@ -469,9 +488,15 @@ mod addon {
             Ok(u32::from(self.running()?.port()))
         }
 
-        /// New credentials for a WebContents; replaces any earlier context of the same WebContents.
+        /// New credentials for a WebContents (and, with `ownPort`, a port of its own); replaces any earlier
+        /// context of the same WebContents.
         #[napi(catch_unwind)]
-        pub fn create_context(&self, web_contents_id: u32, route: Option<ProxyRoute>) -> Result<ProxyContext> {
+        pub fn create_context(
+            &self,
+            web_contents_id: u32,
+            route: Option<ProxyRoute>,
+            options: Option<CreateContextOptions>,
+        ) -> Result<ProxyContext> {
             let proxy = self.running()?;
             let route = route
                 .map(|r| {
@@ -488,12 +513,16 @@ mod addon {
                 })
                 .transpose()
                 .map_err(|e| Error::new(Status::InvalidArg, e))?;
-            let context = proxy.create_context(web_contents_id, route);
+            let own_port = options.and_then(|o| o.own_port).unwrap_or(false);
+            let context = proxy
+                .create_context(web_contents_id, route, own_port)
+                .map_err(|e| Error::new(Status::GenericFailure, e))?;
             Ok(ProxyContext {
                 id: context.id.clone(),
                 username: context.username.clone(),
                 password: context.password().to_owned(),
                 web_contents_id,
+                port: context.own_port.get().map(|&port| u32::from(port)),
             })
         }
 

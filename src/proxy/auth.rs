@@ -28,6 +28,8 @@ pub(crate) struct Context {
     pub(crate) stats: super::events::ContextStats,
     /// One permit per upstream connection the context has open (tunnels included).
     pub(crate) upstream_slots: Arc<tokio::sync::Semaphore>,
+    /// The context's own port on `127.0.0.1`, when it has one.
+    pub(crate) own_port: std::sync::OnceLock<u16>,
 }
 
 impl Context {
@@ -92,6 +94,7 @@ impl Contexts {
             revoked_flag: AtomicBool::new(false),
             stats: Default::default(),
             upstream_slots: Arc::new(tokio::sync::Semaphore::new(self.upstream_per_context)),
+            own_port: std::sync::OnceLock::new(),
         });
         let mut maps = self.maps.write();
         if let Some(old) = maps.by_web_contents.insert(web_contents_id, context.clone()) {

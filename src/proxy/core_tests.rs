@@ -240,7 +240,7 @@ async fn releasing_a_context_closes_its_tunnels_and_stop_frees_the_port() {
         }
     });
     let proxy = Proxy::start("127.0.0.1:0", options()).await.unwrap();
-    let context = proxy.create_context(1, None);
+    let context = proxy.create_context(1, None, false).unwrap();
     let mut stream = tunnel(&proxy, &context.username, context.password(), echo_addr).await;
     stream.write_all(b"ping").await.unwrap();
     let mut pong = [0u8; 4];

@@ -3,6 +3,7 @@
 
 pub(crate) mod address;
 pub(crate) mod auth;
+pub(crate) mod context_port;
 #[cfg(test)]
 mod core_tests;
 pub(crate) mod error;
@@ -120,6 +121,8 @@ pub(crate) struct Limits {
     /// Client connections that have not authenticated yet, at once; and how long one may take to.
     pub(crate) max_unauthenticated: usize,
     pub(crate) unauthenticated_timeout: Duration,
+    /// Contexts with a port of their own, at once.
+    pub(crate) max_context_ports: usize,
 }
 
 impl Default for Limits {
@@ -150,6 +153,7 @@ impl Default for Limits {
             max_idle_upstream: 256,
             max_unauthenticated: 1024,
             unauthenticated_timeout: Duration::from_secs(10),
+            max_context_ports: 256,
         }
     }
 }
@@ -207,6 +211,8 @@ pub(crate) struct Shared {
     pub(crate) connection_slots: Arc<tokio::sync::Semaphore>,
     /// One permit per listener connection that has not authenticated a request yet.
     pub(crate) unauthenticated_slots: Arc<tokio::sync::Semaphore>,
+    /// One permit per context's own port.
+    pub(crate) context_ports: Arc<tokio::sync::Semaphore>,
     /// Pipes for the blind tunnels that splice(2) relays.
     #[cfg(target_os = "linux")]
     pub(crate) pipes: splice::Pipes,
@@ -306,6 +312,7 @@ impl Proxy {
             tasks,
             connection_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
             unauthenticated_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_unauthenticated)),
+            context_ports: Arc::new(tokio::sync::Semaphore::new(limits.max_context_ports)),
             #[cfg(target_os = "linux")]
             pipes: splice::Pipes::default(),
             limits,
@@ -329,10 +336,16 @@ impl Proxy {
 
     /// The `proxyRules` for a session: `https://` (HTTPS proxy mode) when
     /// `https` says so, by default when the listener terminates TLS.
-    pub(crate) fn proxy_rules(&self, https: Option<bool>) -> Result<String, String> {
+    pub(crate) fn proxy_rules(&self, https: Option<bool>, context_id: Option<&str>) -> Result<String, String> {
         let https = https.unwrap_or(self.shared.listener_tls.is_some());
         if https && self.shared.listener_tls.is_none() {
             return Err("the HTTPS proxy mode is off (StartOptions.httpsProxy: false)".into());
+        }
+        if let Some(id) = context_id {
+            let context = self.shared.contexts.by_id(id).ok_or_else(|| format!("no context {id}"))?;
+            let port = context.own_port.get().ok_or_else(|| format!("context {id} has no port of its own"))?;
+            let scheme = if https { "https" } else { "http" };
+            return Ok(format!("http={scheme}://127.0.0.1:{port};https={scheme}://127.0.0.1:{port}"));
         }
         let scheme = if https { "https" } else { "http" };
         let ip = match self.addr.ip() {
@@ -345,7 +358,39 @@ impl Proxy {
         Ok(format!("http={proxy};https={proxy}"))
     }
 
-    pub(crate) fn create_context(&self, web_contents_id: u32, route: Option<Route>) -> Arc<Context> {
+    /// A new context; with `own_port`, also a port of its own on `127.0.0.1`
+    /// (see `context_port.rs`), counted against `maxContextPorts`.
+    pub(crate) fn create_context(
+        &self,
+        web_contents_id: u32,
+        route: Option<Route>,
+        own_port: bool,
+    ) -> Result<Arc<Context>, String> {
+        let place = match own_port {
+            true => Some(self.shared.context_ports.clone().try_acquire_owned().map_err(|_| {
+                format!(
+                    "too many contexts with a port of their own (maxContextPorts: {})",
+                    self.shared.limits.max_context_ports
+                )
+            })?),
+            false => None,
+        };
+        let context = self.new_context(web_contents_id, route);
+        if let Some(place) = place {
+            match context_port::open(&self.shared, &context, place) {
+                Ok(port) => {
+                    let _ = context.own_port.set(port);
+                }
+                Err(e) => {
+                    self.release_context(&context.id);
+                    return Err(format!("cannot open a port for the context: {e}"));
+                }
+            }
+        }
+        Ok(context)
+    }
+
+    fn new_context(&self, web_contents_id: u32, route: Option<Route>) -> Arc<Context> {
         let route = route.map(|route| route.allowing(&self.shared.private_networks));
         let route = match &self.shared.test_proxy_origin {
             Some(origin) => route.map(|route| route.through_test_origin(origin.clone())),
@@ -430,7 +475,7 @@ impl Shared {
 /// costs the client a one-second retry; nginx uses 511, Envoy 1024.
 const LISTEN_BACKLOG: u32 = 1024;
 
-fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
     #[cfg(unix)]
     socket.set_reuseaddr(true)?;

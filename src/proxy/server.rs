@@ -84,7 +84,7 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
 /// Past `max_connections`: a short `503` and a close. The request is read
 /// (a bounded amount) after the answer: closing a socket with unread bytes
 /// resets it, and the client would see the reset instead of the 503.
-async fn refuse_over_capacity(mut stream: tokio::net::TcpStream, body: &'static str) {
+pub(crate) async fn refuse_over_capacity(mut stream: tokio::net::TcpStream, body: &'static str) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const READ_AT_MOST: usize = 64 * 1024;
     let busy = format!(
@@ -127,6 +127,8 @@ struct Connection {
     /// authenticated request; `authenticated` is set then (and from the start inside a tunnel).
     unauthenticated: Mutex<Option<OwnedSemaphorePermit>>,
     authenticated: AtomicBool,
+    /// The context whose own port the connection came to: every request is its.
+    owner: Option<Arc<Context>>,
 }
 
 impl Connection {
@@ -178,7 +180,18 @@ fn serve_listener_stream(
     slot: Slot,
     unauthenticated: OwnedSemaphorePermit,
 ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-    serve(shared, io, None, closer, slot, Some(unauthenticated))
+    serve(shared, io, Served::ByCredentials(unauthenticated), closer, slot)
+}
+
+/// Serves a connection of a context's own port: every request on it is the context's.
+pub(crate) fn serve_owned_stream(
+    shared: Arc<Shared>,
+    io: tokio::net::TcpStream,
+    closer: CancellationToken,
+    slot: Slot,
+    owner: Arc<Context>,
+) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    serve(shared, io, Served::Owned(owner), closer, slot)
 }
 
 /// Serves HTTP/1.1 (and HTTP/2 when enabled) inside a tunnel bound to a
@@ -187,14 +200,25 @@ fn serve_listener_stream(
 pub(crate) fn serve_stream<I>(
     shared: Arc<Shared>,
     io: I,
-    binding: Option<Binding>,
+    binding: Binding,
     closer: CancellationToken,
     slot: Slot,
 ) -> Pin<Box<dyn Future<Output = ()> + Send>>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    serve(shared, io, binding, closer, slot, None)
+    serve(shared, io, Served::Bound(binding), closer, slot)
+}
+
+/// How a connection's requests are known to be a context's.
+enum Served {
+    /// By their `Proxy-Authorization` (the shared listener), with the connection's place under
+    /// the cap of unauthenticated ones until the first request that authenticates.
+    ByCredentials(OwnedSemaphorePermit),
+    /// By the port they came to: a context's own.
+    Owned(Arc<Context>),
+    /// Inside a tunnel of a context, to one target.
+    Bound(Binding),
 }
 
 /// Closes a connection that has not authenticated a request within `timeout`; never returns otherwise.
@@ -208,10 +232,9 @@ async fn authentication_deadline(connection: &Connection, timeout: std::time::Du
 fn serve<I>(
     shared: Arc<Shared>,
     io: I,
-    binding: Option<Binding>,
+    served: Served,
     closer: CancellationToken,
     slot: Slot,
-    unauthenticated: Option<OwnedSemaphorePermit>,
 ) -> Pin<Box<dyn Future<Output = ()> + Send>>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -220,6 +243,11 @@ where
         let _active = shared.stats.connection_opened();
         let _close_on_exit = closer.clone().drop_guard();
         let drain = CancellationToken::new();
+        let (binding, owner, unauthenticated) = match served {
+            Served::ByCredentials(place) => (None, None, Some(place)),
+            Served::Owned(context) => (None, Some(context), None),
+            Served::Bound(binding) => (Some(binding), None, None),
+        };
         let connection = Arc::new(Connection {
             closer: closer.clone(),
             drain: drain.clone(),
@@ -229,7 +257,9 @@ where
             accepted: Mutex::new(None),
             authenticated: AtomicBool::new(unauthenticated.is_none()),
             unauthenticated: Mutex::new(unauthenticated),
+            owner,
         });
+        // A listener's connection (the shared one or a context's own): TLS there in the HTTPS mode.
         let on_listener = binding.is_none();
         // Shared by the requests of the connection: a clone per request would copy the target.
         let binding = binding.map(Arc::new);
@@ -431,9 +461,11 @@ async fn handle(
         panic!("deliberate panic from the test hook");
     }
     // Inside a tunnel the context is bound, and its revocation already ends the tunnel.
-    let context = match &binding {
-        Some(binding) => binding.context.clone(),
-        None => match connection.authenticate(&shared, req.headers().get(header::PROXY_AUTHORIZATION)) {
+    let context = match (&binding, &connection.owner) {
+        (Some(binding), _) => binding.context.clone(),
+        // A context's own port: its connections close when it is released.
+        (None, Some(owner)) => owner.clone(),
+        (None, None) => match connection.authenticate(&shared, req.headers().get(header::PROXY_AUTHORIZATION)) {
             Some(context) => context,
             None => return reply::proxy_auth_required(),
         },

@@ -263,7 +263,7 @@ async fn look_inside(
     match protocol {
         Protocol::Http1 | Protocol::Http2 => {
             let binding = Binding { context, target, scheme: Scheme::Http };
-            serve_stream(shared, client, Some(binding), cancel, slot).await;
+            serve_stream(shared, client, binding, cancel, slot).await;
             Ok(())
         }
         Protocol::Tls if interceptor.is_some() => {
@@ -272,7 +272,7 @@ async fn look_inside(
             shared.log.event(format_args!("CONNECT {target}: TLS intercepted"));
             *record.handling.lock() = "intercepted";
             let binding = Binding { context, target, scheme: Scheme::Https };
-            serve_stream(shared, tls, Some(binding), cancel, slot).await;
+            serve_stream(shared, tls, binding, cancel, slot).await;
             Ok(())
         }
         Protocol::Tls | Protocol::Opaque => {

@@ -1,0 +1,54 @@
+//! A context's own port: a listener on `127.0.0.1` whose every connection
+//! belongs to that context. No `407` is ever sent there, so a preview's first
+//! request may be one Chromium will not authenticate (a WebSocket, a service
+//! worker's fetch after a restart). Releasing the context closes the listener
+//! and every connection on it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::auth::Context;
+use super::{server, Hold, Shared};
+
+/// Binds a new port on `127.0.0.1` for `context` and serves it until the
+/// context is released or the proxy stops. `place` is the port's place under
+/// the cap of own ports, held as long as the listener lives.
+pub(crate) fn open(shared: &Arc<Shared>, context: &Arc<Context>, place: OwnedSemaphorePermit) -> std::io::Result<u16> {
+    // Bound here, synchronously, so that the caller gets the port at once (napi calls in from Node's thread).
+    let _runtime = super::runtime().enter();
+    let listener = super::listen(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let port = listener.local_addr()?.port();
+    shared.tasks.spawn(accept_loop(shared.clone(), context.clone(), listener, place));
+    Ok(port)
+}
+
+async fn accept_loop(shared: Arc<Shared>, context: Arc<Context>, listener: TcpListener, _place: OwnedSemaphorePermit) {
+    loop {
+        let accepted = tokio::select! {
+            // Released (or the proxy stopped): the listener closes with this task.
+            _ = context.revoked.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                // Own ports share the proxy's cap on client connections.
+                let Ok(slot) = shared.connection_slots.clone().try_acquire_owned() else {
+                    shared.tasks.spawn(server::refuse_over_capacity(stream, "proxy is at its connection cap\n"));
+                    continue;
+                };
+                let closer = context.revoked.child_token();
+                let served =
+                    server::serve_owned_stream(shared.clone(), stream, closer, Hold::listener(slot), context.clone());
+                shared.tasks.spawn(served);
+            }
+            Err(e) => {
+                shared.log.event(format_args!("accept failed on the port of context {}: {e}", context.id));
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
