@@ -208,6 +208,8 @@ export interface ProxyStats {
   accepted: AcceptedConnections
   /** Requests (streams) served over HTTP/2, inside tunnels included. */
   http2Streams: number
+  /** Blind `CONNECT` tunnels relayed in the kernel (splice(2), Linux only; 0 elsewhere). */
+  splicedTunnels: number
   /** Events no listener could take in time (its queue was full): dropped, never waited for. */
   droppedEvents: number
 }

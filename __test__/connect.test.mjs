@@ -187,3 +187,33 @@ describe('errors', () => {
     await waitFor(() => proxy.stats().activeTunnels === 0)
   })
 })
+
+describe('which relay a blind tunnel takes', () => {
+  test.skipIf(process.platform !== 'linux')('a plain client connection\'s blind tunnel is spliced in the kernel (stats().splicedTunnels); a TLS client\'s is not', async () => {
+    const before = proxy.stats().splicedTunnels
+    const { conn, res } = await openTunnel(proxyPort, `127.0.0.1:${echo.port}`, authOf(plain))
+    expect(res.status).toBe(200)
+    conn.write('spliced bytes')
+    await conn.until(() => conn.buf.includes('spliced bytes') || undefined)
+    expect(proxy.stats().splicedTunnels).toBe(before + 1)
+    conn.destroy()
+
+    // Over the HTTPS listener the client's bytes are decrypted by the proxy: the portable relay carries them.
+    const tlsProxy = await ProxyServer.start('127.0.0.1:0', false, { httpsProxy: true })
+    try {
+      const ctx = tlsProxy.createContext(1)
+      const tls = await import('node:tls')
+      const socket = tls.connect({ port: tlsProxy.port(), host: '127.0.0.1', servername: 'localhost', ca: tlsProxy.caCertificatePem() })
+      await new Promise((resolve, reject) => socket.once('secureConnect', resolve).once('error', reject))
+      const over = new Conn(socket)
+      over.write(buildRequest('CONNECT', `127.0.0.1:${echo.port}`, [['Host', `127.0.0.1:${echo.port}`], ['Proxy-Authorization', authOf(ctx)]]))
+      expect((await over.readResponse({ connect: true })).status).toBe(200)
+      over.write('relayed bytes')
+      await over.until(() => over.buf.includes('relayed bytes') || undefined)
+      expect(tlsProxy.stats().splicedTunnels).toBe(0)
+      over.destroy()
+    } finally {
+      await tlsProxy.stop()
+    }
+  })
+})

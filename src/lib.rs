@@ -270,6 +270,8 @@ mod addon {
         pub accepted: AcceptedConnections,
         /// Requests (streams) served over HTTP/2, inside tunnels included.
         pub http2_streams: i64,
+        /// Blind `CONNECT` tunnels relayed in the kernel (splice(2), Linux only; 0 elsewhere).
+        pub spliced_tunnels: i64,
         /// Events no listener could take in time (its queue was full): dropped, never waited for.
         pub dropped_events: i64,
     }
@@ -562,6 +564,7 @@ mod addon {
                     tls_h2: clamp_i64(stats.accepted[3]),
                 },
                 http2_streams: clamp_i64(stats.http2_streams),
+                spliced_tunnels: clamp_i64(stats.spliced_tunnels),
                 dropped_events: clamp_i64(stats.dropped_events),
             })
         }

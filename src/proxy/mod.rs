@@ -446,6 +446,7 @@ impl Proxy {
             total_requests: stats.requests.load(Ordering::Relaxed),
             accepted: std::array::from_fn(|i| stats.accepted[i].load(Ordering::Relaxed)),
             http2_streams: stats.http2_streams.load(Ordering::Relaxed),
+            spliced_tunnels: stats.spliced_tunnels.load(Ordering::Relaxed),
             dropped_events: self.shared.events.dropped(),
         }
     }
@@ -502,6 +503,8 @@ pub(crate) struct Stats {
     /// Client connections accepted on the listener, by [`ClientProtocol`].
     accepted: [AtomicU64; 4],
     http2_streams: AtomicU64,
+    /// Blind tunnels relayed in the kernel (splice, Linux).
+    spliced_tunnels: AtomicU64,
 }
 
 /// How a client connection on the listener talks to the proxy.
@@ -521,6 +524,7 @@ pub(crate) struct StatsSnapshot {
     /// Listener connections by protocol: HTTP/1.1, h2c, HTTP/1.1 over TLS, h2 over TLS.
     pub(crate) accepted: [u64; 4],
     pub(crate) http2_streams: u64,
+    pub(crate) spliced_tunnels: u64,
     pub(crate) dropped_events: u64,
 }
 
@@ -554,6 +558,11 @@ impl Stats {
 
     pub(crate) fn http2_stream_served(&self) {
         self.http2_streams.fetch_add(1, Ordering::Relaxed);
+    }
+
+    #[cfg(target_os = "linux")]
+    pub(crate) fn tunnel_spliced(&self) {
+        self.spliced_tunnels.fetch_add(1, Ordering::Relaxed);
     }
 }
 

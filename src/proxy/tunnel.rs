@@ -216,6 +216,7 @@ async fn relay_to_socket(
                 tokio::io::AsyncWriteExt::write_all(&mut upstream, &bytes).await?;
                 traffic.a_to_b.fetch_add(bytes.len() as u64, Relaxed);
             }
+            shared.stats.tunnel_spliced();
             return super::splice::relay(&shared.pipes, socket, upstream, idle, traffic).await;
         }
         Err(client) => client,
