@@ -93,7 +93,7 @@ describe('start', () => {
 
   test('the HTTPS proxy mode (on by default) needs a loopback listen address; it is refused before anything is bound', async () => {
     for (const addr of ['0.0.0.0:0', '[::]:0']) {
-      await expect(startAsync(addr, true)).rejects.toThrow(/httpsProxy needs a loopback listen address/)
+      await expect(startAsync(addr, true)).rejects.toThrow(/httpsProxy: needs a loopback listen address/)
       await expect(startAsync(addr, true, { httpsProxy: true })).rejects.toThrow(/set httpsProxy: false/)
     }
     const other = await ProxyServer.start('127.0.0.2:0', true, { httpsProxy: true })

@@ -244,7 +244,10 @@ mod addon {
         Ok(limits)
     }
 
-    fn private_networks(all: Option<bool>, listed: Option<&[String]>) -> std::result::Result<PrivateNetworks, String> {
+    fn private_networks(
+        all: Option<bool>,
+        listed: Option<&[String]>,
+    ) -> std::result::Result<PrivateNetworks, proxy::error::ConfigError> {
         PrivateNetworks::parse(all.unwrap_or(false), listed.unwrap_or_default())
     }
 
@@ -433,7 +436,7 @@ mod addon {
                 upstream_ca_pem: options.upstream_ca_pem.unwrap_or_default(),
                 logging: options.logging.unwrap_or(false),
                 private_networks: private_networks(options.allow_private_network, options.allowed_networks.as_deref())
-                    .map_err(|e| Error::new(Status::InvalidArg, format!("invalid option allowedNetworks: {e}")))?,
+                    .map_err(|e| Error::new(Status::InvalidArg, format!("invalid option {e}")))?,
                 test_proxy_origin: options.test_cmux_proxy_origin,
                 insecure_upstream: options.test_allow_insecure_upstream.unwrap_or(false),
             };
@@ -507,14 +510,13 @@ mod addon {
                         &r.scope,
                         &r.domain_suffix,
                         r.cmux_proxy_origin.as_deref(),
-                    )
-                    .map_err(|e| e.to_string())?;
+                    )?;
                     let networks = private_networks(r.allow_private_network, r.allowed_networks.as_deref())
-                        .map_err(|e| format!("invalid route.allowedNetworks: {e}"))?;
-                    Ok::<_, String>(route.allowing(&networks))
+                        .map_err(|e| proxy::error::ConfigError { field: "route.allowedNetworks", ..e })?;
+                    Ok(route.allowing(&networks))
                 })
                 .transpose()
-                .map_err(|e| Error::new(Status::InvalidArg, e))?;
+                .map_err(|e: proxy::error::ConfigError| Error::new(Status::InvalidArg, format!("invalid {e}")))?;
             let own_port = options.and_then(|o| o.own_port).unwrap_or(false);
             let context = proxy
                 .create_context(web_contents_id, route, own_port)

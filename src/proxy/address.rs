@@ -8,6 +8,8 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
+use super::error::ConfigError;
+
 /// An IP network: `10.0.0.0/8`, `fd00::/8`, or one address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Cidr {
@@ -183,10 +185,17 @@ impl PrivateNetworks {
     }
 
     /// Parses `allowedNetworks`; the error names the entry.
-    pub(crate) fn parse(all: bool, listed: &[String]) -> Result<PrivateNetworks, String> {
+    pub(crate) fn parse(all: bool, listed: &[String]) -> Result<PrivateNetworks, ConfigError> {
         let listed = listed
             .iter()
-            .map(|s| Cidr::parse(s).ok_or_else(|| format!("{s:?} is not an IP network such as 10.0.0.0/8 or fd00::/8")))
+            .map(|s| {
+                Cidr::parse(s).ok_or_else(|| {
+                    ConfigError::new(
+                        "allowedNetworks",
+                        format!("{s:?} is not an IP network such as 10.0.0.0/8 or fd00::/8"),
+                    )
+                })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(PrivateNetworks { all, listed: listed.into() })
     }
@@ -313,7 +322,9 @@ mod tests {
         for bad in ["10.0.0.0/33", "fd00::/129", "nope", "10.0.0.0/", "/8", ""] {
             assert_eq!(Cidr::parse(bad), None, "{bad}");
         }
-        assert!(PrivateNetworks::parse(false, &["10.0.0.0/8".into(), "x".into()]).unwrap_err().contains("\"x\""));
+        let error = PrivateNetworks::parse(false, &["10.0.0.0/8".into(), "x".into()]).unwrap_err();
+        assert_eq!(error.field, "allowedNetworks");
+        assert!(error.reason.contains("\"x\""), "{error}");
     }
 
     #[test]

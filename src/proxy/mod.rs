@@ -36,6 +36,7 @@ use tokio_util::task::TaskTracker;
 
 use address::PrivateNetworks;
 use auth::{Context, Contexts};
+use error::ConfigError;
 use pool::Pool;
 use routing::{Origin, Route};
 use upstream::{Connector, UpstreamOptions};
@@ -222,7 +223,7 @@ pub(crate) struct Shared {
 pub(crate) enum StartError {
     AddrInUse(String),
     BadAddress(String),
-    BadOption(String),
+    BadOption(ConfigError),
     Io(String),
 }
 
@@ -251,9 +252,9 @@ impl Proxy {
         let addr: SocketAddr = listen_addr.parse().map_err(|_| StartError::BadAddress(listen_addr.to_owned()))?;
         if options.https_proxy && !addr.ip().is_loopback() {
             // The listener's certificate chain is trusted by key for the whole app: it stays on this machine.
-            return Err(StartError::BadOption(format!(
-                "httpsProxy needs a loopback listen address (127.0.0.1 or ::1), not {}; set httpsProxy: false",
-                addr.ip()
+            return Err(StartError::BadOption(ConfigError::new(
+                "httpsProxy",
+                format!("needs a loopback listen address (127.0.0.1 or ::1), not {}; set httpsProxy: false", addr.ip()),
             )));
         }
         let limits = options.limits;
@@ -269,7 +270,10 @@ impl Proxy {
         .map_err(StartError::BadOption)?;
         let test_proxy_origin = match &options.test_proxy_origin {
             Some(origin) => Some(Origin::parse(origin).ok_or_else(|| {
-                StartError::BadOption(format!("testCmuxProxyOrigin must be an http(s) origin, got {origin:?}"))
+                StartError::BadOption(ConfigError::new(
+                    "testCmuxProxyOrigin",
+                    format!("must be an http(s) origin, got {origin:?}"),
+                ))
             })?),
             None => None,
         };
@@ -282,7 +286,7 @@ impl Proxy {
         let ca_spki_sha256 = ca.spki_sha256().to_owned();
         let listener_tls = match options.https_proxy {
             true => Some(tokio_rustls::TlsAcceptor::from(
-                listener_config(&ca, addr.ip(), options.http2).map_err(StartError::Io)?,
+                listener_config(&ca, addr.ip(), options.http2).map_err(StartError::BadOption)?,
             )),
             false => None,
         };
@@ -336,14 +340,18 @@ impl Proxy {
 
     /// The `proxyRules` for a session: `https://` (HTTPS proxy mode) when
     /// `https` says so, by default when the listener terminates TLS.
-    pub(crate) fn proxy_rules(&self, https: Option<bool>, context_id: Option<&str>) -> Result<String, String> {
+    pub(crate) fn proxy_rules(&self, https: Option<bool>, context_id: Option<&str>) -> Result<String, ConfigError> {
         let https = https.unwrap_or(self.shared.listener_tls.is_some());
         if https && self.shared.listener_tls.is_none() {
-            return Err("the HTTPS proxy mode is off (StartOptions.httpsProxy: false)".into());
+            return Err(ConfigError::new("https", "the HTTPS proxy mode is off (StartOptions.httpsProxy: false)"));
         }
         if let Some(id) = context_id {
-            let context = self.shared.contexts.by_id(id).ok_or_else(|| format!("no context {id}"))?;
-            let port = context.own_port.get().ok_or_else(|| format!("context {id} has no port of its own"))?;
+            let unknown = || ConfigError::new("contextId", format!("no context {id}"));
+            let context = self.shared.contexts.by_id(id).ok_or_else(unknown)?;
+            let port = context
+                .own_port
+                .get()
+                .ok_or_else(|| ConfigError::new("contextId", format!("context {id} has no port of its own")))?;
             let scheme = if https { "https" } else { "http" };
             return Ok(format!("http={scheme}://127.0.0.1:{port};https={scheme}://127.0.0.1:{port}"));
         }
@@ -365,12 +373,13 @@ impl Proxy {
         web_contents_id: u32,
         route: Option<Route>,
         own_port: bool,
-    ) -> Result<Arc<Context>, String> {
+    ) -> Result<Arc<Context>, ConfigError> {
         let place = match own_port {
             true => Some(self.shared.context_ports.clone().try_acquire_owned().map_err(|_| {
-                format!(
-                    "too many contexts with a port of their own (maxContextPorts: {})",
-                    self.shared.limits.max_context_ports
+                let max = self.shared.limits.max_context_ports;
+                ConfigError::new(
+                    "ownPort",
+                    format!("too many contexts with a port of their own (maxContextPorts: {max})"),
                 )
             })?),
             false => None,
@@ -383,7 +392,7 @@ impl Proxy {
                 }
                 Err(e) => {
                     self.release_context(&context.id);
-                    return Err(format!("cannot open a port for the context: {e}"));
+                    return Err(ConfigError::new("ownPort", format!("cannot open a port for the context: {e}")));
                 }
             }
         }

@@ -5,6 +5,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 
 use super::address::PrivateNetworks;
+use super::error::ConfigError;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Scheme {
@@ -235,25 +236,13 @@ impl Origin {
     }
 }
 
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) struct RouteError {
-    pub(crate) field: &'static str,
-    pub(crate) reason: &'static str,
-}
-
-impl fmt::Display for RouteError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid route.{}: {}", self.field, self.reason)
-    }
-}
-
 impl Route {
     pub(crate) fn new(
         morph_id: &str,
         scope: &str,
         domain_suffix: &str,
         proxy_origin: Option<&str>,
-    ) -> Result<Route, RouteError> {
+    ) -> Result<Route, ConfigError> {
         // What a DNS label may hold: these end up in the dev box's host name.
         let slug = |field, value: &str| {
             if !value.is_empty()
@@ -261,24 +250,23 @@ impl Route {
             {
                 Ok(value.to_owned())
             } else {
-                Err(RouteError { field, reason: "must match [a-z0-9_-]+" })
+                Err(ConfigError::new(field, "must match [a-z0-9_-]+"))
             }
         };
         let suffix = domain_suffix.trim_end_matches('.').to_ascii_lowercase();
         if suffix.parse::<IpAddr>().is_ok() || !is_valid_hostname(&suffix) || suffix.contains('_') {
-            return Err(RouteError { field: "domainSuffix", reason: "must be a hostname such as cmux.app" });
+            return Err(ConfigError::new("route.domainSuffix", "must be a hostname such as cmux.app"));
         }
         let proxy_origin = proxy_origin
             .map(|o| {
-                parse_origin(o).ok_or(RouteError {
-                    field: "cmuxProxyOrigin",
-                    reason: "must be an http(s) origin such as https://host[:port]",
+                parse_origin(o).ok_or_else(|| {
+                    ConfigError::new("route.cmuxProxyOrigin", "must be an http(s) origin such as https://host[:port]")
                 })
             })
             .transpose()?;
         Ok(Route {
-            morph_id: slug("morphId", morph_id)?,
-            scope: slug("scope", scope)?,
+            morph_id: slug("route.morphId", morph_id)?,
+            scope: slug("route.scope", scope)?,
             domain_suffix: suffix,
             proxy_origin,
             every_host: false,
@@ -644,15 +632,18 @@ mod tests {
 
     #[test]
     fn route_validation_names_the_field() {
-        assert_eq!(Route::new("M1", "base", "cmux.app", None).unwrap_err().field, "morphId");
-        assert_eq!(Route::new("", "base", "cmux.app", None).unwrap_err().field, "morphId");
-        assert_eq!(Route::new("m", "a.b", "cmux.app", None).unwrap_err().field, "scope");
-        assert_eq!(Route::new("m", "a$b", "cmux.app", None).unwrap_err().field, "scope");
+        assert_eq!(Route::new("M1", "base", "cmux.app", None).unwrap_err().field, "route.morphId");
+        assert_eq!(Route::new("", "base", "cmux.app", None).unwrap_err().field, "route.morphId");
+        assert_eq!(Route::new("m", "a.b", "cmux.app", None).unwrap_err().field, "route.scope");
+        assert_eq!(Route::new("m", "a$b", "cmux.app", None).unwrap_err().field, "route.scope");
         assert!(Route::new("m_1", "a_b", "cmux.app", None).is_ok());
-        assert_eq!(Route::new("m", "s", "bad host", None).unwrap_err().field, "domainSuffix");
-        assert_eq!(Route::new("m", "s", "1.2.3.4", None).unwrap_err().field, "domainSuffix");
-        assert_eq!(Route::new("m", "s", "cmux.app", Some("ftp://x")).unwrap_err().field, "cmuxProxyOrigin");
-        assert_eq!(Route::new("m", "s", "cmux.app", Some("https://x/path")).unwrap_err().field, "cmuxProxyOrigin");
+        assert_eq!(Route::new("m", "s", "bad host", None).unwrap_err().field, "route.domainSuffix");
+        assert_eq!(Route::new("m", "s", "1.2.3.4", None).unwrap_err().field, "route.domainSuffix");
+        assert_eq!(Route::new("m", "s", "cmux.app", Some("ftp://x")).unwrap_err().field, "route.cmuxProxyOrigin");
+        assert_eq!(
+            Route::new("m", "s", "cmux.app", Some("https://x/path")).unwrap_err().field,
+            "route.cmuxProxyOrigin"
+        );
         let r = route(Some("https://Port-1.example.com"));
         assert_eq!(r.proxy_origin, Some(Origin { scheme: Scheme::Https, addr: hp("port-1.example.com", 443) }));
     }

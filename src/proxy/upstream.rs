@@ -20,7 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::client::TlsStream;
 
 use super::address::{self, Refusal};
-use super::error::ProxyError;
+use super::error::{ConfigError, ProxyError};
 use super::routing::{AddressPolicy, HostPort, Scheme};
 
 /// How long an attempt to one address runs alone before the next address is
@@ -113,24 +113,24 @@ struct ConnectorInner {
 }
 
 impl Connector {
-    pub(crate) fn new(options: UpstreamOptions) -> Result<Self, String> {
+    pub(crate) fn new(options: UpstreamOptions) -> Result<Self, ConfigError> {
         let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
         for (i, pem) in options.extra_roots_pem.iter().enumerate() {
             let mut found = false;
             for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-                let cert = cert.map_err(|e| format!("upstreamCaPem[{i}]: {e}"))?;
-                roots.add(cert).map_err(|e| format!("upstreamCaPem[{i}]: {e}"))?;
+                let cert = cert.map_err(|e| ConfigError::new("upstreamCaPem", format!("[{i}]: {e}")))?;
+                roots.add(cert).map_err(|e| ConfigError::new("upstreamCaPem", format!("[{i}]: {e}")))?;
                 found = true;
             }
             if !found {
-                return Err(format!("upstreamCaPem[{i}]: no PEM certificate found"));
+                return Err(ConfigError::new("upstreamCaPem", format!("[{i}]: no PEM certificate found")));
             }
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls_config = |alpn: &[&[u8]]| -> Result<tokio_rustls::TlsConnector, String> {
+        let tls_config = |alpn: &[&[u8]]| -> Result<tokio_rustls::TlsConnector, ConfigError> {
             let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
                 .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| ConfigError::new("tls", e))?;
             let builder = match options.insecure {
                 true => {
                     builder.dangerous().with_custom_certificate_verifier(Arc::new(AnyCertificate(provider.clone())))
@@ -425,15 +425,16 @@ impl AsyncWrite for UpstreamStream {
 }
 
 /// Parses the `resolve` option: `"host:port" -> "ip:port"`.
-pub(crate) fn parse_resolve(entries: HashMap<String, String>) -> Result<HashMap<String, SocketAddr>, String> {
+pub(crate) fn parse_resolve(entries: HashMap<String, String>) -> Result<HashMap<String, SocketAddr>, ConfigError> {
     entries
         .into_iter()
         .map(|(from, to)| {
             let key = super::routing::parse_authority(&from, None)
-                .map_err(|e| format!("resolve key {from:?}: {e}"))?
+                .map_err(|e| ConfigError::new("resolve", format!("key {from:?}: {e}")))?
                 .authority();
-            let addr =
-                to.parse::<SocketAddr>().map_err(|_| format!("resolve[{from:?}] must be ip:port, got {to:?}"))?;
+            let addr = to
+                .parse::<SocketAddr>()
+                .map_err(|_| ConfigError::new("resolve", format!("[{from:?}] must be ip:port, got {to:?}")))?;
             Ok((key, addr))
         })
         .collect()

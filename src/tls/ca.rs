@@ -13,6 +13,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::{Duration, OffsetDateTime};
 
+use crate::proxy::error::ConfigError;
+
 /// How many hosts' leaves are kept; the oldest is dropped past it.
 const LEAF_CACHE_SIZE: usize = 1024;
 
@@ -39,9 +41,9 @@ pub(crate) const PER_LAUNCH_CA_DAYS: u32 = 30;
 pub(crate) const MAX_KEPT_CA_DAYS: u32 = 365;
 
 /// A new CA as PEM (certificate, PKCS#8 key), valid for `days`, for an app to keep across runs.
-pub(crate) fn generate_ca_pem(days: u32) -> Result<(String, String), String> {
+pub(crate) fn generate_ca_pem(days: u32) -> Result<(String, String), ConfigError> {
     let (key, params) = ca_params(days)?;
-    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    let cert = params.self_signed(&key).map_err(|e| ConfigError::new("ca", e))?;
     Ok((cert.pem(), key.serialize_pem()))
 }
 
@@ -58,8 +60,8 @@ fn name_constraints() -> NameConstraints {
 
 /// A fresh ECDSA P-256 key and CA parameters, valid from a day ago for `days`,
 /// constrained to the names the proxy intercepts.
-fn ca_params(days: u32) -> Result<(KeyPair, CertificateParams), String> {
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
+fn ca_params(days: u32) -> Result<(KeyPair, CertificateParams), ConfigError> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| ConfigError::new("ca", e))?;
     let mut params = CertificateParams::default();
     let mut name = DistinguishedName::new();
     name.push(DnType::CommonName, "Cmux Preview Proxy Local CA");
@@ -74,9 +76,10 @@ fn ca_params(days: u32) -> Result<(KeyPair, CertificateParams), String> {
     Ok((key, params))
 }
 
-fn spki_sha256(cert_der: &[u8]) -> Result<String, String> {
+fn spki_sha256(cert_der: &[u8]) -> Result<String, ConfigError> {
     use base64::Engine;
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert_der).map_err(|e| format!("not a certificate: {e}"))?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert_der)
+        .map_err(|e| ConfigError::new("caCertPem", format!("not a certificate: {e}")))?;
     let digest = ring::digest::digest(&ring::digest::SHA256, parsed.public_key().raw);
     Ok(base64::engine::general_purpose::STANDARD.encode(digest.as_ref()))
 }
@@ -84,9 +87,9 @@ fn spki_sha256(cert_der: &[u8]) -> Result<String, String> {
 impl CertificateAuthority {
     /// A fresh ECDSA P-256 CA for this run only (kept in memory), valid for
     /// [`PER_LAUNCH_CA_DAYS`] and constrained to the names the proxy intercepts.
-    pub(crate) fn generate() -> Result<Self, String> {
+    pub(crate) fn generate() -> Result<Self, ConfigError> {
         let (key, params) = ca_params(PER_LAUNCH_CA_DAYS)?;
-        let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+        let cert = params.self_signed(&key).map_err(|e| ConfigError::new("ca", e))?;
         Ok(CertificateAuthority {
             cert_pem: cert.pem(),
             spki_sha256: spki_sha256(cert.der())?,
@@ -97,26 +100,27 @@ impl CertificateAuthority {
     }
 
     /// A CA given as PEM; the key must belong to the certificate.
-    pub(crate) fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, String> {
+    pub(crate) fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, ConfigError> {
+        let bad_cert = |reason: &dyn std::fmt::Display| ConfigError::new("caCertPem", reason);
         let key = key_pair_from_pem(key_pem)?;
         let cert_der = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
             .next()
-            .ok_or("caCertPem holds no PEM certificate")?
-            .map_err(|e| format!("caCertPem: {e}"))?;
+            .ok_or_else(|| bad_cert(&"holds no PEM certificate"))?
+            .map_err(|e| bad_cert(&e))?;
         let (_, parsed) = x509_parser::parse_x509_certificate(&cert_der)
-            .map_err(|e| format!("caCertPem is not a certificate: {e}"))?;
+            .map_err(|e| bad_cert(&format!("is not a certificate: {e}")))?;
         if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
-            return Err("caKeyPem does not belong to caCertPem".into());
+            return Err(ConfigError::new("caKeyPem", "does not belong to caCertPem"));
         }
         if !parsed.is_ca() {
-            return Err("caCertPem is not a CA certificate (basicConstraints CA:TRUE missing)".into());
+            return Err(bad_cert(&"is not a CA certificate (basicConstraints CA:TRUE missing)"));
         }
-        let not_after = OffsetDateTime::from_unix_timestamp(parsed.validity().not_after.timestamp())
-            .map_err(|e| format!("caCertPem: {e}"))?;
+        let not_after =
+            OffsetDateTime::from_unix_timestamp(parsed.validity().not_after.timestamp()).map_err(|e| bad_cert(&e))?;
         if not_after <= OffsetDateTime::now_utc() {
-            return Err("caCertPem has expired".into());
+            return Err(bad_cert(&"has expired"));
         }
-        let issuer = Issuer::from_ca_cert_der(&cert_der, key).map_err(|e| format!("caCertPem: {e}"))?;
+        let issuer = Issuer::from_ca_cert_der(&cert_der, key).map_err(|e| bad_cert(&e))?;
         Ok(CertificateAuthority {
             issuer,
             not_after,
@@ -135,15 +139,17 @@ impl CertificateAuthority {
     }
 
     /// A new leaf for `host`: DNS SAN for names, IP SAN for addresses.
-    pub(crate) fn issue_leaf(&self, host: &str) -> Result<Leaf, String> {
+    pub(crate) fn issue_leaf(&self, host: &str) -> Result<Leaf, ConfigError> {
         self.issue_leaf_for(&[host])
     }
 
     /// A new leaf valid for every name or address in `names` (the first is its common name).
-    pub(crate) fn issue_leaf_for(&self, names: &[&str]) -> Result<Leaf, String> {
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
+    pub(crate) fn issue_leaf_for(&self, names: &[&str]) -> Result<Leaf, ConfigError> {
+        let leaf_error =
+            |e: &dyn std::fmt::Display| ConfigError::new("leaf", format!("no certificate for {names:?}: {e}"));
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| leaf_error(&e))?;
         let sans: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let mut params = CertificateParams::new(sans).map_err(|e| format!("no certificate for {names:?}: {e}"))?;
+        let mut params = CertificateParams::new(sans).map_err(|e| leaf_error(&e))?;
         // The common name is the first name, unless that is an address: verifiers (OpenSSL) check a common
         // name that looks like a DNS name against the CA's DNS name constraints, and an address is no DNS name.
         let first = names.first().copied().unwrap_or("localhost");
@@ -156,7 +162,7 @@ impl CertificateAuthority {
         params.not_before = now - Duration::days(1);
         // Under Chromium's 398-day ceiling for leaf certificates, and never past the CA's own end.
         params.not_after = (now + Duration::days(390)).min(self.not_after);
-        let cert = params.signed_by(&key, &self.issuer).map_err(|e| e.to_string())?;
+        let cert = params.signed_by(&key, &self.issuer).map_err(|e| leaf_error(&e))?;
         Ok(Leaf {
             chain: vec![cert.der().clone(), self.cert_der.clone()],
             key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
@@ -167,8 +173,9 @@ impl CertificateAuthority {
 /// Reads a PKCS#8 key, an RSA key in PKCS#1 form (`BEGIN RSA PRIVATE KEY`, as
 /// `openssl genrsa` and node-forge write it) or an EC key in SEC1 form
 /// (`BEGIN EC PRIVATE KEY`), the last two wrapped in PKCS#8, which is what ring reads.
-fn key_pair_from_pem(key_pem: &str) -> Result<KeyPair, String> {
-    let unusable = |e: &dyn std::fmt::Display| format!("caKeyPem is not a usable private key: {e}");
+fn key_pair_from_pem(key_pem: &str) -> Result<KeyPair, ConfigError> {
+    let unusable =
+        |e: &dyn std::fmt::Display| ConfigError::new("caKeyPem", format!("is not a usable private key: {e}"));
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| unusable(&e))?;
     let candidates = match &key {
         PrivateKeyDer::Pkcs8(der) => vec![der.secret_pkcs8_der().to_vec()],
@@ -239,7 +246,7 @@ struct Entries<T> {
 }
 
 struct Entry<T> {
-    built: std::sync::OnceLock<Result<Arc<T>, String>>,
+    built: std::sync::OnceLock<Result<Arc<T>, ConfigError>>,
     born: std::time::Instant,
 }
 
@@ -258,8 +265,8 @@ impl<T> HostCache<T> {
     pub(crate) fn get_or_try_insert(
         &self,
         host: &str,
-        build: impl FnOnce() -> Result<T, String>,
-    ) -> Result<Arc<T>, String> {
+        build: impl FnOnce() -> Result<T, ConfigError>,
+    ) -> Result<Arc<T>, ConfigError> {
         let entry = self.entry(host);
         let built = entry.built.get_or_init(|| build().map(Arc::new)).clone();
         if built.is_err() {
@@ -418,7 +425,7 @@ mod tests {
         reloaded.issue_leaf("localhost").unwrap();
         let other = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap().serialize_pem();
         let mismatch = CertificateAuthority::from_pem(ca.cert_pem(), &other).err().expect("a foreign key is refused");
-        assert!(mismatch.contains("does not belong"), "{mismatch}");
+        assert_eq!((mismatch.field, mismatch.reason.as_str()), ("caKeyPem", "does not belong to caCertPem"));
         assert!(CertificateAuthority::from_pem("garbage", &key).is_err());
         assert!(CertificateAuthority::from_pem(ca.cert_pem(), "garbage").is_err());
     }
@@ -457,7 +464,7 @@ mod tests {
         assert_eq!(*cache.get_or_try_insert("a", || Ok(2)).unwrap(), 1);
         std::thread::sleep(std::time::Duration::from_millis(30));
         assert_eq!(*cache.get_or_try_insert("a", || Ok(3)).unwrap(), 3);
-        assert!(cache.get_or_try_insert("b", || Err("no".into())).is_err());
+        assert!(cache.get_or_try_insert("b", || Err(ConfigError::new("leaf", "no"))).is_err());
         assert_eq!(*cache.get_or_try_insert("b", || Ok(4)).unwrap(), 4);
         assert_eq!(cache.entries.lock().oldest_first.len(), 2);
     }

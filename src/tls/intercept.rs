@@ -12,6 +12,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
 
 use super::ca::{CertificateAuthority, HostCache, Leaf};
+use crate::proxy::error::ConfigError;
 use crate::proxy::routing::is_intercepted_host;
 
 pub(crate) struct Interceptor {
@@ -26,7 +27,7 @@ impl Interceptor {
         Interceptor { ca, configs: HostCache::default(), alpn: alpn(http2) }
     }
 
-    fn config_for(&self, host: &str) -> Result<Arc<ServerConfig>, String> {
+    fn config_for(&self, host: &str) -> Result<Arc<ServerConfig>, ConfigError> {
         self.configs.get_or_try_insert(host, || server_config(self.ca.issue_leaf(host)?, self.alpn.clone()))
     }
 
@@ -57,7 +58,7 @@ pub(crate) fn listener_config(
     ca: &CertificateAuthority,
     listen_ip: std::net::IpAddr,
     http2: bool,
-) -> Result<Arc<ServerConfig>, String> {
+) -> Result<Arc<ServerConfig>, ConfigError> {
     let listen_ip = listen_ip.to_string();
     let mut names = vec!["localhost", "127.0.0.1", "::1"];
     if !names.contains(&listen_ip.as_str()) && listen_ip != "0.0.0.0" && listen_ip != "::" {
@@ -75,13 +76,13 @@ fn alpn(http2: bool) -> Vec<Vec<u8>> {
     }
 }
 
-fn server_config(leaf: Leaf, alpn: Vec<Vec<u8>>) -> Result<ServerConfig, String> {
+fn server_config(leaf: Leaf, alpn: Vec<Vec<u8>>) -> Result<ServerConfig, ConfigError> {
     let mut config = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(|e| ConfigError::new("tls", e))?
         .with_no_client_auth()
         .with_single_cert(leaf.chain, leaf.key)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| ConfigError::new("leaf", e))?;
     config.alpn_protocols = alpn;
     Ok(config)
 }
