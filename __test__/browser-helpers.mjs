@@ -3,10 +3,12 @@
 // Electron app configures a preview session (proxy rules + proxy login + trust
 // of the proxy's CA for intercepted loopback hosts), and a "cloud dev box"
 // stand-in (HTTPS or HTTP/2, page + CSS + JS modules + PNG + /hmr WebSocket)
-// that records every request it sees.
+// that records every request it sees; a WebSocket opened from page code, and
+// a plain HTTP dev server with a service worker (own-port-browser.test.mjs).
 
 import crypto from 'node:crypto'
 import { existsSync } from 'node:fs'
+import http from 'node:http'
 import https from 'node:https'
 import http2 from 'node:http2'
 import zlib from 'node:zlib'
@@ -45,27 +47,47 @@ export async function launchChromium({ caPem, args = [] } = {}) {
   const executablePath = requireChromium()
   const { chromium } = await import('playwright-core')
   const spki = caPem ? [`--ignore-certificate-errors-spki-list=${spkiHash(caPem)}`] : []
+  return chromium.launch({ executablePath, headless: true, args: chromiumArgs([...spki, ...args]) })
+}
+
+/**
+ * launchChromium with a profile kept in `userDataDir` (a preview's persistent
+ * partition: its service workers survive a restart). Resolves the
+ * BrowserContext of playwright-core's launchPersistentContext; closing it
+ * quits the browser.
+ */
+export async function launchPersistentChromium(userDataDir, { args = [] } = {}) {
+  const executablePath = requireChromium()
+  const { chromium } = await import('playwright-core')
+  return chromium.launchPersistentContext(userDataDir, { executablePath, headless: true, args: chromiumArgs(args) })
+}
+
+/** Chromium's switches for every test browser, then `args`. */
+function chromiumArgs(args) {
   // Debugging aid: CMUX_CHROMIUM_NETLOG=/tmp/netlog.json records Chromium's network events (HTTP/2 frames included).
   const netlog = process.env.CMUX_CHROMIUM_NETLOG
     ? [`--log-net-log=${process.env.CMUX_CHROMIUM_NETLOG}`, '--net-log-capture-mode=Everything']
     : []
-  return chromium.launch({
-    executablePath,
-    headless: true,
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-      ...spki,
-      ...netlog,
-      ...args,
-    ],
-  })
+  return [
+    '--no-sandbox',
+    '--disable-gpu',
+    '--disable-quic',
+    '--no-first-run',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync',
+    ...netlog,
+    ...args,
+  ]
 }
+
+/**
+ * What headless Chromium asks its proxy for by itself, even with background
+ * networking disabled (seen with Chromium 156 in its first seconds). A proxy
+ * that authenticates them (a context's own port) must map these in `resolve`
+ * to a local sink, or it would look them up in DNS.
+ */
+export const CHROMIUM_BACKGROUND_HOSTS = ['accounts.google.com:443', 'update.googleapis.com:443', 'update.googleapis.com:80']
 
 /**
  * One browser context per preview "session": its proxy is the addon's
@@ -92,6 +114,41 @@ export function recordFailures(page, filter = () => true) {
     if (filter(request.url())) failures.push({ url: request.url(), error: request.failure()?.errorText ?? '?' })
   })
   return failures
+}
+
+/**
+ * Opens `new WebSocket(url)` in `page` (kept as window.ws, its events in
+ * window.wsLog: 'open', 'message: <data>', 'error', 'close <code>'), sends
+ * `message` once open, and resolves a copy of the log once the stand-in's
+ * echo of it ("echo: <message>") arrived, the socket closed, or `timeout` ms passed ('timeout').
+ */
+export function pageWebSocket(page, url, message, timeout = 10000) {
+  return page.evaluate(([url, message, timeout]) => new Promise((resolve) => {
+    const log = (window.wsLog = [])
+    const ws = (window.ws = new WebSocket(url))
+    let timer
+    const done = () => {
+      clearTimeout(timer)
+      resolve([...log])
+    }
+    ws.onopen = () => {
+      log.push('open')
+      ws.send(message)
+    }
+    ws.onmessage = (e) => {
+      log.push(`message: ${e.data}`)
+      if (e.data === `echo: ${message}`) done()
+    }
+    ws.onerror = () => log.push('error')
+    ws.onclose = (e) => {
+      log.push(`close ${e.code}`)
+      done()
+    }
+    timer = setTimeout(() => {
+      log.push('timeout')
+      done()
+    }, timeout)
+  }), [url, message, timeout])
 }
 
 /** What the stand-in's index page shows once its assets loaded (see INDEX_HTML / APP_JS). */
@@ -416,5 +473,87 @@ export async function startDevBox({ tls, h2 = false, batchMs = 0 } = {}) {
       })
       return closing
     },
+  }
+}
+
+// ---------------------------------------------------------------------------
+// A dev server with a service worker (plain HTTP, for a route's cmuxProxyOrigin)
+
+// Takes control at once; every fetch of the pages it controls, navigations included, is its fetch().
+const SW_JS = `self.addEventListener('install', () => self.skipWaiting())
+self.addEventListener('activate', (event) => event.waitUntil(self.clients.claim()))
+self.addEventListener('fetch', (event) => event.respondWith(fetch(event.request)))
+`
+
+// Load `n` of the page: registers /sw.js and shows "sw: controlling" once it controls the page.
+function swPageHtml(n) {
+  return `<!doctype html>
+<html><head><meta charset="utf-8"><title>sw page ${n}</title></head>
+<body>
+<p id="load">load ${n}</p>
+<p id="sw">sw: registering</p>
+<script>
+window.controlledAtLoad = !!navigator.serviceWorker.controller
+const controlled = () => navigator.serviceWorker.controller
+  ? null
+  : new Promise((resolve) => navigator.serviceWorker.addEventListener('controllerchange', resolve, { once: true }))
+navigator.serviceWorker.register('/sw.js')
+  .then(() => navigator.serviceWorker.ready)
+  .then(controlled)
+  .then(() => { document.getElementById('sw').textContent = 'sw: controlling' },
+    (e) => { document.getElementById('sw').textContent = 'sw: failed ' + e })
+</script>
+</body></html>
+`
+}
+
+/**
+ * Starts on 127.0.0.1:0 a plain HTTP dev server serving /sw-page.html (its
+ * body says "load <n>", n counting the page's requests) and /sw.js.
+ * requests: { path, load (for the page), secFetchMode, serviceWorker (its
+ * Service-Worker header), portInternal (X-Cmux-Port-Internal) }.
+ */
+export async function startServiceWorkerOrigin() {
+  const requests = []
+  const sockets = new Set()
+  let loads = 0
+  const server = http.createServer((req, res) => {
+    const path = req.url.split('?')[0]
+    const seen = {
+      path,
+      secFetchMode: req.headers['sec-fetch-mode'] ?? null,
+      serviceWorker: req.headers['service-worker'] ?? null,
+      portInternal: req.headers['x-cmux-port-internal'] ?? null,
+    }
+    requests.push(seen)
+    const send = (status, type, body) => {
+      res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store' })
+      res.end(body)
+    }
+    if (path === '/sw-page.html') {
+      seen.load = ++loads
+      return send(200, 'text/html; charset=utf-8', swPageHtml(seen.load))
+    }
+    if (path === '/sw.js') return send(200, 'text/javascript', SW_JS)
+    if (path === '/favicon.ico') return send(204, 'image/x-icon', '')
+    send(404, 'text/plain', `not found: ${path}`)
+  })
+  server.on('connection', (socket) => {
+    sockets.add(socket)
+    socket.on('close', () => sockets.delete(socket))
+  })
+  await new Promise((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(0, '127.0.0.1', resolve)
+  })
+  return {
+    port: server.address().port,
+    requests,
+    /** The page loads it served so far. */
+    loads: () => loads,
+    close: () => new Promise((resolve) => {
+      server.close(() => resolve())
+      for (const socket of sockets) socket.destroy()
+    }),
   }
 }

@@ -18,6 +18,7 @@ import {
   derToPem,
   fakeApp,
   loadModule,
+  ownPortOf,
   recordingLogger,
   RULES,
   tunnelLeaf,
@@ -82,9 +83,11 @@ describe('setPreviewProxyCertificateAuthority', () => {
       expect(mod.getPreviewProxyCertificateAuthorityInfo()).toEqual({ certPem: ca.certPem, spkiSha256: spki(ca.certPem) })
       const { control, credentials } = await configureView(mod, 201)
       const port = await mod.startPreviewProxy(recordingLogger().logger)
-      // The running proxy has that CA (by its key), and the plain http:// rules (no HTTPS mode).
+      // The running proxy has that CA (by its key), and the plain http:// rules (no HTTPS mode), of the context's own port.
       expect(mod.getPreviewProxyCertificateAuthorityInfo().spkiSha256).toBe(spki(ca.certPem))
-      expect(control.proxies()).toEqual([{ mode: 'fixed_servers', proxyRules: RULES('http', port), proxyBypassRules: '<-loopback>' }])
+      const own = ownPortOf(control)
+      expect(own).not.toBe(port)
+      expect(control.proxies()).toEqual([{ mode: 'fixed_servers', proxyRules: RULES('http', own), proxyBypassRules: '<-loopback>' }])
 
       const leaf = await tunnelLeaf(port, credentials, 'localhost:3000', { servername: 'localhost', ca: ca.certPem, rejectUnauthorized: true })
       expect(new crypto.X509Certificate(leaf.pem).checkIssued(new crypto.X509Certificate(ca.certPem))).toBe(true)
@@ -93,6 +96,10 @@ describe('setPreviewProxyCertificateAuthority', () => {
       expect(ip.subjectaltname).toContain('IP Address:127.0.0.1')
       expect(await control.verify(verifyRequest('127.0.0.1', ip.pem))).toBe(0)
       expect(await connectStatus(port, credentials)).toBe(200)
+      // The own port intercepts with the same CA, with no credentials.
+      const viaOwn = await tunnelLeaf(own, null, 'localhost:3000', { servername: 'localhost', ca: ca.certPem, rejectUnauthorized: true })
+      expect(new crypto.X509Certificate(viaOwn.pem).checkIssued(new crypto.X509Certificate(ca.certPem))).toBe(true)
+      expect(await control.verify(verifyRequest('localhost', viaOwn.pem))).toBe(0)
     })
   }
 
@@ -108,13 +115,17 @@ describe('setPreviewProxyCertificateAuthority', () => {
 
     const { control, credentials } = await configureView(mod, 202, { app: app.app })
     const port = await mod.startPreviewProxy(recordingLogger().logger)
-    expect(control.proxies()).toEqual([{ mode: 'fixed_servers', proxyRules: RULES('https', port), proxyBypassRules: '<-loopback>' }])
-    // TLS on the listener, verified against the app's CA.
-    const socket = await tlsConnect({ host: '127.0.0.1', port, ca: ca.certPem, rejectUnauthorized: true, ALPNProtocols: ['h2'] })
-    expect(socket.alpnProtocol).toBe('h2')
-    const own = derToPem(socket.getPeerCertificate(true).raw)
-    socket.destroy()
-    expect(await control.verify(verifyRequest('127.0.0.1', own))).toBe(0)
+    const ownPort = ownPortOf(control)
+    expect(ownPort).not.toBe(port)
+    expect(control.proxies()).toEqual([{ mode: 'fixed_servers', proxyRules: RULES('https', ownPort), proxyBypassRules: '<-loopback>' }])
+    // TLS on the listeners (the shared port, and the context's own port the session uses), verified against the app's CA.
+    for (const listener of [port, ownPort]) {
+      const socket = await tlsConnect({ host: '127.0.0.1', port: listener, ca: ca.certPem, rejectUnauthorized: true, ALPNProtocols: ['h2'] })
+      expect(socket.alpnProtocol).toBe('h2')
+      const own = derToPem(socket.getPeerCertificate(true).raw)
+      socket.destroy()
+      expect(await control.verify(verifyRequest('127.0.0.1', own))).toBe(0)
+    }
     expect(await connectStatus(port, credentials)).toBe(200)
   })
 

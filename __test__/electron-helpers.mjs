@@ -35,6 +35,51 @@ export const LAST_PORT = 39434
 export const PREVIEW_URL = 'https://cmux-m1-base-3000.cmux.app/'
 /** The proxyRules of a proxy on 127.0.0.1:`port`, scheme `http` or `https` (HTTPS proxy mode). */
 export const RULES = (scheme, port) => `http=${scheme}://127.0.0.1:${port};https=${scheme}://127.0.0.1:${port}`
+/**
+ * The port the proxyRules of a setProxy `config` name (both halves must name the same
+ * `scheme://127.0.0.1:PORT`, `scheme` being `http` or `https`): { scheme, port }.
+ */
+export function rulesTarget(config) {
+  const match = /^http=(https?):\/\/127\.0\.0\.1:(\d+);https=\1:\/\/127\.0\.0\.1:\2$/.exec(config?.proxyRules ?? '')
+  if (!match) throw new Error(`not the rules of a proxy on 127.0.0.1: ${JSON.stringify(config)}`)
+  return { scheme: match[1], port: Number(match[2]) }
+}
+
+/**
+ * The context's own port a session was pointed at: the port of its first setProxy (`control`
+ * of fakeSession, or the `proxies` array of sessionDouble).
+ */
+export function ownPortOf(control) {
+  const proxies = Array.isArray(control) ? control : control.proxies()
+  return rulesTarget(proxies[0]).port
+}
+
+/** 'open' when something accepts a TCP connection on 127.0.0.1:`port`, else the error's code ('ECONNREFUSED'). */
+export function portState(port) {
+  return new Promise((resolve) => {
+    const socket = net.connect(port, '127.0.0.1')
+    socket.once('connect', () => {
+      socket.destroy()
+      resolve('open')
+    })
+    socket.once('error', (error) => resolve(error.code ?? String(error)))
+  })
+}
+
+/**
+ * The state of 127.0.0.1:`port` once it no longer accepts connections, or 'open' if it still does
+ * after `timeout` ms. A released context's own port closes on the proxy's runtime, just after
+ * releaseContext returns (until then the kernel still queues connections to it).
+ */
+export async function untilRefused(port, timeout = 5000) {
+  const deadline = Date.now() + timeout
+  for (;;) {
+    const state = await portState(port)
+    if (state !== 'open' || Date.now() >= deadline) return state
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+}
+
 /** The addon the module runs on (the same instance electron/index.js requires). */
 export const addon = require('../index.js')
 
@@ -250,7 +295,9 @@ export async function withEnv(vars, fn) {
 
 /**
  * The status the proxy answers a `CONNECT localhost:3000` (or `authority`)
- * with these credentials (200 for a live context, 407 once released).
+ * with these credentials (200 for a live context, 407 once released), or with
+ * no Proxy-Authorization at all when `credentials` is null (200 on a
+ * context's own port, 407 on the shared one).
  * Nothing is connected upstream: the proxy serves a loopback tunnel itself.
  */
 export async function connectStatus(port, credentials, authority = 'localhost:3000') {
@@ -396,11 +443,13 @@ export function resignLeaf(leafDer, caKeyPem, from = '', to = '') {
 
 /**
  * The leaf the proxy shows inside a TLS tunnel to `authority` (CONNECT with
- * these credentials, then TLS with `tlsOptions`, not verified unless they say
- * so): { pem, alpn, subjectaltname }.
+ * these credentials, or with no Proxy-Authorization when they are null (a
+ * context's own port), then TLS with `tlsOptions`, not verified unless they
+ * say so): { pem, alpn, subjectaltname }.
  */
 export async function tunnelLeaf(port, credentials, authority, tlsOptions = {}) {
-  const socket = await tlsTunnel(port, authority, basicAuth(credentials.username, credentials.password), {
+  const auth = credentials ? basicAuth(credentials.username, credentials.password) : undefined
+  const socket = await tlsTunnel(port, authority, auth, {
     rejectUnauthorized: false,
     ALPNProtocols: ['h2', 'http/1.1'],
     ...tlsOptions,

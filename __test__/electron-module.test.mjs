@@ -18,6 +18,7 @@ import tls from 'node:tls'
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, onTestFinished, test, vi } from 'vitest'
 import { closedPort, makeCA, makeLeaf, proxyRequest, basicAuth, waitFor, sleep, ProxyServer } from './helpers.mjs'
 import { tlsConnect, tlsTunnel } from './tls-helpers.mjs'
+import { connectOn, h2Connect, h2ToProxy, tlsToProxy } from './https-proxy-helpers.mjs'
 import {
   configureView,
   connectStatus,
@@ -32,6 +33,7 @@ import {
   listeningPorts,
   loadModule,
   occupy,
+  ownPortOf,
   PREVIEW_URL,
   recordingLogger,
   recordProxyStarts,
@@ -41,6 +43,7 @@ import {
   RULES,
   typesProject,
   unexpected,
+  untilRefused,
   verifyRequest,
   withEnv,
 } from './electron-helpers.mjs'
@@ -146,14 +149,18 @@ describe('startPreviewProxy', () => {
 })
 
 describe('configurePreviewProxyForView', () => {
-  test('sets the proxy (rules from proxyRules(), <-loopback>), trusts the CA, clears the auth cache, creates the context', async () => {
+  test("sets the proxy (rules of the context's own port, <-loopback>), trusts the CA, clears the auth cache, creates the context", async () => {
     const app = fakeApp()
     const { control, wc, credentials } = await configured(7, { app: app.app, persistKey: 'task-run-preview:x' })
     const port = await mod.startPreviewProxy(recordingLogger().logger)
     expect(control.calls.map((c) => c.method)).toEqual(['setProxy', 'setCertificateVerifyProc', 'clearAuthCache'])
-    expect(control.proxies()).toEqual([{ mode: 'fixed_servers', proxyRules: RULES('http', port), proxyBypassRules: '<-loopback>' }])
+    const own = ownPortOf(control)
+    expect(own).not.toBe(port)
+    expect(control.proxies()).toEqual([{ mode: 'fixed_servers', proxyRules: RULES('http', own), proxyBypassRules: '<-loopback>' }])
     expect(credentials).toEqual({ username: expect.stringMatching(/^wc-7-[0-9a-f]{8}$/), password: expect.stringMatching(/^[0-9a-f]{32}$/) })
-    // The credentials are live in the proxy.
+    // The own port serves the context with no Proxy-Authorization at all.
+    expect(await connectStatus(own, null)).toBe(200)
+    // The credentials are live in the proxy, on the shared port.
     expect(await connectStatus(port, credentials)).toBe(200)
     expect(await connectStatus(port, null)).toBe(407)
     // Released on `destroyed`: one listener was added.
@@ -174,17 +181,23 @@ describe('configurePreviewProxyForView', () => {
     expect(mod.getProxyCredentialsForWebContents(3)).toBeNull()
   })
 
-  test('a setProxy that rejects releases the context (its credentials then get 407) and rethrows', async () => {
+  test('a setProxy that rejects releases the context (its credentials then get 407, its own port closes) and rethrows', async () => {
     const app = fakeApp()
     mod.installPreviewProxyLoginHandler(app.app)
     const port = await mod.startPreviewProxy(recordingLogger().logger)
     let during
+    let duringOwn
     const failure = new Error('setProxy failed')
+    // Every setProxy of this session rejects: the release's too (pointing it back at the shared port).
     const control = fakeSession('failing', {
       setProxyImpl: async () => {
-        // The context exists while the session is being configured.
-        during = mod.getProxyCredentialsForWebContents(9)
-        expect(await connectStatus(port, during)).toBe(200)
+        if (during === undefined) {
+          // The context exists while the session is being configured.
+          during = mod.getProxyCredentialsForWebContents(9)
+          duringOwn = ownPortOf(control)
+          expect(await connectStatus(port, during)).toBe(200)
+          expect(await connectStatus(duringOwn, null)).toBe(200)
+        }
         throw failure
       },
     })
@@ -194,53 +207,81 @@ describe('configurePreviewProxyForView', () => {
     expect(during).toEqual({ username: expect.stringMatching(/^wc-9-/), password: expect.any(String) })
     expect(mod.getProxyCredentialsForWebContents(9)).toBeNull()
     expect(await connectStatus(port, during)).toBe(407)
-    expect(calls.at(-1)).toMatchObject({ level: 'warn', message: 'Failed to configure preview proxy', data: { webContentsId: 9, error: 'setProxy failed' } })
+    expect(await untilRefused(duringOwn)).toBe('ECONNREFUSED')
+    // The release pointed the session back at the shared port (that setProxy rejected too: warned, not thrown).
+    await waitFor(() => calls.length >= 2)
+    expect(calls).toEqual([
+      { level: 'warn', message: 'Failed to configure preview proxy', data: { webContentsId: 9, error: 'setProxy failed' } },
+      { level: 'warn', message: 'Failed to point a released preview at the shared port', data: { error: 'setProxy failed' } },
+    ])
     // Nothing else was done to the session, and the login handler has nothing to answer.
-    expect(control.calls.map((c) => c.method)).toEqual(['setProxy'])
+    expect(control.calls.map((c) => c.method)).toEqual(['setProxy', 'setProxy'])
+    expect(control.proxies()).toEqual([
+      { mode: 'fixed_servers', proxyRules: RULES('http', duringOwn), proxyBypassRules: '<-loopback>' },
+      { mode: 'fixed_servers', proxyRules: RULES('http', port), proxyBypassRules: '<-loopback>' },
+    ])
     expect(app.login(wc.webContents, { isProxy: true, scheme: 'basic', host: '127.0.0.1', port, realm: 'Cmux Preview Proxy' })).toEqual({ prevented: false, answer: null })
     // A later destroyed is harmless.
     wc.destroy()
-    expect(control.calls.map((c) => c.method)).toEqual(['setProxy'])
+    expect(control.calls.map((c) => c.method)).toEqual(['setProxy', 'setProxy'])
   })
 
   // A release fails closed: the session keeps pointing at the proxy, which answers 407 and has no
-  // credentials to give; it is never set back to a direct connection.
-  test('cleanup releases the context (407), leaves the session on the proxy (no direct reset), and is idempotent', async () => {
+  // credentials to give; it is never set back to a direct connection. From a context's own port
+  // (closed with the context, its number free for another listener) it goes back to the shared port.
+  test('cleanup releases the context (407, its own port refused), points the session at the shared port (no direct reset), and is idempotent', async () => {
     const app = fakeApp()
     const { control, wc, cleanup, credentials } = await configured(11, { app: app.app })
     const port = await mod.startPreviewProxy(recordingLogger().logger)
+    const own = ownPortOf(control)
     expect(await connectStatus(port, credentials)).toBe(200)
+    expect(await connectStatus(own, null)).toBe(200)
     const callsBefore = control.calls.length
     cleanup()
+    expect(await untilRefused(own)).toBe('ECONNREFUSED')
     expect(await connectStatus(port, credentials)).toBe(407)
     expect(mod.getProxyCredentialsForWebContents(11)).toBeNull()
-    // Nothing was done to the session: its last proxy setting is still the proxy.
-    expect(control.calls).toHaveLength(callsBefore)
-    expect(control.proxies()).toEqual([{ mode: 'fixed_servers', proxyRules: RULES('http', port), proxyBypassRules: '<-loopback>' }])
-    // The login handler has nothing to answer the 407 with.
+    // One thing was done to the session: its last proxy setting is the shared port.
+    expect(control.calls.slice(callsBefore).map((c) => c.method)).toEqual(['setProxy'])
+    expect(control.proxies()).toEqual([
+      { mode: 'fixed_servers', proxyRules: RULES('http', own), proxyBypassRules: '<-loopback>' },
+      { mode: 'fixed_servers', proxyRules: RULES('http', port), proxyBypassRules: '<-loopback>' },
+    ])
+    // The login handler has nothing to answer the shared port's 407 with.
     expect(app.login(wc.webContents, { isProxy: true, scheme: 'basic', host: '127.0.0.1', port, realm: '' })).toEqual({ prevented: false, answer: null })
     cleanup()
     cleanup()
+    expect(control.calls).toHaveLength(callsBefore + 1)
     expect(control.proxies().some((p) => p.mode === 'direct')).toBe(false)
   })
 
-  test('destroyed releases the context (407) without a direct reset; the cleanup afterwards does nothing', async () => {
+  test('destroyed releases the context (407, its own port refused), back to the shared port without a direct reset; the cleanup afterwards does nothing', async () => {
     const { control, wc, cleanup, credentials } = await configured(12, { app: fakeApp().app })
     const port = await mod.startPreviewProxy(recordingLogger().logger)
+    const own = ownPortOf(control)
     wc.destroy()
     expect(await connectStatus(port, credentials)).toBe(407)
+    expect(await untilRefused(own)).toBe('ECONNREFUSED')
     cleanup()
-    expect(control.proxies()).toEqual([{ mode: 'fixed_servers', proxyRules: RULES('http', port), proxyBypassRules: '<-loopback>' }])
+    expect(control.proxies()).toEqual([
+      { mode: 'fixed_servers', proxyRules: RULES('http', own), proxyBypassRules: '<-loopback>' },
+      { mode: 'fixed_servers', proxyRules: RULES('http', port), proxyBypassRules: '<-loopback>' },
+    ])
   })
 
-  test('releasePreviewProxy releases (407) without a direct reset; unknown ids are ignored', async () => {
+  test('releasePreviewProxy releases (407, its own port refused), back to the shared port without a direct reset; unknown ids are ignored', async () => {
     const { control, credentials } = await configured(13, { app: fakeApp().app })
     const port = await mod.startPreviewProxy(recordingLogger().logger)
+    const own = ownPortOf(control)
     mod.releasePreviewProxy(13)
     expect(await connectStatus(port, credentials)).toBe(407)
+    expect(await untilRefused(own)).toBe('ECONNREFUSED')
     mod.releasePreviewProxy(13)
     mod.releasePreviewProxy(999)
-    expect(control.proxies()).toEqual([{ mode: 'fixed_servers', proxyRules: RULES('http', port), proxyBypassRules: '<-loopback>' }])
+    expect(control.proxies()).toEqual([
+      { mode: 'fixed_servers', proxyRules: RULES('http', own), proxyBypassRules: '<-loopback>' },
+      { mode: 'fixed_servers', proxyRules: RULES('http', port), proxyBypassRules: '<-loopback>' },
+    ])
   })
 
   test('the released partition is configured again: a new context, credentials that work', async () => {
@@ -296,6 +337,173 @@ describe('configurePreviewProxyForView', () => {
     expect(await connectStatus(port, second)).toBe(200)
     cleanup()
     expect(await connectStatus(port, second)).toBe(407)
+  })
+})
+
+/** The proxy's Basic challenge for 127.0.0.1:`port`, as Electron gives it to app.on('login'). */
+const challenge = (port) => ({ isProxy: true, scheme: 'basic', host: '127.0.0.1', port, realm: 'Cmux Preview Proxy' })
+const rules = (scheme, port) => ({ mode: 'fixed_servers', proxyRules: RULES(scheme, port), proxyBypassRules: '<-loopback>' })
+
+describe("a context's own port (the default; setPreviewProxyOwnPorts)", () => {
+  test("the session's rules name the context's own port, not the shared one; every connection there is the context's, with no Proxy-Authorization; the shared port still takes its credentials", async () => {
+    const { logger, calls } = recordingLogger()
+    mod.setPreviewProxyLoggingEnabled(true)
+    // The preview's origin is a closed port on loopback (cmux's TEST_CMUX_PROXY_ORIGIN hook): a
+    // request forwarded for the context fails with 502 without leaving the machine.
+    const origin = `http://127.0.0.1:${await closedPort()}`
+    const { control, credentials } = await withEnv({ TEST_CMUX_PROXY_ORIGIN: origin }, () => configured(301, { app: fakeApp().app, logger }))
+    const port = await mod.startPreviewProxy(logger)
+    const own = ownPortOf(control)
+    expect(own).not.toBe(port)
+    expect(control.proxies()).toEqual([rules('http', own)])
+    const requests = (filter) => calls.filter((c) => c.message === 'Preview proxy' && c.data.event === 'request' && filter(c.data)).map((c) => c.data)
+
+    // CONNECT localhost:3000 with no Proxy-Authorization at all: 200, the routed context looks
+    // inside the tunnel itself (nothing is connected upstream). The event names the context.
+    expect(await connectStatus(own, null)).toBe(200)
+    const tunnel = await waitFor(() => requests((r) => r.method === 'CONNECT')[0], { timeout: 5000 })
+    expect(tunnel).toMatchObject({ url: 'localhost:3000', status: 200, webContentsId: 301, contextId: expect.any(String) })
+    // A plain request with no Proxy-Authorization: the context's route (its origin refuses: 502), no 407.
+    const forwarded = await proxyRequest(own, 'http://localhost:3000/')
+    expect(forwarded.status).toBe(502)
+    expect(forwarded.headers['proxy-authenticate']).toBeUndefined()
+    await waitFor(() => requests((r) => r.status === 502 && r.contextId === tunnel.contextId).length === 1, { timeout: 5000 })
+
+    // The shared port is as it was: 407 without credentials; the context's credentials valid there.
+    expect(await connectStatus(port, null)).toBe(407)
+    expect(mod.getProxyCredentialsForWebContents(301)).toEqual(credentials)
+    expect(await connectStatus(port, credentials)).toBe(200)
+    await waitFor(() => requests((r) => r.method === 'CONNECT' && r.status === 200).length === 2, { timeout: 5000 })
+    expect(requests((r) => r.status === 200).map((r) => r.contextId)).toEqual([tunnel.contextId, tunnel.contextId])
+  })
+
+  test("the login handler stays installed and harmless: it answers the shared port's challenge for a configured WebContents, never one naming its own port", async () => {
+    const app = fakeApp()
+    const { control, wc, credentials } = await configured(311, { app: app.app })
+    const port = await mod.startPreviewProxy(recordingLogger().logger)
+    const own = ownPortOf(control)
+    expect(app.listeners.map((l) => l.event)).toEqual(['login'])
+    expect(app.login(wc.webContents, challenge(port))).toEqual({ prevented: true, answer: [credentials.username, credentials.password] })
+    expect(await connectStatus(port, credentials)).toBe(200)
+    // The own port never sends a 407: a challenge naming its number is someone else's, left alone.
+    expect(app.login(wc.webContents, challenge(own))).toEqual({ prevented: false, answer: null })
+    expect(await connectStatus(own, null)).toBe(200)
+  })
+
+  test('setPreviewProxyOwnPorts(false): the shared port with Basic credentials, as before; a release leaves the session alone', async () => {
+    mod.setPreviewProxyOwnPorts(false)
+    const app = fakeApp()
+    const { control, wc, cleanup, credentials } = await configured(321, { app: app.app })
+    const port = await mod.startPreviewProxy(recordingLogger().logger)
+    expect(control.calls.map((c) => c.method)).toEqual(['setProxy', 'setCertificateVerifyProc', 'clearAuthCache'])
+    expect(control.proxies()).toEqual([rules('http', port)])
+    expect(await connectStatus(port, credentials)).toBe(200)
+    expect(await connectStatus(port, null)).toBe(407)
+    expect(app.login(wc.webContents, challenge(port))).toEqual({ prevented: true, answer: [credentials.username, credentials.password] })
+    const callsBefore = control.calls.length
+    cleanup()
+    expect(await connectStatus(port, credentials)).toBe(407)
+    expect(app.login(wc.webContents, challenge(port))).toEqual({ prevented: false, answer: null })
+    // Nothing was done to the session: its last proxy setting is still the shared port.
+    expect(control.calls).toHaveLength(callsBefore)
+    expect(control.proxies()).toEqual([rules('http', port)])
+  })
+
+  test.each(['destroyed', 'releasePreviewProxy', 'a setProxy that rejects'])('setPreviewProxyOwnPorts(false), released by %s: the session is left on the shared port', async (how) => {
+    mod.setPreviewProxyOwnPorts(false)
+    const port = await mod.startPreviewProxy(recordingLogger().logger)
+    const failure = new Error('setProxy failed')
+    const control = fakeSession(how, { setProxyImpl: how === 'a setProxy that rejects' ? async () => { throw failure } : undefined })
+    const wc = fakeWebContents(322, control.session)
+    const configuring = mod.configurePreviewProxyForView({ webContents: wc.webContents, initialUrl: PREVIEW_URL, logger: recordingLogger().logger })
+    let credentials
+    if (how === 'a setProxy that rejects') {
+      await expect(configuring).rejects.toBe(failure)
+    } else {
+      await configuring
+      credentials = mod.getProxyCredentialsForWebContents(322)
+      expect(await connectStatus(port, credentials)).toBe(200)
+      if (how === 'destroyed') wc.destroy()
+      else mod.releasePreviewProxy(322)
+      expect(await connectStatus(port, credentials)).toBe(407)
+    }
+    expect(mod.getProxyCredentialsForWebContents(322)).toBeNull()
+    expect(control.proxies()).toEqual([rules('http', port)])
+  })
+
+  test('it applies to contexts created from then on: a WebContents joining an own-port context gets that port; a new preview gets the shared one', async () => {
+    const session = fakeSession('own-then-shared')
+    const a = await configured(331, { sessionControl: session })
+    const port = await mod.startPreviewProxy(recordingLogger().logger)
+    const own = ownPortOf(session)
+    mod.setPreviewProxyOwnPorts(false)
+    // Another view of the same preview on that session: the same context, so its own port.
+    const b = await configured(332, { sessionControl: session })
+    expect(b.credentials).toEqual(a.credentials)
+    expect(session.proxies()).toEqual([rules('http', own), rules('http', own)])
+    // A preview on a session of its own: the shared port.
+    const c = await configured(333, { url: 'https://cmux-m2-base-3000.cmux.app/' })
+    expect(c.control.proxies()).toEqual([rules('http', port)])
+    expect(await connectStatus(port, c.credentials)).toBe(200)
+    expect(await connectStatus(own, null)).toBe(200)
+    // On again: the next new context has a port of its own, another one.
+    mod.setPreviewProxyOwnPorts(true)
+    const d = await configured(334, { url: 'https://cmux-m3-base-3000.cmux.app/' })
+    const next = ownPortOf(d.control)
+    expect(next).not.toBe(own)
+    expect(next).not.toBe(port)
+    expect(await connectStatus(next, null)).toBe(200)
+    // Released (a's part, then b's, the last): the own port closes, the session goes to the shared port.
+    a.cleanup()
+    expect(await connectStatus(own, null)).toBe(200)
+    b.cleanup()
+    expect(await untilRefused(own)).toBe('ECONNREFUSED')
+    expect(session.proxies().at(-1)).toEqual(rules('http', port))
+  })
+
+  test('the HTTPS proxy mode: https://127.0.0.1:<own port> rules; TLS there (h2, a certificate of the proxy CA the verify proc trusts) and CONNECT with no Proxy-Authorization', async () => {
+    const app = fakeApp()
+    const info = mod.enablePreviewProxyHttpsMode(app.app)
+    const { control, cleanup } = await configured(341, { app: app.app })
+    const port = await mod.startPreviewProxy(recordingLogger().logger)
+    const own = ownPortOf(control)
+    expect(own).not.toBe(port)
+    expect(control.proxies()).toEqual([rules('https', own)])
+    // What Chromium does with an https:// proxy: TLS verified against this launch's CA, HTTP/2, CONNECT.
+    const h2 = await h2ToProxy(own, info.certPem)
+    onTestFinished(() => h2.destroy())
+    const { stream, headers } = await h2Connect(h2, 'localhost:3000')
+    expect(headers[':status']).toBe(200)
+    stream.destroy()
+    // HTTP/1.1 over TLS, the same.
+    const socket = await tlsToProxy(own, { ca: info.certPem, ALPNProtocols: ['http/1.1'] })
+    onTestFinished(() => socket.destroy())
+    expect(socket.alpnProtocol).toBe('http/1.1')
+    await connectOn(socket, 'localhost:3000')
+    // The port's certificate is one the session's verify proc trusts, for 127.0.0.1 only.
+    const ownCert = derToPem(socket.getPeerCertificate(true).raw)
+    expect(await control.verify(verifyRequest('127.0.0.1', ownCert))).toBe(0)
+    expect(await control.verify(verifyRequest('example.com', ownCert))).toBe(-3)
+    // Released: the port refuses, the session gets the shared port's https:// rules.
+    cleanup()
+    expect(await untilRefused(own)).toBe('ECONNREFUSED')
+    expect(control.proxies()).toEqual([rules('https', own), rules('https', port)])
+  })
+
+  test('stopPreviewProxy first points the sessions on own ports at the shared port (their numbers may be reused), never direct; shared-port sessions are left alone', async () => {
+    const a = await configured(351)
+    const b = await configured(352)
+    mod.setPreviewProxyOwnPorts(false)
+    const c = await configured(353)
+    const port = await mod.startPreviewProxy(recordingLogger().logger)
+    const [ownA, ownB] = [ownPortOf(a.control), ownPortOf(b.control)]
+    expect(ownA).not.toBe(ownB)
+    await mod.stopPreviewProxy()
+    expect(await untilRefused(ownA)).toBe('ECONNREFUSED')
+    expect(await untilRefused(ownB)).toBe('ECONNREFUSED')
+    expect(a.control.proxies()).toEqual([rules('http', ownA), rules('http', port)])
+    expect(b.control.proxies()).toEqual([rules('http', ownB), rules('http', port)])
+    expect(c.control.proxies()).toEqual([rules('http', port)])
   })
 })
 
@@ -534,7 +742,9 @@ describe('the HTTPS proxy mode (enablePreviewProxyHttpsMode)', () => {
     const port = await mod.startPreviewProxy(recordingLogger().logger)
     // The running proxy has that CA: its SPKI is the switch's value.
     expect(mod.getPreviewProxyCertificateAuthorityInfo()).toEqual(info)
-    expect(control.proxies()).toEqual([{ mode: 'fixed_servers', proxyRules: RULES('https', port), proxyBypassRules: '<-loopback>' }])
+    const ownPort = ownPortOf(control)
+    expect(ownPort).not.toBe(port)
+    expect(control.proxies()).toEqual([{ mode: 'fixed_servers', proxyRules: RULES('https', ownPort), proxyBypassRules: '<-loopback>' }])
     expect(starts.attempts.at(-1)).toMatchObject({ outcome: 'ok' })
 
     // The proxy's own certificate (TLS on its listener), issued from that CA, trusted by the verify proc for 127.0.0.1 only.
@@ -755,6 +965,7 @@ import {
   isTaskRunPreviewPersistKey,
   releasePreviewProxy,
   setPreviewProxyLoggingEnabled,
+  setPreviewProxyOwnPorts,
   startPreviewProxy,
   setPreviewProxyCertificateAuthority,
   stopPreviewProxy,
@@ -802,6 +1013,9 @@ void days
 const spki: string = ca.spkiSha256
 installPreviewProxyLoginHandler(app)
 setPreviewProxyLoggingEnabled(true)
+const ownPorts: void = setPreviewProxyOwnPorts(!app.isPackaged)
+void ownPorts
+setPreviewProxyOwnPorts(true)
 
 app.on('will-quit', (event) => {
   event.preventDefault()
@@ -848,6 +1062,7 @@ import {
   releasePreviewProxy,
   setPreviewProxyCertificateAuthority,
   setPreviewProxyLoggingEnabled,
+  setPreviewProxyOwnPorts,
   startPreviewProxy,
   PER_LAUNCH_CA_VALIDITY_DAYS,
   type Logger,
@@ -863,6 +1078,9 @@ export async function wrong(logger: Logger, webContents: WebContents): Promise<v
   const user: string = getProxyCredentialsForWebContents(1).username // expect TS2531
   releasePreviewProxy('1') // expect TS2345
   setPreviewProxyLoggingEnabled('yes') // expect TS2345
+  setPreviewProxyOwnPorts('no') // expect TS2345
+  setPreviewProxyOwnPorts() // expect TS2554
+  const ownPorts: boolean = setPreviewProxyOwnPorts(true) // expect TS2322
   isTaskRunPreviewPersistKey(1) // expect TS2345
   const partition: string = getPreviewPartitionForPersistKey('task-run-preview:x') // expect TS2322
   installPreviewProxyLoginHandler(session.defaultSession) // expect TS2345
@@ -877,6 +1095,7 @@ export async function wrong(logger: Logger, webContents: WebContents): Promise<v
   void user
   void partition
   void perLaunch
+  void ownPorts
 }
 `
 
@@ -936,6 +1155,7 @@ console.log(JSON.stringify({ names, same: names.every((n) => esm[n] === cjs[n]) 
       'releasePreviewProxy',
       'setPreviewProxyCertificateAuthority',
       'setPreviewProxyLoggingEnabled',
+      'setPreviewProxyOwnPorts',
       'startPreviewProxy',
       'stopPreviewProxy',
     ])

@@ -22,12 +22,14 @@ import {
   fakeSession,
   fakeWebContents,
   loadModule,
+  ownPortOf,
   recordingLogger,
   resignLeaf,
   RULES,
   sessionDouble,
   tunnelLeaf,
   unexpected,
+  untilRefused,
   verifyRequest,
   withEnv,
 } from './electron-helpers.mjs'
@@ -51,8 +53,12 @@ function proxyChallenge(port) {
   return { isProxy: true, scheme: 'basic', host: '127.0.0.1', port, realm: 'Cmux Preview Proxy' }
 }
 
+const rules = (scheme, port) => ({ mode: 'fixed_servers', proxyRules: RULES(scheme, port), proxyBypassRules: '<-loopback>' })
+
 describe('one session, one route', () => {
-  test('a second WebContents of the same preview (another port of it) shares the context; the login handler answers both; 407 only after the last', async () => {
+  // The shared port with Basic credentials (setPreviewProxyOwnPorts(false)): what Chromium caches per session.
+  test('on the shared port, a second WebContents of the same preview (another port of it) shares the context; the login handler answers both; 407 only after the last', async () => {
+    mod.setPreviewProxyOwnPorts(false)
     const app = fakeApp()
     const shared = fakeSession('shared')
     const a = await configured(101, { app: app.app, sessionControl: shared })
@@ -75,7 +81,34 @@ describe('one session, one route', () => {
     b.wc.destroy()
     expect(await connectStatus(port, a.credentials)).toBe(407)
     expect(app.login(b.wc.webContents, proxyChallenge(port)).answer).toBeNull()
-    expect(shared.proxies().map((p) => p.mode)).toEqual(['fixed_servers', 'fixed_servers'])
+    expect(shared.proxies()).toEqual([rules('http', port), rules('http', port)])
+  })
+
+  test("with own ports (the default), two WebContents of one preview on one session get the same own port; it is refused only after the last is released, and the session goes back to the shared port", async () => {
+    const app = fakeApp()
+    const shared = fakeSession('shared-own')
+    const a = await configured(103, { app: app.app, sessionControl: shared })
+    const b = await configured(104, { app: app.app, sessionControl: shared, url: 'https://cmux-m1-base-5173.cmux.app/x' })
+    const port = await mod.startPreviewProxy(recordingLogger().logger)
+    const own = ownPortOf(shared)
+    expect(own).not.toBe(port)
+    expect(shared.proxies()).toEqual([rules('http', own), rules('http', own)])
+    expect(b.credentials).toEqual(a.credentials)
+    expect(await connectStatus(own, null)).toBe(200)
+
+    // The first one goes: the port stays, the session is not touched.
+    a.wc.destroy()
+    expect(mod.getProxyCredentialsForWebContents(103)).toBeNull()
+    expect(await connectStatus(own, null)).toBe(200)
+    expect(await connectStatus(port, b.credentials)).toBe(200)
+    expect(shared.proxies()).toHaveLength(2)
+
+    // The last one goes: the port is closed, the credentials revoked, the session on the shared port (never direct).
+    b.cleanup()
+    expect(await untilRefused(own)).toBe('ECONNREFUSED')
+    expect(await connectStatus(port, b.credentials)).toBe(407)
+    expect(app.login(b.wc.webContents, proxyChallenge(port)).answer).toBeNull()
+    expect(shared.proxies()).toEqual([rules('http', own), rules('http', own), rules('http', port)])
   })
 
   test('a preview of another route on that session throws, naming both routes, and configures nothing', async () => {
@@ -159,10 +192,13 @@ describe("cmux's test double: a session with setProxy only", () => {
     const first = sessionDouble(123)
     const cleanup = await mod.configurePreviewProxyForView({ webContents: first.webContents, initialUrl: 'http://cmux-test-base-8080.cmux.local', persistKey: 'test-persist-key', logger })
     const port = await mod.startPreviewProxy(logger)
-    expect(first.proxies).toEqual([{ mode: 'fixed_servers', proxyRules: RULES('http', port), proxyBypassRules: '<-loopback>' }])
+    const own = ownPortOf(first.proxies)
+    expect(own).not.toBe(port)
+    expect(first.proxies).toEqual([rules('http', own)])
     expect(first.listeners.map((l) => l.event)).toEqual(['destroyed'])
     const credentials = mod.getProxyCredentialsForWebContents(123)
     expect(credentials).toEqual({ username: expect.stringMatching(/^wc-123-[0-9a-f]{8}$/), password: expect.stringMatching(/^[0-9a-f]{32}$/) })
+    expect(await connectStatus(own, null)).toBe(200)
     expect(await connectStatus(port, credentials)).toBe(200)
 
     // A second double: no second warning.
@@ -178,10 +214,26 @@ describe("cmux's test double: a session with setProxy only", () => {
       },
     ])
 
-    // Released: 407, and the double's session is left alone.
+    // Released: 407, the own port refused, and the double's session is pointed at the shared port
+    // with the one member it has (setProxy).
     cleanup()
     expect(await connectStatus(port, credentials)).toBe(407)
-    expect(first.proxies).toHaveLength(1)
+    expect(await untilRefused(own)).toBe('ECONNREFUSED')
+    expect(first.proxies).toEqual([rules('http', own), rules('http', port)])
+  })
+
+  test('with setPreviewProxyOwnPorts(false): the shared port, and a release leaves the double\'s session alone', async () => {
+    mod.setPreviewProxyOwnPorts(false)
+    const logger = recordingLogger().logger
+    const double = sessionDouble(125)
+    const cleanup = await mod.configurePreviewProxyForView({ webContents: double.webContents, initialUrl: 'http://cmux-test-base-8080.cmux.local', persistKey: 'test-persist-key', logger })
+    const port = await mod.startPreviewProxy(logger)
+    expect(double.proxies).toEqual([rules('http', port)])
+    const credentials = mod.getProxyCredentialsForWebContents(125)
+    expect(await connectStatus(port, credentials)).toBe(200)
+    cleanup()
+    expect(await connectStatus(port, credentials)).toBe(407)
+    expect(double.proxies).toHaveLength(1)
   })
 })
 

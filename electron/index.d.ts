@@ -40,8 +40,10 @@ export declare function startPreviewProxy(logger: Logger): Promise<number>
 /**
  * Stops the proxy (waiting for a start in flight) and forgets every context; for
  * the app's `will-quit`. Idempotent; a later `startPreviewProxy` starts a new proxy.
- * Sessions keep their proxy settings (a preview stays pointed at the stopped
- * proxy rather than going direct).
+ * Sessions never go direct: a session on a context's own port is pointed at the
+ * shared port first (the own port closes with the proxy, and its number may be
+ * handed to another listener), the others keep their proxy settings (a preview
+ * stays pointed at the stopped proxy).
  */
 export declare function stopPreviewProxy(): Promise<void>
 
@@ -71,8 +73,9 @@ export interface ConfigurePreviewProxyOptions {
  *   that session rejects with an Error (use one partition per preview) and configures nothing;
  *   otherwise a new context is created for `webContents.id` (configuring the same WebContents again
  *   replaces its own context; while other live WebContents share it, it stays in that context);
- * - `webContents.session.setProxy({ mode: 'fixed_servers', proxyRules, proxyBypassRules: '<-loopback>' })`;
- *   if it rejects, the WebContents' part in the context is released and the error rethrown;
+ * - `webContents.session.setProxy({ mode: 'fixed_servers', proxyRules, proxyBypassRules: '<-loopback>' })`,
+ *   `proxyRules` naming the context's own port (`setPreviewProxyOwnPorts`, the default), else the shared
+ *   one; if it rejects, the WebContents' part in the context is released and the error rethrown;
  * - `setCertificateVerifyProc` on the session (once per session): a current leaf issued by the
  *   proxy's CA is accepted for the hosts the proxy intercepts (the addon's `isInterceptedHost`:
  *   `localhost`, `*.localhost`, `127.0.0.0/8`, `::1`, `0.0.0.0`, `*.cmux.local`, `*.manaflow.local`;
@@ -85,9 +88,11 @@ export interface ConfigurePreviewProxyOptions {
  * - releases the WebContents' part on its `destroyed`.
  *
  * Resolves the cleanup (idempotent): the WebContents' part is released; the context (its credentials
- * then get 407, its connections are closed) with the last WebContents using it. The session is never
- * set back to a direct connection: it keeps pointing at the proxy, which has nothing to answer the
- * 407 with, until the partition is configured again (a released preview fails closed).
+ * then get 407, its connections are closed, its own port too) with the last WebContents using it. The
+ * session is never set back to a direct connection: it keeps pointing at the proxy (a session on the
+ * context's own port is pointed at the shared port: `setProxy` with the shared port's rules), which
+ * has nothing to answer the 407 with, until the partition is configured again (a released preview
+ * fails closed).
  */
 export declare function configurePreviewProxyForView(options: ConfigurePreviewProxyOptions): Promise<() => void>
 
@@ -99,9 +104,9 @@ export declare function getProxyCredentialsForWebContents(id: number): { usernam
 
 /**
  * Releases the WebContents' part in its session's context; with the last WebContents using it, the
- * context itself (its credentials are refused from then on, its connections closed). The session
- * keeps pointing at the proxy (never `{ mode: 'direct' }`): it gets 407 until configured again.
- * Unknown ids are ignored.
+ * context itself (its credentials are refused from then on, its connections and its own port closed).
+ * The session keeps pointing at the proxy (never `{ mode: 'direct' }`; from a context's own port it is
+ * pointed at the shared port): it gets 407 until configured again. Unknown ids are ignored.
  */
 export declare function releasePreviewProxy(webContentsId: number): void
 
@@ -115,6 +120,16 @@ export declare function releasePreviewProxy(webContentsId: number): void
  * `on` turn it on; `0`, `false`, `no`, `off`, unset or any other value leave it off).
  */
 export declare function setPreviewProxyLoggingEnabled(enabled: boolean): void
+
+/**
+ * Whether previews configured from now on get a port of their own on 127.0.0.1 (the default, `true`):
+ * the session's proxy rules point at it, every connection there is the preview's and no 407 is ever
+ * sent, so a first request Chromium will not authenticate (a WebSocket, a service worker's fetch after
+ * an app restart) works, and a released preview's port is gone. `false`: the shared port, with Basic
+ * credentials answered in `app.on('login')`. Any local process that finds a preview's port can use it
+ * as that preview.
+ */
+export declare function setPreviewProxyOwnPorts(enabled: boolean): void
 
 /** `true` for cmux's task-run preview keys (`task-run-preview:...`). */
 export declare function isTaskRunPreviewPersistKey(key: string | undefined): key is string

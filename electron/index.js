@@ -144,6 +144,8 @@ const state = {
   /** The Logger of the call that started the proxy (as the old module kept it). */
   logger: null,
   loggingEnabled: DEFAULT_LOGGING_ENABLED,
+  /** New previews get a port of their own (setPreviewProxyOwnPorts). */
+  ownPorts: true,
   /** The onEvent subscription while logging is on: { unsubscribe }. */
   subscription: null,
   /** The CA given to setPreviewProxyCertificateAuthority: { certPem, keyPem, spkiSha256 }. */
@@ -331,6 +333,15 @@ async function stopPreviewProxy() {
     }
   }
   const server = state.server
+  // The own ports close with the proxy, and their numbers may be handed to other listeners later
+  // (a next proxy's previews): their sessions go back to the shared port first, as a release does.
+  if (server) {
+    for (const shared of state.sessions.values()) {
+      if (!shared.ownPort || shared.server !== server) continue
+      const member = shared.members.values().next().value
+      pointAtSharedPort(shared, member ? member.logger : state.logger)
+    }
+  }
   unsubscribe()
   state.server = null
   state.port = null
@@ -472,7 +483,9 @@ function sessionLacks(session, logger) {
 /**
  * Forgets `member` (if it is still the one of `webContentsId`) and, with the
  * last member of its session's context, releases that context in the proxy.
- * Never touches the session: it keeps pointing at the proxy (fails closed).
+ * The session keeps pointing at the proxy (fails closed): a context with a
+ * port of its own points it back at the shared port, never at a direct
+ * connection; a context on the shared port leaves it alone.
  */
 function releaseMember(webContentsId, member) {
   if (state.contexts.get(webContentsId) !== member) return
@@ -487,7 +500,30 @@ function releaseMember(webContentsId, member) {
     } catch (error) {
       emit(member.logger, 'warn', 'Failed to release preview proxy context', { webContentsId, error: errorMessage(error) })
     }
+    // The context's own port is closed now, and its number may be handed to another listener later:
+    // the session goes back to the shared port, which answers 407 with nothing to give.
+    if (shared.ownPort) pointAtSharedPort(shared, member.logger)
   }
+}
+
+function pointAtSharedPort(shared, logger) {
+  const failed = (error) => emit(logger, 'warn', 'Failed to point a released preview at the shared port', { error: errorMessage(error) })
+  try {
+    const rules = { mode: 'fixed_servers', proxyRules: shared.server.proxyRules(), proxyBypassRules: '<-loopback>' }
+    Promise.resolve(shared.session.setProxy(rules)).catch(failed)
+  } catch (error) {
+    failed(error)
+  }
+}
+
+/**
+ * Whether new previews get a port of their own (the default): every connection
+ * there is the preview's, with no 407, so a first request Chromium will not
+ * authenticate (a WebSocket, a service worker's fetch after a restart) works.
+ * `false`: the shared port with Basic credentials answered in app.on('login').
+ */
+function setPreviewProxyOwnPorts(enabled) {
+  state.ownPorts = Boolean(enabled)
 }
 
 function releasePreviewProxy(webContentsId) {
@@ -530,8 +566,17 @@ function joinSessionContext(server, webContentsId, session, route, logger, persi
   if (previous) releaseMember(webContentsId, previous)
   let created = false
   if (!shared) {
-    const context = server.createContext(webContentsId, route)
-    shared = { contextId: context.id, username: context.username, password: context.password, route, session, server, members: new Set() }
+    const context = server.createContext(webContentsId, route, { ownPort: state.ownPorts })
+    shared = {
+      contextId: context.id,
+      username: context.username,
+      password: context.password,
+      ownPort: context.port ?? null,
+      route,
+      session,
+      server,
+      members: new Set(),
+    }
     state.sessions.set(session, shared)
     created = true
   }
@@ -582,10 +627,12 @@ async function configurePreviewProxyForView(options) {
 
   try {
     const missing = sessionLacks(session, logger)
+    const { shared } = member
     await session.setProxy({
       mode: 'fixed_servers',
-      // http=http://127.0.0.1:PORT;https=http://127.0.0.1:PORT, or https:// in the HTTPS proxy mode
-      proxyRules: server.proxyRules(),
+      // http=http://127.0.0.1:PORT;https=http://127.0.0.1:PORT (https:// in the HTTPS proxy mode), PORT
+      // being the context's own port (or the shared one, with setPreviewProxyOwnPorts(false)).
+      proxyRules: shared.ownPort ? server.proxyRules({ contextId: shared.contextId }) : server.proxyRules(),
       // Chromium bypasses loopback by default: the page's localhost must reach the proxy too.
       proxyBypassRules: '<-loopback>',
     })
@@ -767,6 +814,7 @@ exports.configurePreviewProxyForView = configurePreviewProxyForView
 exports.getProxyCredentialsForWebContents = getProxyCredentialsForWebContents
 exports.releasePreviewProxy = releasePreviewProxy
 exports.setPreviewProxyLoggingEnabled = setPreviewProxyLoggingEnabled
+exports.setPreviewProxyOwnPorts = setPreviewProxyOwnPorts
 exports.isTaskRunPreviewPersistKey = isTaskRunPreviewPersistKey
 exports.getPreviewPartitionForPersistKey = getPreviewPartitionForPersistKey
 exports.getPreviewProxyCertificateAuthorityInfo = getPreviewProxyCertificateAuthorityInfo
