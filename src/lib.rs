@@ -2,15 +2,22 @@
 //! work happens in [`proxy`].
 #![deny(clippy::all)]
 
+mod answer;
+mod conn;
+mod ingress;
+mod observe;
+mod policy;
 mod proxy;
 mod tls;
+mod tunnel;
+mod upstream;
 
 /// The pure parsers, for the fuzz targets only.
 #[doc(hidden)]
 pub mod fuzzing {
-    pub use crate::proxy::auth::parse_basic;
-    pub use crate::proxy::routing::{derive_route, is_intercepted_host, is_loopback_host, parse_authority};
-    pub use crate::proxy::sniff::sniff;
+    pub use crate::conn::sniff::sniff;
+    pub use crate::policy::auth::parse_basic;
+    pub use crate::policy::routing::{derive_route, is_intercepted_host, is_loopback_host, parse_authority};
 }
 
 // The napi surface is left out when the crate is used as a plain library (the fuzz targets).
@@ -28,8 +35,8 @@ mod addon {
     use napi_derive::napi;
     use parking_lot::Mutex;
 
+    use crate::policy::address::PrivateNetworks;
     use crate::proxy;
-    use crate::proxy::address::PrivateNetworks;
 
     /// Where a WebContents' loopback traffic goes: `https://cmux-<morphId>-<scope>-<port>.<domainSuffix>`.
     #[napi(object)]
@@ -56,7 +63,7 @@ mod addon {
     /// `manaflow.localhost`, `autobuild.app`); `null` for any other URL.
     #[napi(catch_unwind)]
     pub fn derive_route(url: String) -> Option<ProxyRoute> {
-        proxy::routing::derive_route(&url).map(|d| ProxyRoute {
+        crate::policy::routing::derive_route(&url).map(|d| ProxyRoute {
             morph_id: d.morph_id,
             scope: d.scope,
             domain_suffix: d.domain_suffix,
@@ -71,14 +78,14 @@ mod addon {
     /// context these go to the dev box instead.
     #[napi(catch_unwind)]
     pub fn is_loopback_host(host: String) -> bool {
-        proxy::routing::is_loopback_host(&host)
+        crate::policy::routing::is_loopback_host(&host)
     }
 
     /// Whether a routed context's `CONNECT` to `host` is looked into (and its TLS terminated with a leaf of
     /// the proxy's CA): loopback hosts, and hosts under `.cmux.local` or `.manaflow.local`.
     #[napi(catch_unwind)]
     pub fn is_intercepted_host(host: String) -> bool {
-        proxy::routing::is_intercepted_host(&host)
+        crate::policy::routing::is_intercepted_host(&host)
     }
 
     #[napi(object)]
@@ -247,7 +254,7 @@ mod addon {
     fn private_networks(
         all: Option<bool>,
         listed: Option<&[String]>,
-    ) -> std::result::Result<PrivateNetworks, proxy::error::ConfigError> {
+    ) -> std::result::Result<PrivateNetworks, crate::answer::error::ConfigError> {
         PrivateNetworks::parse(all.unwrap_or(false), listed.unwrap_or_default())
     }
 
@@ -307,8 +314,8 @@ mod addon {
         pub message: Option<String>,
     }
 
-    impl From<proxy::events::Event> for ProxyEvent {
-        fn from(e: proxy::events::Event) -> Self {
+    impl From<crate::observe::events::Event> for ProxyEvent {
+        fn from(e: crate::observe::events::Event) -> Self {
             ProxyEvent {
                 kind: e.kind.to_owned(),
                 phase: e.phase.map(str::to_owned),
@@ -335,8 +342,8 @@ mod addon {
     /// A JavaScript listener, called on the Node thread; never keeps Node alive, never waited for.
     struct JsListener(ThreadsafeFunction<ProxyEvent, (), ProxyEvent, Status, false, true, EVENT_QUEUE>);
 
-    impl proxy::events::EventSink for JsListener {
-        fn deliver(&self, event: proxy::events::Event) -> bool {
+    impl crate::observe::events::EventSink for JsListener {
+        fn deliver(&self, event: crate::observe::events::Event) -> bool {
             self.0.call(event.into(), ThreadsafeFunctionCallMode::NonBlocking) == Status::Ok
         }
     }
@@ -505,18 +512,20 @@ mod addon {
             let proxy = self.running()?;
             let route = route
                 .map(|r| {
-                    let route = proxy::routing::Route::new(
+                    let route = crate::policy::routing::Route::new(
                         &r.morph_id,
                         &r.scope,
                         &r.domain_suffix,
                         r.cmux_proxy_origin.as_deref(),
                     )?;
                     let networks = private_networks(r.allow_private_network, r.allowed_networks.as_deref())
-                        .map_err(|e| proxy::error::ConfigError { field: "route.allowedNetworks", ..e })?;
+                        .map_err(|e| crate::answer::error::ConfigError { field: "route.allowedNetworks", ..e })?;
                     Ok(route.allowing(&networks))
                 })
                 .transpose()
-                .map_err(|e: proxy::error::ConfigError| Error::new(Status::InvalidArg, format!("invalid {e}")))?;
+                .map_err(|e: crate::answer::error::ConfigError| {
+                    Error::new(Status::InvalidArg, format!("invalid {e}"))
+                })?;
             let own_port = options.and_then(|o| o.own_port).unwrap_or(false);
             let context = proxy
                 .create_context(web_contents_id, route, own_port)

@@ -1,27 +1,8 @@
 //! The proxy: shared state, start and stop. Request handling lives in the
 //! submodules, one concern each.
 
-pub(crate) mod address;
-pub(crate) mod auth;
-pub(crate) mod context_port;
 #[cfg(test)]
-mod core_tests;
-pub(crate) mod error;
-pub(crate) mod error_page;
-pub(crate) mod events;
-pub(crate) mod forward;
-mod log;
-pub(crate) mod pool;
-pub(crate) mod prefixed;
-pub(crate) mod relay;
-pub(crate) mod reply;
-pub(crate) mod routing;
-pub(crate) mod server;
-pub(crate) mod sniff;
-#[cfg(target_os = "linux")]
-pub(crate) mod splice;
-pub(crate) mod tunnel;
-pub(crate) mod upstream;
+mod tests;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -34,12 +15,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use address::PrivateNetworks;
-use auth::{Context, Contexts};
-use error::ConfigError;
-use pool::Pool;
-use routing::{Origin, Route};
-use upstream::{Connector, UpstreamOptions};
+use crate::answer::error::{self, ConfigError};
+use crate::policy::address::PrivateNetworks;
+use crate::policy::auth::{Context, Contexts};
+use crate::policy::routing::{Origin, Route};
+use crate::upstream::connector::{self as upstream, Connector, UpstreamOptions};
+use crate::upstream::pool::Pool;
 
 use crate::tls::ca::CertificateAuthority;
 use crate::tls::intercept::{listener_config, Interceptor};
@@ -192,7 +173,7 @@ pub(crate) struct Shared {
     pub(crate) connector: Connector,
     pub(crate) stats: Stats,
     pub(crate) log: Log,
-    pub(crate) events: Arc<events::Events>,
+    pub(crate) events: Arc<crate::observe::events::Events>,
     pub(crate) http2: bool,
     /// Given to every routed context's route (see [`Options::test_proxy_origin`]).
     pub(crate) test_proxy_origin: Option<Origin>,
@@ -216,7 +197,7 @@ pub(crate) struct Shared {
     pub(crate) context_ports: Arc<tokio::sync::Semaphore>,
     /// Pipes for the blind tunnels that splice(2) relays.
     #[cfg(target_os = "linux")]
-    pub(crate) pipes: splice::Pipes,
+    pub(crate) pipes: crate::tunnel::splice::Pipes,
 }
 
 #[derive(Debug)]
@@ -318,10 +299,10 @@ impl Proxy {
             unauthenticated_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_unauthenticated)),
             context_ports: Arc::new(tokio::sync::Semaphore::new(limits.max_context_ports)),
             #[cfg(target_os = "linux")]
-            pipes: splice::Pipes::default(),
+            pipes: crate::tunnel::splice::Pipes::default(),
             limits,
         });
-        shared.tasks.spawn(server::accept_loop(shared.clone(), listener));
+        shared.tasks.spawn(crate::ingress::server::accept_loop(shared.clone(), listener));
         shared.log.event(format_args!("listening on {addr} (http2: {})", options.http2));
         Ok(Proxy { shared, addr })
     }
@@ -386,7 +367,7 @@ impl Proxy {
         };
         let context = self.new_context(web_contents_id, route);
         if let Some(place) = place {
-            match context_port::open(&self.shared, &context, place) {
+            match crate::ingress::context_port::open(&self.shared, &context, place) {
                 Ok(port) => {
                     let _ = context.own_port.set(port);
                 }
@@ -407,9 +388,10 @@ impl Proxy {
         };
         let context = self.shared.contexts.create(web_contents_id, route);
         self.shared.log.event(format_args!("context {} for WebContents {web_contents_id}", context.id));
-        self.shared
-            .events
-            .emit(|| events::Event { phase: Some("created"), ..events::Event::of("context", Some(&context)) });
+        self.shared.events.emit(|| crate::observe::events::Event {
+            phase: Some("created"),
+            ..crate::observe::events::Event::of("context", Some(&context))
+        });
         context
     }
 
@@ -418,9 +400,10 @@ impl Proxy {
         let released = self.shared.contexts.release(id);
         if released {
             self.shared.log.event(format_args!("context {id} released"));
-            self.shared
-                .events
-                .emit(|| events::Event { phase: Some("released"), ..events::Event::of("context", Some(&context)) });
+            self.shared.events.emit(|| crate::observe::events::Event {
+                phase: Some("released"),
+                ..crate::observe::events::Event::of("context", Some(&context))
+            });
         }
         released
     }
@@ -430,7 +413,7 @@ impl Proxy {
     }
 
     /// Delivers every event to `sink` from now on, until [`Proxy::unsubscribe`].
-    pub(crate) fn subscribe(&self, sink: Arc<dyn events::EventSink>) -> u64 {
+    pub(crate) fn subscribe(&self, sink: Arc<dyn crate::observe::events::EventSink>) -> u64 {
         self.shared.events.subscribe(sink)
     }
 
@@ -474,9 +457,13 @@ impl Proxy {
 impl Shared {
     /// The client's answer for a failure on the way upstream: logged, counted
     /// against the context, and an `error` event.
-    pub(crate) fn fail(&self, context: Option<&Context>, error: &error::ProxyError) -> http::Response<reply::Body> {
+    pub(crate) fn fail(
+        &self,
+        context: Option<&Context>,
+        error: &error::ProxyError,
+    ) -> http::Response<crate::answer::reply::Body> {
         self.events.failure(context, None, error);
-        reply::failure(&self.log, error)
+        crate::answer::reply::failure(&self.log, error)
     }
 }
 
@@ -581,7 +568,7 @@ pub(crate) struct Log(AtomicBool);
 impl Log {
     pub(crate) fn event(&self, message: fmt::Arguments<'_>) {
         if self.0.load(Ordering::Relaxed) {
-            log::write(format!("[cmux-preview-proxy] {message}\n"));
+            crate::observe::log::write(format!("[cmux-preview-proxy] {message}\n"));
         }
     }
 }

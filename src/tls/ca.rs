@@ -13,7 +13,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::{Duration, OffsetDateTime};
 
-use crate::proxy::error::ConfigError;
+use crate::answer::error::ConfigError;
 
 /// How many hosts' leaves are kept; the oldest is dropped past it.
 const LEAF_CACHE_SIZE: usize = 1024;

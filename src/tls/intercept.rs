@@ -12,8 +12,8 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
 
 use super::ca::{CertificateAuthority, HostCache, Leaf};
-use crate::proxy::error::ConfigError;
-use crate::proxy::routing::is_intercepted_host;
+use crate::answer::error::ConfigError;
+use crate::policy::routing::is_intercepted_host;
 
 pub(crate) struct Interceptor {
     ca: CertificateAuthority,

@@ -13,9 +13,9 @@ use bytes::Bytes;
 use hyper::body::{Frame, SizeHint};
 use parking_lot::{Mutex, RwLock};
 
-use super::auth::Context;
-use super::error::ProxyError;
-use super::reply::Body;
+use crate::answer::error::ProxyError;
+use crate::answer::reply::Body;
+use crate::policy::auth::Context;
 
 /// One thing that happened, as the app sees it. Never carries credentials.
 #[derive(Clone, Debug, Default)]

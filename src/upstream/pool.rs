@@ -29,10 +29,10 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::error::ProxyError;
-use super::reply::{empty_body, Body};
-use super::routing::{AddressPolicy, HostPort, Scheme, Upstream};
-use super::upstream::{Alpn, Connector};
+use crate::answer::error::ProxyError;
+use crate::answer::reply::{empty_body, Body};
+use crate::policy::routing::{AddressPolicy, HostPort, Scheme, Upstream};
+use crate::upstream::connector::{Alpn, Connector};
 
 /// A connection unused for this long is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);

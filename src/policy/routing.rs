@@ -4,8 +4,8 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 
-use super::address::PrivateNetworks;
-use super::error::ConfigError;
+use crate::answer::error::ConfigError;
+use crate::policy::address::PrivateNetworks;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Scheme {

@@ -18,13 +18,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::error::ProxyError;
-use super::pool::Pool;
-use super::reply::{empty_body, Body};
-use super::routing::{upstream_for, HostPort, Scheme, Upstream};
-use super::upstream::{Connector, UpstreamOptions};
 use super::{Limits, Options, Proxy};
+use crate::answer::error::ProxyError;
+use crate::answer::reply::{empty_body, Body};
+use crate::policy::routing::{upstream_for, HostPort, Scheme, Upstream};
 use crate::tls::ca::CertificateAuthority;
+use crate::upstream::connector::{Connector, UpstreamOptions};
+use crate::upstream::pool::Pool;
 
 /// An HTTP/2-over-TLS upstream that counts its connections.
 struct H2Upstream {

@@ -8,8 +8,8 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Response};
 use http_body_util::{BodyExt, Full};
 
-use super::error::ProxyError;
-use super::reply::{Body, PROXY_ERROR_HEADER};
+use crate::answer::error::ProxyError;
+use crate::answer::reply::{Body, PROXY_ERROR_HEADER};
 
 /// Whether a request is a page load a person sees: `Sec-Fetch-Mode: navigate`,
 /// or (for clients without Fetch metadata) an `Accept` that puts HTML first.

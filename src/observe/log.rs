@@ -28,7 +28,7 @@ static WRITER: LazyLock<Option<SyncSender<String>>> = LazyLock::new(|| {
 });
 
 /// Queues `line` for stderr without waiting; drops it when the queue is full.
-pub(super) fn write(line: String) {
+pub(crate) fn write(line: String) {
     let queued = WRITER.as_ref().is_some_and(|writer| writer.try_send(line).is_ok());
     if !queued {
         DROPPED.fetch_add(1, Ordering::Relaxed);

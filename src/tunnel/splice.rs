@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use super::relay::{Joined, Traffic};
+use crate::tunnel::relay::{Joined, Traffic};
 
 /// A pipe's capacity, and the bytes asked of one splice. Linux counts a
 /// pipe's capacity against its user's quota (`pipe-user-pages-soft`, 64 MiB
@@ -184,7 +184,7 @@ mod tests {
             let (pipes, traffic) = (pipes.clone(), traffic.clone());
             async move { relay(&pipes, proxy_client_side, proxy_upstream_side, Duration::from_secs(5), &traffic).await }
         });
-        crate::proxy::relay::exchange::both_ways(client, upstream, 5_000_000).await;
+        crate::tunnel::relay::exchange::both_ways(client, upstream, 5_000_000).await;
         relaying.await.unwrap().unwrap();
         assert_eq!(traffic.a_to_b.load(Ordering::Relaxed), 5_000_000);
         assert_eq!(traffic.b_to_a.load(Ordering::Relaxed), 3);

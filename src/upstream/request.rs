@@ -6,7 +6,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 
-use super::routing::{Scheme, Upstream, HEADER_HOST_OVERRIDE, HEADER_PORT_INTERNAL};
+use crate::policy::routing::{Scheme, Upstream, HEADER_HOST_OVERRIDE, HEADER_PORT_INTERNAL};
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 9] = [
@@ -131,7 +131,7 @@ pub(crate) fn client_response<B>(mut response: Response<B>) -> Response<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::routing::{upstream_for, HostPort, Route, Scheme};
+    use crate::policy::routing::{upstream_for, HostPort, Route, Scheme};
 
     fn request(uri: &str, headers: &[(&str, &str)]) -> Request<()> {
         let mut builder = Request::get(uri);

@@ -1,6 +1,6 @@
 //! Why the proxy answers a request itself: one type for every failure on
 //! the way to an upstream, carrying its HTTP status, rendered in one place
-//! ([`super::reply::failure`]).
+//! ([`crate::answer::reply::failure`]).
 
 use std::fmt;
 

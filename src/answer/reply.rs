@@ -4,8 +4,8 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 
-use super::error::ProxyError;
-use super::Log;
+use crate::answer::error::ProxyError;
+use crate::proxy::Log;
 
 /// Every response body the proxy hands to hyper: relayed or its own.
 pub(crate) type Body = BoxBody<Bytes, hyper::Error>;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
-use super::sniff::{sniff, Protocol};
+use crate::conn::sniff::{sniff, Protocol};
 
 /// Reads a stream's first bytes until they tell what it carries, and gives
 /// them back in front of the rest. `None` when the stream ended first;

@@ -23,17 +23,17 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
-use super::auth::Context;
-use super::error::ProxyError;
-use super::error_page;
-use super::events::{Event, Metered, RequestRecord};
-use super::forward::{client_response, upgrade_protocol, upstream_request};
-use super::prefixed::{sniff_stream, Prefixed};
-use super::reply::{self, Body};
-use super::routing::{target_of_uri, upstream_for, HostPort, Scheme, Upstream};
-use super::sniff::Protocol;
-use super::tunnel;
-use super::{ClientProtocol, Hold, Shared, Slot};
+use crate::answer::error::ProxyError;
+use crate::answer::error_page;
+use crate::answer::reply::{self, Body};
+use crate::conn::prefixed::{sniff_stream, Prefixed};
+use crate::conn::sniff::Protocol;
+use crate::observe::events::{Event, Metered, RequestRecord};
+use crate::policy::auth::Context;
+use crate::policy::routing::{target_of_uri, upstream_for, HostPort, Scheme, Upstream};
+use crate::proxy::{ClientProtocol, Hold, Shared, Slot};
+use crate::tunnel;
+use crate::upstream::request::{client_response, upgrade_protocol, upstream_request};
 
 /// What a tunnel's inner HTTP server already knows: who opened the tunnel and
 /// to where, so the requests inside need no credentials and no absolute URI.
@@ -334,7 +334,7 @@ where
 /// once and cancels as many on a reload, which must never look like an attack
 /// (h2's default allows 20 resets before accept); windows large enough that
 /// uploads are not throttled; pings to find peers that vanished.
-fn http2_server(limits: &super::Limits) -> http2::Builder<TokioExecutor> {
+fn http2_server(limits: &crate::proxy::Limits) -> http2::Builder<TokioExecutor> {
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())

@@ -1,6 +1,10 @@
 //! Byte streams that outlive a request: CONNECT tunnels (blind or looked
 //! into), WebSocket upgrades over HTTP/1.1 and over HTTP/2 (RFC 8441).
 
+pub(crate) mod relay;
+#[cfg(target_os = "linux")]
+pub(crate) mod splice;
+
 use std::io;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -17,18 +21,18 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::auth::Context;
-use super::error::ProxyError;
-use super::events::{Event, OpenTunnel};
-use super::forward::{client_response, upstream_request};
-use super::prefixed::sniff_stream;
-use super::relay::{relay, Traffic};
-use super::reply::{self, empty_body, Body};
-use super::routing::{is_intercepted_host, parse_authority, upstream_for, HostPort, Scheme, Upstream};
-use super::server::{response_timed_out, serve_stream, Binding};
-use super::sniff::Protocol;
-use super::upstream::{Alpn, Counted};
-use super::{Shared, Slot};
+use crate::answer::error::ProxyError;
+use crate::answer::reply::{self, empty_body, Body};
+use crate::conn::prefixed::sniff_stream;
+use crate::conn::sniff::Protocol;
+use crate::ingress::server::{response_timed_out, serve_stream, Binding};
+use crate::observe::events::{Event, OpenTunnel};
+use crate::policy::auth::Context;
+use crate::policy::routing::{is_intercepted_host, parse_authority, upstream_for, HostPort, Scheme, Upstream};
+use crate::proxy::{Shared, Slot};
+use crate::tunnel::relay::{relay, Traffic};
+use crate::upstream::connector::{Alpn, Counted};
+use crate::upstream::request::{client_response, upstream_request};
 
 /// Any byte stream a tunnel can carry.
 pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -217,7 +221,7 @@ async fn relay_to_socket(
                 traffic.a_to_b.fetch_add(bytes.len() as u64, Relaxed);
             }
             shared.stats.tunnel_spliced();
-            return super::splice::relay(&shared.pipes, socket, upstream, idle, traffic).await;
+            return crate::tunnel::splice::relay(&shared.pipes, socket, upstream, idle, traffic).await;
         }
         Err(client) => client,
     };
@@ -232,8 +236,8 @@ async fn relay_to_socket(
 /// does not hold the TLS variant's large state while it waits.
 #[cfg(target_os = "linux")]
 fn client_socket(client: Upgraded) -> Result<(TcpStream, [bytes::Bytes; 2]), Box<dyn Stream>> {
-    use super::prefixed::Prefixed;
-    use super::server::ServedIo;
+    use crate::conn::prefixed::Prefixed;
+    use crate::ingress::server::ServedIo;
     match client.downcast::<TokioIo<ServedIo<TcpStream>>>() {
         Ok(hyper::upgrade::Parts { io, read_buf, .. }) => match io.into_inner() {
             ServedIo::Left(plain) => {

@@ -19,9 +19,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::client::TlsStream;
 
-use super::address::{self, Refusal};
-use super::error::{ConfigError, ProxyError};
-use super::routing::{AddressPolicy, HostPort, Scheme};
+use crate::answer::error::{ConfigError, ProxyError};
+use crate::policy::address::{self, Refusal};
+use crate::policy::routing::{AddressPolicy, HostPort, Scheme};
 
 /// How long an attempt to one address runs alone before the next address is
 /// tried beside it (RFC 8305 §5 recommends 250 ms).
@@ -429,7 +429,7 @@ pub(crate) fn parse_resolve(entries: HashMap<String, String>) -> Result<HashMap<
     entries
         .into_iter()
         .map(|(from, to)| {
-            let key = super::routing::parse_authority(&from, None)
+            let key = crate::policy::routing::parse_authority(&from, None)
                 .map_err(|e| ConfigError::new("resolve", format!("key {from:?}: {e}")))?
                 .authority();
             let addr = to
@@ -479,7 +479,7 @@ mod tests {
         let mixed = addrs(&["127.0.0.1:80", "10.1.1.1:80", "93.184.215.14:80"]);
         assert_eq!(allowed_addresses(&target, mixed, &public_only, &own).unwrap(), addrs(&["93.184.215.14:80"]));
         let vpn = AddressPolicy::PublicOnly(
-            crate::proxy::address::PrivateNetworks::parse(false, &["10.0.0.0/8".into()]).unwrap(),
+            crate::policy::address::PrivateNetworks::parse(false, &["10.0.0.0/8".into()]).unwrap(),
         );
         assert_eq!(allowed_addresses(&target, addrs(&["10.1.1.1:80"]), &vpn, &own).unwrap(), addrs(&["10.1.1.1:80"]));
     }

@@ -1,0 +1,5 @@
+//! Connection types shared by the layers that serve and relay them: what
+//! the first bytes say, and a stream whose sniffed bytes are replayed.
+
+pub(crate) mod prefixed;
+pub(crate) mod sniff;

@@ -1,0 +1,5 @@
+//! Where client connections come in: the shared listener, a context's own
+//! port, and the HTTP server on each connection.
+
+pub(crate) mod context_port;
+pub(crate) mod server;

@@ -1,0 +1,6 @@
+//! Who a request is and where it may go: contexts and credentials, the
+//! cmux routing, the address policy. Pure but for the contexts' registry.
+
+pub(crate) mod address;
+pub(crate) mod auth;
+pub(crate) mod routing;
