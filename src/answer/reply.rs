@@ -5,7 +5,6 @@ use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 
 use crate::answer::error::ProxyError;
-use crate::proxy::Log;
 
 /// Every response body the proxy hands to hyper: relayed or its own.
 pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
@@ -59,10 +58,9 @@ impl<T: Unpin> hyper::body::Body for Holding<T> {
 /// client can tell them from an upstream's: the error page's re-check does.
 pub(crate) const PROXY_ERROR_HEADER: &str = "x-cmux-proxy-error";
 
-/// The client's answer when the proxy could not get one from upstream (logged).
-pub(crate) fn failure(log: &Log, error: &ProxyError) -> Response<Body> {
+/// The client's answer when the proxy could not get one from upstream.
+pub(crate) fn failure(error: &ProxyError) -> Response<Body> {
     let reason = error.to_string();
-    log.event(format_args!("{reason}"));
     let mut response = text(error.status(), &reason);
     response.headers_mut().insert(PROXY_ERROR_HEADER, HeaderValue::from_static(error.cause()));
     response

@@ -29,9 +29,10 @@ use crate::answer::reply::{self, Body};
 use crate::conn::prefixed::{sniff_stream, Prefixed};
 use crate::conn::sniff::Protocol;
 use crate::observe::events::{Event, Metered, RequestRecord};
+use crate::observe::stats::ClientProtocol;
 use crate::policy::auth::Context;
 use crate::policy::routing::{target_of_uri, upstream_for, HostPort, Scheme, Upstream};
-use crate::proxy::{ClientProtocol, Hold, Shared, Slot};
+use crate::proxy::{Hold, Shared, Slot};
 use crate::tunnel;
 use crate::upstream::request::{client_response, upgrade_protocol, upstream_request};
 

@@ -2,8 +2,9 @@
 //! nobody drains (an Electron app's, often) never blocks a runtime thread.
 //! Lines that find the queue full are dropped and counted.
 
+use std::fmt;
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::LazyLock;
 
@@ -32,5 +33,16 @@ pub(crate) fn write(line: String) {
     let queued = WRITER.as_ref().is_some_and(|writer| writer.try_send(line).is_ok());
     if !queued {
         DROPPED.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The event log on stderr; off unless asked for. Never given credentials.
+pub(crate) struct Log(pub(crate) AtomicBool);
+
+impl Log {
+    pub(crate) fn event(&self, message: fmt::Arguments<'_>) {
+        if self.0.load(Ordering::Relaxed) {
+            write(format!("[cmux-preview-proxy] {message}\n"));
+        }
     }
 }

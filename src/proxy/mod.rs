@@ -1,22 +1,25 @@
-//! The proxy: shared state, start and stop. Request handling lives in the
-//! submodules, one concern each.
+//! The proxy: start, contexts, stats, stop. It puts the layers together;
+//! request handling lives in them.
 
+mod config;
+mod shared;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+pub(crate) use config::{Limits, Options};
+pub(crate) use shared::{listen, runtime, Hold, Shared, Slot};
+
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::answer::error::{self, ConfigError};
-use crate::policy::address::PrivateNetworks;
+use crate::answer::error::ConfigError;
+use crate::observe::log::Log;
+use crate::observe::stats::{Stats, StatsSnapshot};
 use crate::policy::auth::{Context, Contexts};
 use crate::policy::routing::{Origin, Route};
 use crate::upstream::connector::{self as upstream, Connector, UpstreamOptions};
@@ -24,181 +27,6 @@ use crate::upstream::pool::Pool;
 
 use crate::tls::ca::CertificateAuthority;
 use crate::tls::intercept::{listener_config, Interceptor};
-
-/// The proxy's own runtime, apart from napi's, shared by every server in the process.
-pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
-    static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(worker_threads())
-            .thread_name("cmux-proxy")
-            .enable_all()
-            .build()
-            .expect("cannot start the proxy's tokio runtime")
-    });
-    &RUNTIME
-}
-
-/// Half the machine's cores, 1 to 4. The proxy shares the machine with the
-/// browser it serves, and one thread already relays about 30k small requests
-/// a second. Fewer threads also wake each other less: on 2 cores (bench s1,
-/// s6), 1 thread used 25.8 µs of CPU per request against 35.2 µs for 2, at
-/// the same request rate.
-fn worker_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).clamp(1, 4))
-}
-
-pub(crate) struct Options {
-    pub(crate) http2: bool,
-    pub(crate) limits: Limits,
-    pub(crate) resolve: HashMap<String, String>,
-    pub(crate) upstream_ca_pem: Vec<String>,
-    pub(crate) logging: bool,
-    pub(crate) tls_interception: bool,
-    /// Terminate TLS on the listener itself: the browser may use the proxy as an `https://` proxy.
-    pub(crate) https_proxy: bool,
-    /// The CA for intercepted hosts, as (certificate, key) PEM; generated when absent.
-    pub(crate) ca_pem: Option<(String, String)>,
-    /// The private networks every routed preview may reach (`allowPrivateNetwork`, `allowedNetworks`).
-    pub(crate) private_networks: PrivateNetworks,
-    /// Test only (cmux's `TEST_CMUX_PROXY_ORIGIN`): every request of a routed
-    /// context, whatever its host, goes through this origin.
-    pub(crate) test_proxy_origin: Option<String>,
-    /// Test only (cmux's `TEST_ALLOW_INSECURE_UPSTREAM`): upstream certificates are not verified.
-    pub(crate) insecure_upstream: bool,
-}
-
-/// Timeouts and sizes that bound what a client or an upstream can make the proxy hold.
-#[derive(Clone, Debug)]
-pub(crate) struct Limits {
-    /// A request head must arrive within this (slowloris); else the connection is closed.
-    pub(crate) header_read_timeout: Duration,
-    /// A bigger request head gets `431`.
-    pub(crate) max_head_bytes: usize,
-    pub(crate) connect_timeout: Duration,
-    pub(crate) response_timeout: Duration,
-    pub(crate) tls_handshake_timeout: Duration,
-    /// A tunnel or WebSocket with no bytes either way for this long is closed.
-    pub(crate) idle_tunnel_timeout: Duration,
-    /// Client connections beyond this get `503` and a close.
-    pub(crate) max_connections: usize,
-    /// An HTTP/2 client connection with no stream for this long gets GOAWAY.
-    pub(crate) http2_idle_timeout: Duration,
-    /// `SETTINGS_MAX_CONCURRENT_STREAMS` towards clients: a module-heavy page sends hundreds at once.
-    pub(crate) http2_max_concurrent_streams: u32,
-    /// When set, `CONNECT` to hosts that are not rewritten is allowed to these ports only.
-    pub(crate) connect_ports: Option<Vec<u16>>,
-    /// HTTP/2 streams a client may reset before the proxy accepted them, and
-    /// streams the proxy may reset for a client's errors, before it calls the
-    /// client abusive (GOAWAY): the "rapid reset" bound.
-    pub(crate) http2_max_resets: usize,
-    /// Upstream connections (tunnels included) open at once, in all and per context.
-    pub(crate) max_upstream_connections: usize,
-    pub(crate) max_upstream_per_context: usize,
-    /// How long a connection waits for a place under those caps before `503`.
-    pub(crate) upstream_slot_wait: Duration,
-    /// DNS lookups under way at once.
-    pub(crate) max_dns_lookups: usize,
-    /// Unused upstream connections kept across origins; the least recently used go first.
-    pub(crate) max_idle_upstream: usize,
-    /// Client connections that have not authenticated yet, at once; and how long one may take to.
-    pub(crate) max_unauthenticated: usize,
-    pub(crate) unauthenticated_timeout: Duration,
-    /// Contexts with a port of their own, at once.
-    pub(crate) max_context_ports: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            header_read_timeout: Duration::from_secs(30),
-            max_head_bytes: 64 * 1024,
-            connect_timeout: Duration::from_secs(10),
-            response_timeout: Duration::from_secs(60),
-            tls_handshake_timeout: Duration::from_secs(10),
-            idle_tunnel_timeout: Duration::from_secs(600),
-            max_connections: 4096,
-            http2_idle_timeout: Duration::from_secs(300),
-            http2_max_concurrent_streams: 1000,
-            connect_ports: None,
-            // The lowest allowance Chromium's reload pattern leaves alone, with half again as margin.
-            // Measured with bench/h2-resets.mjs (headless Chromium 156 through the HTTPS proxy mode, a
-            // 500-module page reloaded mid-load 60 times in about 10 s; h2 counts a reset stream for
-            // 30 s): 50 and 100 drew GOAWAYs (4-5 connections, 30 failed requests at 50); 200 behaved
-            // as 4000 did (2 connections, no failure). It was 4000 for every client before, authenticated
-            // or not.
-            http2_max_resets: 300,
-            // Far above what a browser opens: 5 000 tunnels of one preview keep working.
-            max_upstream_connections: 16_384,
-            max_upstream_per_context: 8_192,
-            upstream_slot_wait: Duration::from_secs(3),
-            max_dns_lookups: 64,
-            max_idle_upstream: 256,
-            max_unauthenticated: 1024,
-            unauthenticated_timeout: Duration::from_secs(10),
-            max_context_ports: 256,
-        }
-    }
-}
-
-/// A client connection's place under `max_connections`. The connection, its
-/// responses under way and the tunnels it turns into each hold a clone: the
-/// place frees when the last of them ends, and a connection whose hold no one
-/// else has is idle. A connection served inside a tunnel holds its parent's.
-pub(crate) type Slot = Arc<Hold>;
-
-pub(crate) struct Hold {
-    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    _parent: Option<Slot>,
-}
-
-impl Hold {
-    pub(crate) fn listener(permit: tokio::sync::OwnedSemaphorePermit) -> Slot {
-        Arc::new(Hold { _permit: Some(permit), _parent: None })
-    }
-
-    pub(crate) fn inside(parent: Slot) -> Slot {
-        Arc::new(Hold { _permit: None, _parent: Some(parent) })
-    }
-
-    /// Whether anyone but `slot`'s own connection holds it.
-    pub(crate) fn is_busy(slot: &Slot) -> bool {
-        Arc::strong_count(slot) > 1
-    }
-}
-
-/// Everything a connection task needs, shared by all of them.
-pub(crate) struct Shared {
-    pub(crate) contexts: Contexts,
-    pub(crate) pool: Arc<Pool>,
-    pub(crate) connector: Connector,
-    pub(crate) stats: Stats,
-    pub(crate) log: Log,
-    pub(crate) events: Arc<crate::observe::events::Events>,
-    pub(crate) http2: bool,
-    /// Given to every routed context's route (see [`Options::test_proxy_origin`]).
-    pub(crate) test_proxy_origin: Option<Origin>,
-    /// Added to every routed context's route (see [`Options::private_networks`]).
-    pub(crate) private_networks: PrivateNetworks,
-    /// Terminates TLS inside loopback tunnels; `None` when interception is off.
-    pub(crate) interceptor: Option<Interceptor>,
-    /// Terminates TLS on the listener (HTTPS proxy mode); `None` when off.
-    pub(crate) listener_tls: Option<tokio_rustls::TlsAcceptor>,
-    pub(crate) ca_cert_pem: String,
-    pub(crate) ca_spki_sha256: String,
-    pub(crate) limits: Limits,
-    /// Cancelled by `stop`: every connection, tunnel and context token descends from it.
-    pub(crate) shutdown: CancellationToken,
-    pub(crate) tasks: TaskTracker,
-    /// One permit per client connection on the listener.
-    pub(crate) connection_slots: Arc<tokio::sync::Semaphore>,
-    /// One permit per listener connection that has not authenticated a request yet.
-    pub(crate) unauthenticated_slots: Arc<tokio::sync::Semaphore>,
-    /// One permit per context's own port.
-    pub(crate) context_ports: Arc<tokio::sync::Semaphore>,
-    /// Pipes for the blind tunnels that splice(2) relays.
-    #[cfg(target_os = "linux")]
-    pub(crate) pipes: crate::tunnel::splice::Pipes,
-}
 
 #[derive(Debug)]
 pub(crate) enum StartError {
@@ -430,17 +258,7 @@ impl Proxy {
     }
 
     pub(crate) fn stats(&self) -> StatsSnapshot {
-        let stats = &self.shared.stats;
-        StatsSnapshot {
-            contexts: self.shared.contexts.count(),
-            active_connections: stats.connections.load(Ordering::Relaxed),
-            active_tunnels: stats.tunnels.load(Ordering::Relaxed),
-            total_requests: stats.requests.load(Ordering::Relaxed),
-            accepted: std::array::from_fn(|i| stats.accepted[i].load(Ordering::Relaxed)),
-            http2_streams: stats.http2_streams.load(Ordering::Relaxed),
-            spliced_tunnels: stats.spliced_tunnels.load(Ordering::Relaxed),
-            dropped_events: self.shared.events.dropped(),
-        }
+        self.shared.stats.snapshot(self.shared.contexts.count(), self.shared.events.dropped())
     }
 
     /// Stops accepting, closes every connection and tunnel, and returns once
@@ -454,32 +272,6 @@ impl Proxy {
     }
 }
 
-impl Shared {
-    /// The client's answer for a failure on the way upstream: logged, counted
-    /// against the context, and an `error` event.
-    pub(crate) fn fail(
-        &self,
-        context: Option<&Context>,
-        error: &error::ProxyError,
-    ) -> http::Response<crate::answer::reply::Body> {
-        self.events.failure(context, None, error);
-        crate::answer::reply::failure(&self.log, error)
-    }
-}
-
-/// Connections a burst may queue before the proxy accepts them. Rust's
-/// default (128) overflowed under a browser's burst, and every dropped SYN
-/// costs the client a one-second retry; nginx uses 511, Envoy 1024.
-const LISTEN_BACKLOG: u32 = 1024;
-
-pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
-    #[cfg(unix)]
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
-}
-
 /// A proxy dropped without `stop()` (its JavaScript object collected) still
 /// stops: the listener closes and every connection ends, in the background.
 impl Drop for Proxy {
@@ -487,88 +279,5 @@ impl Drop for Proxy {
         self.shared.shutdown.cancel();
         self.shared.contexts.clear();
         self.shared.tasks.close();
-    }
-}
-
-/// Counters behind `stats()`.
-#[derive(Default)]
-pub(crate) struct Stats {
-    connections: AtomicUsize,
-    tunnels: AtomicUsize,
-    requests: AtomicU64,
-    /// Client connections accepted on the listener, by [`ClientProtocol`].
-    accepted: [AtomicU64; 4],
-    http2_streams: AtomicU64,
-    /// Blind tunnels relayed in the kernel (splice, Linux).
-    spliced_tunnels: AtomicU64,
-}
-
-/// How a client connection on the listener talks to the proxy.
-#[derive(Clone, Copy)]
-pub(crate) enum ClientProtocol {
-    Http1 = 0,
-    H2c = 1,
-    TlsHttp1 = 2,
-    TlsH2 = 3,
-}
-
-pub(crate) struct StatsSnapshot {
-    pub(crate) contexts: usize,
-    pub(crate) active_connections: usize,
-    pub(crate) active_tunnels: usize,
-    pub(crate) total_requests: u64,
-    /// Listener connections by protocol: HTTP/1.1, h2c, HTTP/1.1 over TLS, h2 over TLS.
-    pub(crate) accepted: [u64; 4],
-    pub(crate) http2_streams: u64,
-    pub(crate) spliced_tunnels: u64,
-    pub(crate) dropped_events: u64,
-}
-
-/// Decrements its gauge when dropped, however the task ends (even by panic).
-pub(crate) struct Active<'a>(&'a AtomicUsize);
-
-impl Drop for Active<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl Stats {
-    pub(crate) fn connection_opened(&self) -> Active<'_> {
-        self.connections.fetch_add(1, Ordering::Relaxed);
-        Active(&self.connections)
-    }
-
-    pub(crate) fn tunnel_opened(&self) -> Active<'_> {
-        self.tunnels.fetch_add(1, Ordering::Relaxed);
-        Active(&self.tunnels)
-    }
-
-    pub(crate) fn request_started(&self) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn connection_accepted(&self, protocol: ClientProtocol) {
-        self.accepted[protocol as usize].fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn http2_stream_served(&self) {
-        self.http2_streams.fetch_add(1, Ordering::Relaxed);
-    }
-
-    #[cfg(target_os = "linux")]
-    pub(crate) fn tunnel_spliced(&self) {
-        self.spliced_tunnels.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// The event log on stderr; off unless asked for. Never given credentials.
-pub(crate) struct Log(AtomicBool);
-
-impl Log {
-    pub(crate) fn event(&self, message: fmt::Arguments<'_>) {
-        if self.0.load(Ordering::Relaxed) {
-            crate::observe::log::write(format!("[cmux-preview-proxy] {message}\n"));
-        }
     }
 }

@@ -1,0 +1,126 @@
+//! The state every connection task shares, the runtime they run on, and the
+//! place each connection holds under the cap.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, LazyLock};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::config::Limits;
+use crate::answer::error::ProxyError;
+use crate::answer::reply::{self, Body};
+use crate::observe::log::Log;
+use crate::observe::stats::Stats;
+use crate::policy::address::PrivateNetworks;
+use crate::policy::auth::{Context, Contexts};
+use crate::policy::routing::Origin;
+use crate::tls::intercept::Interceptor;
+use crate::upstream::connector::Connector;
+use crate::upstream::pool::Pool;
+
+/// The proxy's own runtime, apart from napi's, shared by every server in the process.
+pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(worker_threads())
+            .thread_name("cmux-proxy")
+            .enable_all()
+            .build()
+            .expect("cannot start the proxy's tokio runtime")
+    });
+    &RUNTIME
+}
+
+/// Half the machine's cores, 1 to 4. The proxy shares the machine with the
+/// browser it serves, and one thread already relays about 30k small requests
+/// a second. Fewer threads also wake each other less: on 2 cores (bench s1,
+/// s6), 1 thread used 25.8 µs of CPU per request against 35.2 µs for 2, at
+/// the same request rate.
+fn worker_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).clamp(1, 4))
+}
+
+/// A client connection's place under `max_connections`. The connection, its
+/// responses under way and the tunnels it turns into each hold a clone: the
+/// place frees when the last of them ends, and a connection whose hold no one
+/// else has is idle. A connection served inside a tunnel holds its parent's.
+pub(crate) type Slot = Arc<Hold>;
+
+pub(crate) struct Hold {
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    _parent: Option<Slot>,
+}
+
+impl Hold {
+    pub(crate) fn listener(permit: tokio::sync::OwnedSemaphorePermit) -> Slot {
+        Arc::new(Hold { _permit: Some(permit), _parent: None })
+    }
+
+    pub(crate) fn inside(parent: Slot) -> Slot {
+        Arc::new(Hold { _permit: None, _parent: Some(parent) })
+    }
+
+    /// Whether anyone but `slot`'s own connection holds it.
+    pub(crate) fn is_busy(slot: &Slot) -> bool {
+        Arc::strong_count(slot) > 1
+    }
+}
+
+/// Everything a connection task needs, shared by all of them.
+pub(crate) struct Shared {
+    pub(crate) contexts: Contexts,
+    pub(crate) pool: Arc<Pool>,
+    pub(crate) connector: Connector,
+    pub(crate) stats: Stats,
+    pub(crate) log: Log,
+    pub(crate) events: Arc<crate::observe::events::Events>,
+    pub(crate) http2: bool,
+    /// Given to every routed context's route (see [`Options::test_proxy_origin`]).
+    pub(crate) test_proxy_origin: Option<Origin>,
+    /// Added to every routed context's route (see [`Options::private_networks`]).
+    pub(crate) private_networks: PrivateNetworks,
+    /// Terminates TLS inside loopback tunnels; `None` when interception is off.
+    pub(crate) interceptor: Option<Interceptor>,
+    /// Terminates TLS on the listener (HTTPS proxy mode); `None` when off.
+    pub(crate) listener_tls: Option<tokio_rustls::TlsAcceptor>,
+    pub(crate) ca_cert_pem: String,
+    pub(crate) ca_spki_sha256: String,
+    pub(crate) limits: Limits,
+    /// Cancelled by `stop`: every connection, tunnel and context token descends from it.
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) tasks: TaskTracker,
+    /// One permit per client connection on the listener.
+    pub(crate) connection_slots: Arc<tokio::sync::Semaphore>,
+    /// One permit per listener connection that has not authenticated a request yet.
+    pub(crate) unauthenticated_slots: Arc<tokio::sync::Semaphore>,
+    /// One permit per context's own port.
+    pub(crate) context_ports: Arc<tokio::sync::Semaphore>,
+    /// Pipes for the blind tunnels that splice(2) relays.
+    #[cfg(target_os = "linux")]
+    pub(crate) pipes: crate::tunnel::splice::Pipes,
+}
+
+impl Shared {
+    /// The client's answer for a failure on the way upstream: logged, counted
+    /// against the context, and an `error` event.
+    pub(crate) fn fail(&self, context: Option<&Context>, error: &ProxyError) -> http::Response<Body> {
+        self.log.event(format_args!("{error}"));
+        self.events.failure(context, None, error);
+        reply::failure(error)
+    }
+}
+
+/// Connections a burst may queue before the proxy accepts them. Rust's
+/// default (128) overflowed under a browser's burst, and every dropped SYN
+/// costs the client a one-second retry; nginx uses 511, Envoy 1024.
+const LISTEN_BACKLOG: u32 = 1024;
+
+pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
