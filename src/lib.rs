@@ -21,7 +21,9 @@ mod upstream;
 pub mod fuzzing {
     pub use crate::conn::sniff::sniff;
     pub use crate::policy::auth::parse_basic;
-    pub use crate::policy::routing::{derive_route, is_intercepted_host, is_loopback_host, parse_authority};
+    pub use crate::policy::derive::derive_route;
+    pub use crate::policy::routing::{is_intercepted_host, is_loopback_host};
+    pub use crate::policy::target::parse_authority;
 }
 
 // The napi surface is left out when the crate is used as a plain library (the fuzz targets).

@@ -37,7 +37,7 @@ pub struct ProxyRoute {
 /// `manaflow.localhost`, `autobuild.app`); `null` for any other URL.
 #[napi(catch_unwind)]
 pub fn derive_route(url: String) -> Option<ProxyRoute> {
-    crate::policy::routing::derive_route(&url).map(|d| ProxyRoute {
+    crate::policy::derive::derive_route(&url).map(|d| ProxyRoute {
         morph_id: d.morph_id,
         scope: d.scope,
         domain_suffix: d.domain_suffix,

@@ -3,4 +3,6 @@
 
 pub(crate) mod address;
 pub(crate) mod auth;
+pub(crate) mod derive;
 pub(crate) mod routing;
+pub(crate) mod target;

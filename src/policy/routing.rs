@@ -1,163 +1,12 @@
-//! Where a request goes: loopback classification, the cmux rewrite, and the
-//! parsing of request targets. Pure functions, no IO.
+//! Where a request goes: loopback classification, the cmux rewrite and the
+//! address policy it carries. Pure functions, no IO.
 
-use std::fmt;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 
+use super::target::{is_valid_hostname, parse_authority};
+pub(crate) use super::target::{HostPort, Scheme};
 use crate::answer::error::ConfigError;
 use crate::policy::address::PrivateNetworks;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Scheme {
-    Http,
-    Https,
-}
-
-impl Scheme {
-    pub(crate) fn default_port(self) -> u16 {
-        match self {
-            Scheme::Http => 80,
-            Scheme::Https => 443,
-        }
-    }
-
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Scheme::Http => "http",
-            Scheme::Https => "https",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Scheme> {
-        let is = |name: &str| s.eq_ignore_ascii_case(name);
-        match () {
-            _ if is("http") || is("ws") => Some(Scheme::Http),
-            _ if is("https") || is("wss") => Some(Scheme::Https),
-            _ => None,
-        }
-    }
-}
-
-/// A host and port as the client asked for them. `host` is lowercase, without
-/// brackets around IPv6 literals and without a trailing dot.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct HostPort {
-    pub host: String,
-    pub port: u16,
-}
-
-impl HostPort {
-    /// `host:port`, with IPv6 literals bracketed.
-    pub fn authority(&self) -> String {
-        format!("{}:{}", bracketed(&self.host), self.port)
-    }
-
-    /// The value of a `Host` header: the port is left out when it is the scheme's default.
-    pub(crate) fn host_header(&self, scheme: Scheme) -> String {
-        if self.port == scheme.default_port() {
-            bracketed(&self.host).into_owned()
-        } else {
-            self.authority()
-        }
-    }
-}
-
-impl fmt::Display for HostPort {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.authority())
-    }
-}
-
-fn bracketed(host: &str) -> std::borrow::Cow<'_, str> {
-    if host.contains(':') {
-        format!("[{host}]").into()
-    } else {
-        host.into()
-    }
-}
-
-#[derive(Debug, PartialEq, Eq)]
-pub enum TargetError {
-    MissingHost,
-    BadHost,
-    MissingPort,
-    BadPort,
-}
-
-impl fmt::Display for TargetError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            TargetError::MissingHost => "request target has no host",
-            TargetError::BadHost => "request target has an invalid host",
-            TargetError::MissingPort => "CONNECT target needs host:port",
-            TargetError::BadPort => "request target has an invalid port",
-        })
-    }
-}
-
-/// Parses `host[:port]` (IPv6 in brackets). Without a port, `default_port` is
-/// used, or `MissingPort` when there is none (CONNECT).
-pub fn parse_authority(input: &str, default_port: Option<u16>) -> Result<HostPort, TargetError> {
-    // Userinfo has no place in a proxy target.
-    if input.contains('@') {
-        return Err(TargetError::BadHost);
-    }
-    let (host, port) = if let Some(rest) = input.strip_prefix('[') {
-        let (host, after) = rest.split_once(']').ok_or(TargetError::BadHost)?;
-        host.parse::<Ipv6Addr>().map_err(|_| TargetError::BadHost)?;
-        match after {
-            "" => (host, None),
-            _ => (host, Some(after.strip_prefix(':').ok_or(TargetError::BadHost)?)),
-        }
-    } else {
-        match input.rsplit_once(':') {
-            // More than one colon without brackets: an unbracketed IPv6 literal.
-            Some((host, _)) if host.contains(':') => return Err(TargetError::BadHost),
-            Some((host, port)) => (host, Some(port)),
-            None => (input, None),
-        }
-    };
-    let port = match port {
-        Some(p) => parse_port(p)?,
-        None => default_port.ok_or(TargetError::MissingPort)?,
-    };
-    let host = host.strip_suffix('.').unwrap_or(host);
-    if host.is_empty() {
-        return Err(TargetError::MissingHost);
-    }
-    if !host.contains(':') && !is_valid_hostname(host) {
-        return Err(TargetError::BadHost);
-    }
-    Ok(HostPort { host: host.to_ascii_lowercase(), port })
-}
-
-fn parse_port(p: &str) -> Result<u16, TargetError> {
-    if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(TargetError::BadPort);
-    }
-    match p.parse::<u16>() {
-        Ok(0) | Err(_) => Err(TargetError::BadPort),
-        Ok(port) => Ok(port),
-    }
-}
-
-/// Letters, digits, `-`, `_` and dots; what DNS names and IPv4 literals use.
-fn is_valid_hostname(host: &str) -> bool {
-    host.len() <= 253
-        && host.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
-}
-
-/// The scheme and host:port of an absolute request URI (`http://h:p/x`).
-pub(crate) fn target_of_uri(uri: &http::Uri) -> Result<(Scheme, HostPort), TargetError> {
-    let scheme = uri.scheme_str().and_then(Scheme::parse).ok_or(TargetError::MissingHost)?;
-    let authority = uri.authority().ok_or(TargetError::MissingHost)?;
-    let target = parse_authority(authority.as_str(), Some(scheme.default_port()))?;
-    Ok((scheme, target))
-}
 
 /// Hosts that mean "this machine" to the page: for a routed context they mean
 /// the cloud dev box instead.
@@ -290,94 +139,6 @@ impl Route {
     }
 }
 
-/// The domains a cmux dev box URL can be under, in cmux's order.
-const CMUX_DOMAINS: [&str; 10] = [
-    "cmux.app",
-    "cmux.sh",
-    "cmux.dev",
-    "cmux.com",
-    "cmux.local",
-    "cmux.localhost",
-    "manaflow.com",
-    "manaflow.local",
-    "manaflow.localhost",
-    "autobuild.app",
-];
-/// The port of the cmux-proxy inside every dev box.
-const CMUX_PROXY_PORT: u16 = 39379;
-
-/// A route read off a preview URL, with the cmux-proxy origin as a string.
-#[derive(Debug, PartialEq, Eq)]
-pub struct DerivedRoute {
-    pub morph_id: String,
-    pub scope: String,
-    pub domain_suffix: String,
-    pub cmux_proxy_origin: String,
-}
-
-/// The route of a preview URL: cmux's `deriveRoute`, rule for rule. The URL is
-/// parsed as a browser parses it (WHATWG, the `url` crate), then:
-/// - a host `port-<digits>-morphvm-<id>.<anything>` gives morph id `<id>`,
-///   scope `base`, suffix `cmux.app` and the origin
-///   `http://port-39379-morphvm-<id>.http.cloud.morph.so`, whatever the URL's scheme;
-/// - a host `<cmux-|manaflow-><segments>.<domain>` under one of
-///   [`CMUX_DOMAINS`] (tried in order), whose dash segments (empty ones
-///   dropped) are at least three and end in a numeric port: the scope is the
-///   second-to-last segment, the morph id the ones before it joined by `-`, and
-///   the origin `<http: for http, else https:>//port-39379-morphvm-<id>.http.cloud.morph.so`.
-///
-/// One deliberate difference: a route whose morph id or scope holds more than
-/// a DNS label may (`.` from `cmux-a.b-c-1.cmux.app`, or `$`, `!`...) is `None`,
-/// where cmux would return a route that names no dev box; [`Route::new`]
-/// refuses those fields.
-pub fn derive_route(url: &str) -> Option<DerivedRoute> {
-    let parsed = url::Url::parse(url).ok()?;
-    let host = parsed.host_str()?.to_ascii_lowercase();
-    let scheme = if parsed.scheme() == "http" { "http:" } else { "https:" };
-    let derived = match morph_vm_id(&host) {
-        Some(id) => Some(DerivedRoute {
-            morph_id: id.to_owned(),
-            scope: "base".to_owned(),
-            domain_suffix: "cmux.app".to_owned(),
-            cmux_proxy_origin: format!("http://port-{CMUX_PROXY_PORT}-morphvm-{id}.http.cloud.morph.so"),
-        }),
-        None => CMUX_DOMAINS.iter().find_map(|domain| {
-            let subdomain = host.strip_suffix(domain)?.strip_suffix('.')?;
-            let rest = subdomain.strip_prefix("manaflow-").or_else(|| subdomain.strip_prefix("cmux-"))?;
-            let mut segments: Vec<&str> = rest.split('-').filter(|s| !s.is_empty()).collect();
-            if segments.len() < 3 {
-                return None;
-            }
-            let (port, scope) = (segments.pop()?, segments.pop()?);
-            if !is_digits(port) {
-                return None;
-            }
-            let morph_id = segments.join("-");
-            Some(DerivedRoute {
-                cmux_proxy_origin: format!("{scheme}//port-{CMUX_PROXY_PORT}-morphvm-{morph_id}.http.cloud.morph.so"),
-                morph_id,
-                scope: scope.to_owned(),
-                domain_suffix: (*domain).to_owned(),
-            })
-        }),
-    }?;
-    Route::new(&derived.morph_id, &derived.scope, &derived.domain_suffix, Some(&derived.cmux_proxy_origin)).ok()?;
-    Some(derived)
-}
-
-/// `<id>` of `port-<digits>-morphvm-<id>.<suffix>` (`<id>` without dots, `<suffix>` not empty).
-fn morph_vm_id(host: &str) -> Option<&str> {
-    let rest = host.strip_prefix("port-")?;
-    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-    let rest = rest[digits..].strip_prefix("-morphvm-").filter(|_| digits > 0)?;
-    let (id, suffix) = rest.split_once('.')?;
-    (!id.is_empty() && !suffix.is_empty()).then_some(id)
-}
-
-fn is_digits(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
-}
-
 fn parse_origin(s: &str) -> Option<Origin> {
     let uri: http::Uri = s.parse().ok()?;
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
@@ -474,24 +235,6 @@ mod tests {
         HostPort { host: host.into(), port }
     }
 
-    /// The shared table of `__test__/fixtures/derive-route.txt` (also checked through the addon).
-    #[test]
-    fn routes_derived_from_preview_urls() {
-        let table = include_str!("../../__test__/fixtures/derive-route.txt");
-        let mut cases = 0;
-        for line in table.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
-            let (url, expected) = line.split_once(" => ").expect("a case is `<url> => <route>`");
-            let got = derive_route(url)
-                .map(|r| format!("{} {} {} {}", r.morph_id, r.scope, r.domain_suffix, r.cmux_proxy_origin));
-            assert_eq!(got.as_deref().unwrap_or("null"), expected, "{url:?}");
-            cases += 1;
-        }
-        assert!(cases >= 40, "{cases} cases");
-        // What the one-line format cannot hold: the spaces, tabs and newlines a browser's parser ignores.
-        let spaced = derive_route(" \thttps://cmux-m1-ba\nse-3000.cmux.app/ \n").expect("a route");
-        assert_eq!((spaced.morph_id.as_str(), spaced.scope.as_str()), ("m1", "base"));
-    }
-
     #[test]
     fn intercepted_and_local_development_hosts() {
         for host in
@@ -540,13 +283,6 @@ mod tests {
     }
 
     #[test]
-    fn derived_routes_rewrite_back_to_their_dev_box() {
-        let derived = derive_route("https://cmux-m1-base-3000.cmux.app/").unwrap();
-        let route = Route::new(&derived.morph_id, &derived.scope, &derived.domain_suffix, None).unwrap();
-        assert_eq!(route.dev_box_host(3000), "cmux-m1-base-3000.cmux.app");
-    }
-
-    #[test]
     fn only_a_routed_previews_forwarded_requests_keep_off_local_addresses() {
         let route = Route::new("m", "s", "cmux.app", None).unwrap();
         let policy = |route: Option<&Route>, host: &str| upstream_for(route, Scheme::Http, &hp(host, 80)).policy;
@@ -586,44 +322,6 @@ mod tests {
         ] {
             assert!(!is_loopback_host(h), "{h}");
         }
-    }
-
-    #[test]
-    fn authorities() {
-        assert_eq!(parse_authority("localhost:3000", None), Ok(hp("localhost", 3000)));
-        assert_eq!(parse_authority("Example.COM.", Some(80)), Ok(hp("example.com", 80)));
-        assert_eq!(parse_authority("[::1]:8080", None), Ok(hp("::1", 8080)));
-        assert_eq!(parse_authority("[::1]", Some(443)), Ok(hp("::1", 443)));
-        assert_eq!(parse_authority("host", None), Err(TargetError::MissingPort));
-        assert_eq!(parse_authority(":80", None), Err(TargetError::MissingHost));
-        assert_eq!(parse_authority("", None), Err(TargetError::MissingPort));
-        assert_eq!(parse_authority("h:", None), Err(TargetError::BadPort));
-        assert_eq!(parse_authority("h:0", None), Err(TargetError::BadPort));
-        assert_eq!(parse_authority("h:65536", None), Err(TargetError::BadPort));
-        assert_eq!(parse_authority("h:+80", None), Err(TargetError::BadPort));
-        assert_eq!(parse_authority("h:99999999999", None), Err(TargetError::BadPort));
-        assert_eq!(parse_authority("::1:80", None), Err(TargetError::BadHost));
-        assert_eq!(parse_authority("[::1]80", None), Err(TargetError::BadHost));
-        assert_eq!(parse_authority("[nope]:80", None), Err(TargetError::BadHost));
-        assert_eq!(parse_authority("user@h:80", None), Err(TargetError::BadHost));
-        assert_eq!(parse_authority("a b:80", None), Err(TargetError::BadHost));
-        assert_eq!(hp("::1", 80).authority(), "[::1]:80");
-        assert_eq!(hp("::1", 80).host_header(Scheme::Http), "[::1]");
-        assert_eq!(hp("a", 8080).host_header(Scheme::Http), "a:8080");
-    }
-
-    #[test]
-    fn uri_targets() {
-        let uri: http::Uri = "http://LocalHost:3000/x?y".parse().unwrap();
-        assert_eq!(target_of_uri(&uri), Ok((Scheme::Http, hp("localhost", 3000))));
-        let uri: http::Uri = "https://example.com/".parse().unwrap();
-        assert_eq!(target_of_uri(&uri), Ok((Scheme::Https, hp("example.com", 443))));
-        let uri: http::Uri = "ws://[::1]/hmr".parse().unwrap();
-        assert_eq!(target_of_uri(&uri), Ok((Scheme::Http, hp("::1", 80))));
-        let uri: http::Uri = "/relative".parse().unwrap();
-        assert_eq!(target_of_uri(&uri), Err(TargetError::MissingHost));
-        let uri: http::Uri = "ftp://h/".parse().unwrap();
-        assert_eq!(target_of_uri(&uri), Err(TargetError::MissingHost));
     }
 
     fn route(origin: Option<&str>) -> Route {

@@ -429,7 +429,7 @@ pub(crate) fn parse_resolve(entries: HashMap<String, String>) -> Result<HashMap<
     entries
         .into_iter()
         .map(|(from, to)| {
-            let key = crate::policy::routing::parse_authority(&from, None)
+            let key = crate::policy::target::parse_authority(&from, None)
                 .map_err(|e| ConfigError::new("resolve", format!("key {from:?}: {e}")))?
                 .authority();
             let addr = to
