@@ -11,17 +11,19 @@
 //!   does an idempotent request without a body that met a stale kept-alive
 //!   connection (RFC 9112 §9.3.1); a POST is never replayed.
 
+mod body;
+mod retry;
+
+use body::{InFlight, PooledBody, Release};
+use retry::{is_idempotent, rebuild, refusal, Refusal};
+
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Method, Request, Response, Uri};
-use http_body_util::BodyExt;
-use hyper::body::{Body as _, Frame, Incoming, SizeHint};
+use http::{header, HeaderValue, Request, Response, Uri};
+use hyper::body::Body as _;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
@@ -30,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::answer::error::ProxyError;
-use crate::answer::reply::{empty_body, Body};
+use crate::answer::reply::Body;
 use crate::policy::routing::{AddressPolicy, HostPort, Scheme, Upstream};
 use crate::upstream::connector::{Alpn, Connector};
 
@@ -435,152 +437,6 @@ impl Lease {
                     }
                 }
             }
-        }
-    }
-}
-
-/// How an HTTP/2 server said it never processed a request (RFC 9113 §8.7).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Refusal {
-    /// `REFUSED_STREAM`: this stream only.
-    Stream,
-    /// The stream was past the last one a GOAWAY let through, or opened after it.
-    GoAway,
-}
-
-fn refusal(error: &hyper::Error) -> Option<Refusal> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = source {
-        if let Some(h2) = e.downcast_ref::<h2::Error>() {
-            return match () {
-                _ if !h2.is_remote() => None,
-                _ if h2.is_go_away() => Some(Refusal::GoAway),
-                _ if h2.reason() == Some(h2::Reason::REFUSED_STREAM) => Some(Refusal::Stream),
-                _ => None,
-            };
-        }
-        source = e.source();
-    }
-    None
-}
-
-fn is_idempotent(method: &Method) -> bool {
-    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
-}
-
-fn rebuild(method: &Method, headers: &HeaderMap) -> Request<Body> {
-    let mut req = Request::new(empty_body());
-    *req.method_mut() = method.clone();
-    *req.headers_mut() = headers.clone();
-    req
-}
-
-/// One stream counted on a multiplexed connection until dropped.
-struct InFlight(Arc<AtomicUsize>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// What a finished response gives back to the pool.
-enum Release {
-    /// The connection takes its next request once the response was read.
-    Http1(Arc<Origin>, http1::SendRequest<Body>),
-    Http2(Arc<Origin>, InFlight),
-}
-
-/// A pooled response's body. At its end, the connection goes back to the
-/// pool. Dropped with every byte received but the end not yet seen (an
-/// HTTP/1.1 client's connection stops reading at `Content-Length`), it is
-/// read to its end in the background: dropping it there would reset a
-/// stream that completed, which servers count as an attack.
-struct PooledBody {
-    /// Taken by `drop` to read the end in the background.
-    inner: Option<Incoming>,
-    /// Bytes still due by `Content-Length`.
-    remaining: Option<u64>,
-    release: Option<Release>,
-}
-
-impl PooledBody {
-    fn wrap(response: Response<Incoming>, release: Release) -> Response<Body> {
-        let remaining = response.body().size_hint().exact();
-        response.map(|inner| {
-            let mut body = PooledBody { inner: Some(inner), remaining, release: Some(release) };
-            if body.is_end_stream() {
-                body.finish();
-            }
-            body.boxed()
-        })
-    }
-
-    /// The body ended: its connection goes back to the pool.
-    fn finish(&mut self) {
-        if let Some(Release::Http1(origin, sender)) = self.release.take() {
-            origin.keep_idle(sender);
-        }
-    }
-
-    fn inner(self: Pin<&mut Self>) -> Pin<&mut Incoming> {
-        Pin::new(self.get_mut().inner.as_mut().expect("taken only by drop"))
-    }
-}
-
-impl hyper::body::Body for PooledBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let frame = ready!(self.as_mut().inner().poll_frame(cx));
-        match &frame {
-            Some(Ok(frame)) => {
-                if let (Some(remaining), Some(data)) = (self.remaining.as_mut(), frame.data_ref()) {
-                    *remaining = remaining.saturating_sub(data.len() as u64);
-                }
-                if self.is_end_stream() {
-                    self.finish();
-                }
-            }
-            None => self.finish(),
-            // A broken response: its connection is not given back.
-            Some(Err(_)) => self.release = None,
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(|inner| inner.is_end_stream())
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), |inner| inner.size_hint())
-    }
-}
-
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        let Some(release) = self.release.take() else { return };
-        let complete = self.remaining == Some(0);
-        match release {
-            Release::Http1(origin, sender) if complete => origin.keep_idle(sender),
-            // Part of the body unread: the connection closes with it.
-            Release::Http1(..) => {}
-            Release::Http2(origin, in_flight) if complete => {
-                let Some(mut inner) = self.inner.take() else { return };
-                origin.tasks.spawn(async move {
-                    let _ =
-                        tokio::time::timeout(DRAIN_TIMEOUT, async { while let Some(Ok(_)) = inner.frame().await {} })
-                            .await;
-                    drop(in_flight);
-                });
-            }
-            // The client went away mid-body: the stream is reset, once.
-            Release::Http2(..) => {}
         }
     }
 }
