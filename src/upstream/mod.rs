@@ -2,5 +2,6 @@
 //! Eyeballs, TLS), the pool, and the request as it is sent on.
 
 pub(crate) mod connector;
+mod eyeballs;
 pub(crate) mod pool;
 pub(crate) mod request;
