@@ -4,14 +4,14 @@
 //! the drop is counted.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use bytes::Bytes;
 use hyper::body::{Frame, SizeHint};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 
 use crate::answer::error::ProxyError;
 use crate::answer::reply::Body;
@@ -120,24 +120,6 @@ impl Events {
     }
 }
 
-/// What `contextStats(id)` reports: a preview's traffic so far.
-#[derive(Default)]
-pub(crate) struct ContextStats {
-    pub(crate) requests: AtomicU64,
-    pub(crate) errors: AtomicU64,
-    pub(crate) bytes_in: AtomicU64,
-    pub(crate) bytes_out: AtomicU64,
-    pub(crate) open_tunnels: AtomicUsize,
-    pub(crate) last_error: Mutex<Option<(String, SystemTime)>>,
-}
-
-impl ContextStats {
-    fn record_error(&self, error: &ProxyError) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
-        *self.last_error.lock() = Some((error.to_string(), SystemTime::now()));
-    }
-}
-
 /// One open tunnel or WebSocket of a context, counted until dropped.
 pub(crate) struct OpenTunnel(Arc<Context>);
 
@@ -240,6 +222,7 @@ impl Drop for RequestRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use parking_lot::Mutex;
 
     struct Collect(Mutex<Vec<Event>>, bool);
 

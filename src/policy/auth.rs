@@ -25,7 +25,7 @@ pub(crate) struct Context {
     /// Set with `revoked`, read on every request of a connection that already
     /// authenticated (the token's own check takes a mutex).
     revoked_flag: AtomicBool,
-    pub(crate) stats: crate::observe::events::ContextStats,
+    pub(crate) stats: super::context_stats::ContextStats,
     /// One permit per upstream connection the context has open (tunnels included).
     pub(crate) upstream_slots: Arc<tokio::sync::Semaphore>,
     /// The context's own port on `127.0.0.1`, when it has one.

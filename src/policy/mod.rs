@@ -3,6 +3,7 @@
 
 pub(crate) mod address;
 pub(crate) mod auth;
+pub(crate) mod context_stats;
 pub(crate) mod derive;
 pub(crate) mod routing;
 pub(crate) mod target;

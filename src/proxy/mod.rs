@@ -99,7 +99,9 @@ impl Proxy {
             )),
             false => None,
         };
-        let interceptor = options.tls_interception.then(|| Interceptor::new(ca, options.http2));
+        let interceptor = options
+            .tls_interception
+            .then(|| Interceptor::new(ca, options.http2, crate::policy::routing::is_intercepted_host));
         let listener = listen(addr).map_err(|e| match e.kind() {
             std::io::ErrorKind::AddrInUse => StartError::AddrInUse(addr.to_string()),
             _ => StartError::Io(format!("cannot listen on {addr}: {e}")),
@@ -127,7 +129,7 @@ impl Proxy {
             unauthenticated_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_unauthenticated)),
             context_ports: Arc::new(tokio::sync::Semaphore::new(limits.max_context_ports)),
             #[cfg(target_os = "linux")]
-            pipes: crate::tunnel::splice::Pipes::default(),
+            pipes: crate::conn::pipes::Pipes::default(),
             limits,
         });
         shared.tasks.spawn(crate::ingress::server::accept_loop(shared.clone(), listener));

@@ -99,7 +99,7 @@ pub(crate) struct Shared {
     pub(crate) context_ports: Arc<tokio::sync::Semaphore>,
     /// Pipes for the blind tunnels that splice(2) relays.
     #[cfg(target_os = "linux")]
-    pub(crate) pipes: crate::tunnel::splice::Pipes,
+    pub(crate) pipes: crate::conn::pipes::Pipes,
 }
 
 impl Shared {

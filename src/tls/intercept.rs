@@ -13,18 +13,20 @@ use tokio_rustls::LazyConfigAcceptor;
 
 use super::ca::{CertificateAuthority, HostCache, Leaf};
 use crate::answer::error::ConfigError;
-use crate::policy::routing::is_intercepted_host;
 
 pub(crate) struct Interceptor {
     ca: CertificateAuthority,
     /// One server config per host: a host's second tunnel reuses its leaf.
     configs: HostCache<ServerConfig>,
+    /// Which SNI names get a leaf of their own (the hosts the proxy intercepts); others get the CONNECT host's.
+    names_a_leaf: fn(&str) -> bool,
     alpn: Vec<Vec<u8>>,
 }
 
 impl Interceptor {
-    pub(crate) fn new(ca: CertificateAuthority, http2: bool) -> Self {
-        Interceptor { ca, configs: HostCache::default(), alpn: alpn(http2) }
+    /// `names_a_leaf`: whether an SNI name is one the proxy issues leaves for.
+    pub(crate) fn new(ca: CertificateAuthority, http2: bool, names_a_leaf: fn(&str) -> bool) -> Self {
+        Interceptor { ca, configs: HostCache::default(), alpn: alpn(http2), names_a_leaf }
     }
 
     fn config_for(&self, host: &str) -> Result<Arc<ServerConfig>, ConfigError> {
@@ -40,7 +42,7 @@ impl Interceptor {
         let handshake = async {
             let start = LazyConfigAcceptor::new(Acceptor::default(), io).await?;
             let host = match start.client_hello().server_name() {
-                Some(sni) if is_intercepted_host(sni) => sni.to_ascii_lowercase(),
+                Some(sni) if (self.names_a_leaf)(sni) => sni.to_ascii_lowercase(),
                 _ => connect_host.to_owned(),
             };
             let config = self.config_for(&host).map_err(io::Error::other)?;

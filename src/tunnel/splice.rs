@@ -9,59 +9,20 @@
 use std::future::Future;
 use std::io;
 use std::net::Shutdown;
-use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use nix::fcntl::{splice, OFlag, SpliceFFlags};
-use parking_lot::Mutex;
+use nix::fcntl::{splice, SpliceFFlags};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
+use crate::conn::pipes::{Pipe, Pipes, CHUNK};
 use crate::tunnel::relay::{Joined, Traffic};
 
-/// A pipe's capacity, and the bytes asked of one splice. Linux counts a
-/// pipe's capacity against its user's quota (`pipe-user-pages-soft`, 64 MiB
-/// by default, shared with every process of the user), so pipes stay small
-/// and few are pooled.
-const CHUNK: usize = 256 * 1024;
-/// Empty pipes kept for the next tunnel that has bytes to move.
-const POOLED_PIPES: usize = 16;
 /// Splices a direction makes in one poll before it yields to other tasks.
 const SPLICES_PER_POLL: usize = 32;
-
-/// A pipe: bytes spliced into `write` come out of `read`.
-struct Pipe {
-    read: OwnedFd,
-    write: OwnedFd,
-}
-
-/// Empty pipes, reused: creating one per burst of bytes would cost three syscalls.
-#[derive(Default)]
-pub(crate) struct Pipes(Mutex<Vec<Pipe>>);
-
-impl Pipes {
-    fn take(&self) -> io::Result<Pipe> {
-        if let Some(pipe) = self.0.lock().pop() {
-            return Ok(pipe);
-        }
-        let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
-        // Fewer, larger splices than with the default 64 KiB (1 MiB took a fifth less CPU per
-        // GiB; see CHUNK for why not that). Past the user's quota, the default it is.
-        let _ = nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_SETPIPE_SZ(CHUNK as i32));
-        Ok(Pipe { read, write })
-    }
-
-    /// Takes back an empty pipe; past the pool's size it is closed.
-    fn give_back(&self, pipe: Pipe) {
-        let mut pool = self.0.lock();
-        if pool.len() < POOLED_PIPES {
-            pool.push(pipe);
-        }
-    }
-}
 
 /// Relays `a` and `b` both ways until both directions ended (half-closes
 /// passed on). Fails with `TimedOut` once no byte moved for `idle_timeout`.
@@ -188,7 +149,7 @@ mod tests {
         relaying.await.unwrap().unwrap();
         assert_eq!(traffic.a_to_b.load(Ordering::Relaxed), 5_000_000);
         assert_eq!(traffic.b_to_a.load(Ordering::Relaxed), 3);
-        let pooled = pipes.0.lock().len();
+        let pooled = pipes.pooled();
         assert!((1..=2).contains(&pooled), "pipes went back to the pool empty: {pooled}");
     }
 
