@@ -7,11 +7,13 @@
 #![deny(clippy::all)]
 
 mod answer;
+mod config;
 mod conn;
 mod ingress;
 mod observe;
 mod policy;
 mod proxy;
+mod shared;
 mod tls;
 mod tunnel;
 mod upstream;

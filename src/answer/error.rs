@@ -66,6 +66,11 @@ impl ProxyError {
         }
     }
 
+    /// A 504: `upstream` sent no response head within `limit`.
+    pub(crate) fn no_response(upstream: impl fmt::Display, limit: std::time::Duration) -> Self {
+        ProxyError::Timeout(format!("{upstream} did not answer within {limit:?}"))
+    }
+
     /// A 502 for a failed exchange with `upstream`, with the deepest cause on one line.
     pub(crate) fn exchange(upstream: impl fmt::Display, error: &(dyn std::error::Error + 'static)) -> Self {
         let mut reason = error.to_string();

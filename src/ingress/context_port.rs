@@ -12,15 +12,15 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::server;
 use crate::policy::auth::Context;
-use crate::proxy::{Hold, Shared};
+use crate::shared::{Hold, Shared};
 
 /// Binds a new port on `127.0.0.1` for `context` and serves it until the
 /// context is released or the proxy stops. `place` is the port's place under
 /// the cap of own ports, held as long as the listener lives.
 pub(crate) fn open(shared: &Arc<Shared>, context: &Arc<Context>, place: OwnedSemaphorePermit) -> std::io::Result<u16> {
     // Bound here, synchronously, so that the caller gets the port at once (napi calls in from Node's thread).
-    let _runtime = crate::proxy::runtime().enter();
-    let listener = crate::proxy::listen(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let _runtime = crate::shared::runtime().enter();
+    let listener = crate::shared::listen(SocketAddr::from(([127, 0, 0, 1], 0)))?;
     let port = listener.local_addr()?.port();
     shared.tasks.spawn(accept_loop(shared.clone(), context.clone(), listener, place));
     Ok(port)

@@ -20,35 +20,22 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
 use crate::answer::error::ProxyError;
 use crate::answer::error_page;
 use crate::answer::reply::{self, Body};
-use crate::conn::prefixed::{sniff_stream, Prefixed};
+use crate::conn::prefixed::sniff_stream;
 use crate::conn::sniff::Protocol;
+use crate::conn::{Binding, ServedIo};
 use crate::observe::events::{Event, Metered, RequestRecord};
 use crate::observe::stats::ClientProtocol;
 use crate::policy::auth::Context;
 use crate::policy::routing::{upstream_for, Upstream};
-use crate::policy::target::{target_of_uri, HostPort, Scheme};
-use crate::proxy::{Hold, Shared, Slot};
+use crate::policy::target::target_of_uri;
+use crate::shared::{Hold, Shared, Slot};
 use crate::tunnel;
 use crate::upstream::request::{client_response, upgrade_protocol, upstream_request};
-
-/// What a tunnel's inner HTTP server already knows: who opened the tunnel and
-/// to where, so the requests inside need no credentials and no absolute URI.
-#[derive(Clone)]
-pub(crate) struct Binding {
-    pub(crate) context: Arc<Context>,
-    pub(crate) target: HostPort,
-    pub(crate) scheme: Scheme,
-}
-
-/// What the HTTP server of a connection reads and writes: the stream as it
-/// came, or the TLS inside it (the listener in HTTPS proxy mode).
-pub(crate) type ServedIo<I> = Either<Prefixed<I>, tokio_rustls::server::TlsStream<Prefixed<I>>>;
 
 pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     loop {
@@ -336,7 +323,7 @@ where
 /// once and cancels as many on a reload, which must never look like an attack
 /// (h2's default allows 20 resets before accept); windows large enough that
 /// uploads are not throttled; pings to find peers that vanished.
-fn http2_server(limits: &crate::proxy::Limits) -> http2::Builder<TokioExecutor> {
+fn http2_server(limits: &crate::config::Limits) -> http2::Builder<TokioExecutor> {
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
@@ -546,9 +533,6 @@ async fn forward(
     let req = upstream_request(req, upstream, None);
     let send = shared.pool.send(upstream, req, &context.upstream_slots);
     let sent = tokio::time::timeout(shared.limits.response_timeout, send).await;
-    sent.unwrap_or_else(|_| Err(response_timed_out(shared, upstream))).map(client_response)
-}
-
-pub(crate) fn response_timed_out(shared: &Shared, upstream: &Upstream) -> ProxyError {
-    ProxyError::Timeout(format!("{} did not answer within {:?}", upstream.addr, shared.limits.response_timeout))
+    sent.unwrap_or_else(|_| Err(ProxyError::no_response(&upstream.addr, shared.limits.response_timeout)))
+        .map(client_response)
 }

@@ -1,13 +1,12 @@
 //! The proxy: start, contexts, stats, stop. It puts the layers together;
 //! request handling lives in them.
 
-mod config;
-mod shared;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use config::{Limits, Options};
-pub(crate) use shared::{listen, runtime, Hold, Shared, Slot};
+pub(crate) use crate::config::{Limits, Options};
+pub(crate) use crate::shared::runtime;
+use crate::shared::{listen, Shared};
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -110,6 +109,7 @@ impl Proxy {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let shared = Arc::new(Shared {
+            serve_tunnel: crate::ingress::server::serve_stream::<Box<dyn crate::conn::Stream>>,
             contexts: Contexts::new(shutdown.clone(), limits.max_upstream_per_context),
             pool: Pool::new(connector.clone(), tasks.clone(), shutdown.clone(), limits.max_idle_upstream),
             connector,

@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use hyper::ext::ReasonPhrase;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
+
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -25,19 +25,15 @@ use crate::answer::error::ProxyError;
 use crate::answer::reply::{self, empty_body, Body};
 use crate::conn::prefixed::sniff_stream;
 use crate::conn::sniff::Protocol;
-use crate::ingress::server::{response_timed_out, serve_stream, Binding};
+use crate::conn::{Binding, Stream};
 use crate::observe::events::{Event, OpenTunnel};
 use crate::policy::auth::Context;
 use crate::policy::routing::{is_intercepted_host, upstream_for, Upstream};
 use crate::policy::target::{parse_authority, HostPort, Scheme};
-use crate::proxy::{Shared, Slot};
+use crate::shared::{Shared, Slot};
 use crate::tunnel::relay::{relay, Traffic};
 use crate::upstream::connector::{Alpn, Counted};
 use crate::upstream::request::{client_response, upstream_request};
-
-/// Any byte stream a tunnel can carry.
-pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
 
 /// Answers a `CONNECT`. A routed context's CONNECTs to loopback names and to
 /// hosts under `.cmux.local`/`.manaflow.local` are looked into; everything else
@@ -238,7 +234,7 @@ async fn relay_to_socket(
 #[cfg(target_os = "linux")]
 fn client_socket(client: Upgraded) -> Result<(TcpStream, [bytes::Bytes; 2]), Box<dyn Stream>> {
     use crate::conn::prefixed::Prefixed;
-    use crate::ingress::server::ServedIo;
+    use crate::conn::ServedIo;
     match client.downcast::<TokioIo<ServedIo<TcpStream>>>() {
         Ok(hyper::upgrade::Parts { io, read_buf, .. }) => match io.into_inner() {
             ServedIo::Left(plain) => {
@@ -269,7 +265,7 @@ async fn look_inside(
     match protocol {
         Protocol::Http1 | Protocol::Http2 => {
             let binding = Binding { context, target, scheme: Scheme::Http };
-            serve_stream(shared, client, binding, cancel, slot).await;
+            (shared.serve_tunnel)(shared.clone(), Box::new(client), binding, cancel, slot).await;
             Ok(())
         }
         Protocol::Tls if interceptor.is_some() => {
@@ -278,7 +274,7 @@ async fn look_inside(
             shared.log.event(format_args!("CONNECT {target}: TLS intercepted"));
             *record.handling.lock() = "intercepted";
             let binding = Binding { context, target, scheme: Scheme::Https };
-            serve_stream(shared, tls, binding, cancel, slot).await;
+            (shared.serve_tunnel)(shared.clone(), Box::new(tls), binding, cancel, slot).await;
             Ok(())
         }
         Protocol::Tls | Protocol::Opaque => {
@@ -350,7 +346,7 @@ async fn send_http1(
     }
     match tokio::time::timeout(shared.limits.response_timeout, sender.send_request(req)).await {
         Ok(sent) => sent.map_err(|e| ProxyError::exchange(&upstream.addr, &e)),
-        Err(_) => Err(response_timed_out(shared, upstream)),
+        Err(_) => Err(ProxyError::no_response(&upstream.addr, shared.limits.response_timeout)),
     }
 }
 

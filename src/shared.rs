@@ -1,16 +1,19 @@
 //! The state every connection task shares, the runtime they run on, and the
 //! place each connection holds under the cap.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, LazyLock};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::config::Limits;
 use crate::answer::error::ProxyError;
 use crate::answer::reply::{self, Body};
+use crate::config::Limits;
+use crate::conn::{Binding, Stream};
 use crate::observe::log::Log;
 use crate::observe::stats::Stats;
 use crate::policy::address::PrivateNetworks;
@@ -68,8 +71,15 @@ impl Hold {
     }
 }
 
+/// Serves HTTP inside a tunnel bound to a context: the ingress's server,
+/// handed to the tunnels (which the ingress calls) so that neither layer
+/// names the other.
+pub(crate) type ServeTunnel =
+    fn(Arc<Shared>, Box<dyn Stream>, Binding, CancellationToken, Slot) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// Everything a connection task needs, shared by all of them.
 pub(crate) struct Shared {
+    pub(crate) serve_tunnel: ServeTunnel,
     pub(crate) contexts: Contexts,
     pub(crate) pool: Arc<Pool>,
     pub(crate) connector: Connector,
