@@ -2,4 +2,5 @@
 //! port, and the HTTP server on each connection.
 
 pub(crate) mod context_port;
+mod handle;
 pub(crate) mod server;

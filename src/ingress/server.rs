@@ -1,18 +1,13 @@
-//! The accept loop, `serve_stream` (one HTTP server for the listener and for
-//! the inside of tunnels), and the service that dispatches each request.
+//! The accept loops' refusal, and one HTTP server (HTTP/1.1 and HTTP/2) for
+//! every connection: the shared listener's, a context's own port's, and the
+//! inside of tunnels. Each request goes to [`super::handle`].
 
-use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use futures_util::FutureExt;
-use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -22,20 +17,12 @@ use tokio::net::TcpListener;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
-use crate::answer::error::ProxyError;
-use crate::answer::error_page;
-use crate::answer::reply::{self, Body};
 use crate::conn::prefixed::sniff_stream;
 use crate::conn::sniff::Protocol;
 use crate::conn::{Binding, ServedIo};
-use crate::observe::events::{Event, Metered, RequestRecord};
 use crate::observe::stats::ClientProtocol;
 use crate::policy::auth::Context;
-use crate::policy::routing::{upstream_for, Upstream};
-use crate::policy::target::target_of_uri;
 use crate::shared::{Hold, Shared, Slot};
-use crate::tunnel;
-use crate::upstream::request::{client_response, upgrade_protocol, upstream_request};
 
 pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     loop {
@@ -97,15 +84,15 @@ pub(crate) async fn refuse_over_capacity(mut stream: tokio::net::TcpStream, body
 }
 
 /// Per-connection state the service needs.
-struct Connection {
+pub(super) struct Connection {
     /// Cancelling it closes the connection at once.
     closer: CancellationToken,
     /// Cancelling it closes the connection once the responses under way are sent.
-    drain: CancellationToken,
-    slot: Slot,
+    pub(super) drain: CancellationToken,
+    pub(super) slot: Slot,
     /// Served over HTTP/2: streams are counted, and each response holds `slot`
     /// until sent, so that idleness can be seen.
-    http2: AtomicBool,
+    pub(super) http2: AtomicBool,
     /// Contexts whose revocation already closes this connection.
     watched: Mutex<Vec<Arc<Context>>>,
     /// The last `Proxy-Authorization` accepted here and its context: a browser
@@ -117,7 +104,7 @@ struct Connection {
     unauthenticated: Mutex<Option<OwnedSemaphorePermit>>,
     authenticated: AtomicBool,
     /// The context whose own port the connection came to: every request is its.
-    owner: Option<Arc<Context>>,
+    pub(super) owner: Option<Arc<Context>>,
 }
 
 impl Connection {
@@ -126,7 +113,7 @@ impl Connection {
     }
 
     /// The context a request's `Proxy-Authorization` names.
-    fn authenticate(&self, shared: &Shared, header: Option<&http::HeaderValue>) -> Option<Arc<Context>> {
+    pub(super) fn authenticate(&self, shared: &Shared, header: Option<&http::HeaderValue>) -> Option<Arc<Context>> {
         use subtle::ConstantTimeEq;
         let header = header?;
         if let Some((value, context)) = &*self.accepted.lock() {
@@ -256,7 +243,7 @@ where
             let (shared, connection) = (shared.clone(), connection.clone());
             service_fn(move |req| {
                 let (shared, connection, binding) = (shared.clone(), connection.clone(), binding.clone());
-                async move { Ok::<_, Infallible>(handle_contained(shared, connection, binding, req).await) }
+                async move { Ok::<_, Infallible>(super::handle::handle_contained(shared, connection, binding, req).await) }
             })
         };
         let limits = &shared.limits;
@@ -367,172 +354,4 @@ async fn until_drained<C: Future>(
         _ = drain.cancelled() => shut_down(connection.as_mut()),
     }
     connection.await
-}
-
-/// Runs [`handle`] so that a panic in it costs only this connection: the
-/// client gets a 500 and the connection closes; the process lives on.
-async fn handle_contained(
-    shared: Arc<Shared>,
-    connection: Arc<Connection>,
-    binding: Option<Arc<Binding>>,
-    req: Request<Incoming>,
-) -> Response<Body> {
-    let drain = connection.drain.clone();
-    let held = connection.http2.load(Ordering::Relaxed).then(|| connection.slot.clone());
-    if held.is_some() {
-        shared.stats.http2_stream_served();
-    }
-    let started = std::time::Instant::now();
-    let method = req.method().clone();
-    let protocol = if req.version() == http::Version::HTTP_2 { "h2" } else { "http/1.1" };
-    let mut trace = Trace::default();
-    let handling = handle(shared.clone(), connection, binding, req, &mut trace);
-    let handled = AssertUnwindSafe(handling).catch_unwind().await;
-    let response = handled.unwrap_or_else(|panic| {
-        let message = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
-        shared.log.event(format_args!("request handler panicked, closing its connection: {message}"));
-        drain.cancel();
-        let mut response = reply::text(StatusCode::INTERNAL_SERVER_ERROR, "internal proxy error");
-        response.headers_mut().insert(header::CONNECTION, http::HeaderValue::from_static("close"));
-        response
-    });
-    let response = match held {
-        Some(slot) => response.map(|body| reply::Holding::new(body, slot).boxed()),
-        None => response,
-    };
-    // The request's record: its context's counters, and the `request` event once the body is done.
-    let Some(context) = trace.context else { return response };
-    context.stats.requests.fetch_add(1, Ordering::Relaxed);
-    let event = shared.events.listening().then(|| Event {
-        method: Some(method.to_string()),
-        url: trace.url,
-        upstream: trace.upstream,
-        status: Some(response.status().as_u16()),
-        protocol: Some(protocol),
-        ..Event::of("request", Some(&context))
-    });
-    let record = RequestRecord {
-        events: shared.events.clone(),
-        context,
-        event,
-        started,
-        bytes_in: trace.bytes_in,
-        bytes_out: 0,
-    };
-    response.map(|body| Metered::new(body, record).boxed())
-}
-
-/// What [`handle`] learned about a request, for its record.
-#[derive(Default)]
-struct Trace {
-    context: Option<Arc<Context>>,
-    /// The URL as asked and the upstream it went to: only when someone listens for events.
-    url: Option<String>,
-    upstream: Option<String>,
-    /// The request body's bytes, when it has one.
-    bytes_in: Option<Arc<AtomicU64>>,
-}
-
-async fn handle(
-    shared: Arc<Shared>,
-    connection: Arc<Connection>,
-    binding: Option<Arc<Binding>>,
-    req: Request<Incoming>,
-    trace: &mut Trace,
-) -> Response<Body> {
-    shared.stats.request_started();
-    #[cfg(feature = "test-hooks")]
-    if req.headers().contains_key("x-cmux-test-panic") {
-        panic!("deliberate panic from the test hook");
-    }
-    // Inside a tunnel the context is bound, and its revocation already ends the tunnel.
-    let context = match (&binding, &connection.owner) {
-        (Some(binding), _) => binding.context.clone(),
-        // A context's own port: its connections close when it is released.
-        (None, Some(owner)) => owner.clone(),
-        (None, None) => match connection.authenticate(&shared, req.headers().get(header::PROXY_AUTHORIZATION)) {
-            Some(context) => context,
-            None => return reply::proxy_auth_required(),
-        },
-    };
-    trace.context = Some(context.clone());
-    if shared.events.listening() {
-        trace.url = Some(asked_url(binding.as_deref(), req.uri()));
-    }
-
-    if req.method() == Method::CONNECT && req.extensions().get::<hyper::ext::Protocol>().is_none() {
-        return tunnel::connect(shared, context, req, connection.slot.clone()).await;
-    }
-    let (scheme, target) = match &binding {
-        Some(binding) => (binding.scheme, Cow::Borrowed(&binding.target)),
-        None => match target_of_uri(req.uri()) {
-            Ok((scheme, target)) => (scheme, Cow::Owned(target)),
-            Err(e) => {
-                let error = ProxyError::BadRequest(format!("a proxy request needs an absolute URI: {e}"));
-                return shared.fail(Some(&context), &error);
-            }
-        },
-    };
-    let upstream = upstream_for(context.route.as_ref(), scheme, &target);
-    if shared.events.listening() {
-        trace.upstream = Some(format!("{}://{}", upstream.scheme.as_str(), upstream.addr));
-    }
-    if upstream.rewritten {
-        shared.log.event(format_args!("{} {target} -> {}", req.method(), upstream.addr));
-    }
-    if req.method() == Method::CONNECT {
-        // An extended CONNECT (RFC 8441): a WebSocket over an HTTP/2 stream.
-        let asked = asked_url(binding.as_deref(), req.uri());
-        return tunnel::websocket_over_h2(shared, context, req, (asked, upstream), connection.slot.clone()).await;
-    }
-    if let Some(protocol) = upgrade_protocol(req.headers()) {
-        let asked = asked_url(binding.as_deref(), req.uri());
-        return tunnel::upgrade(shared, context, req, (asked, upstream), protocol, connection.slot.clone()).await;
-    }
-    // A page load that fails gets a page that says why (and recovers by itself).
-    let navigation =
-        error_page::is_navigation(req.method(), req.headers()).then(|| asked_url(binding.as_deref(), req.uri()));
-    // Only a body is counted: a GET allocates nothing for it.
-    let req = if hyper::body::Body::is_end_stream(req.body()) {
-        req.map(|body| body.boxed())
-    } else {
-        let bytes_in = trace.bytes_in.insert(Arc::default()).clone();
-        req.map(|body| Metered::new(body.boxed(), bytes_in).boxed())
-    };
-    match forward(&shared, req, &upstream, &context).await {
-        Ok(response) => response,
-        Err(error) => match navigation.filter(|_| error_page::is_unreachable(&error)) {
-            Some(url) => {
-                shared.fail(Some(&context), &error);
-                error_page::render(&url, &format!("{}://{}", upstream.scheme.as_str(), upstream.addr), &error)
-            }
-            None => shared.fail(Some(&context), &error),
-        },
-    }
-}
-
-/// The URL a request asked for: absolute on the listener, rebuilt inside a tunnel.
-fn asked_url(binding: Option<&Binding>, uri: &http::Uri) -> String {
-    match binding {
-        Some(b) => format!("{}://{}{}", b.scheme.as_str(), b.target, uri),
-        None => uri.to_string(),
-    }
-}
-
-/// Sends a plain request through the pool and streams the answer back.
-async fn forward(
-    shared: &Shared,
-    req: Request<Body>,
-    upstream: &Upstream,
-    context: &Context,
-) -> Result<Response<Body>, ProxyError> {
-    let req = upstream_request(req, upstream, None);
-    let send = shared.pool.send(upstream, req, &context.upstream_slots);
-    let sent = tokio::time::timeout(shared.limits.response_timeout, send).await;
-    sent.unwrap_or_else(|_| Err(ProxyError::no_response(&upstream.addr, shared.limits.response_timeout)))
-        .map(client_response)
 }
