@@ -51,8 +51,8 @@ pub struct ProxyEvent {
 impl From<crate::observe::events::Event> for ProxyEvent {
     fn from(e: crate::observe::events::Event) -> Self {
         ProxyEvent {
-            kind: e.kind.to_owned(),
-            phase: e.phase.map(str::to_owned),
+            kind: e.kind.as_str().to_owned(),
+            phase: e.phase.map(|p| p.as_str().to_owned()),
             context_id: e.context_id,
             web_contents_id: e.web_contents_id,
             method: e.method,
@@ -62,8 +62,8 @@ impl From<crate::observe::events::Event> for ProxyEvent {
             duration_ms: e.duration_ms,
             bytes_in: e.bytes_in.map(|b| b as f64),
             bytes_out: e.bytes_out.map(|b| b as f64),
-            protocol: e.protocol.map(str::to_owned),
-            handling: e.handling.map(str::to_owned),
+            protocol: e.protocol.map(|p| p.as_str().to_owned()),
+            handling: e.handling.map(|h| h.as_str().to_owned()),
             cause: e.cause.map(str::to_owned),
             message: e.message,
         }

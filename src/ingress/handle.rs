@@ -17,7 +17,7 @@ use crate::answer::error::ProxyError;
 use crate::answer::error_page;
 use crate::answer::reply::{self, Body};
 use crate::conn::Binding;
-use crate::observe::events::{Event, Metered, RequestRecord};
+use crate::observe::events::{Event, EventKind, Metered, RequestProtocol, RequestRecord};
 use crate::policy::auth::Context;
 use crate::policy::routing::{upstream_for, Upstream};
 use crate::policy::target::target_of_uri;
@@ -85,7 +85,7 @@ pub(super) async fn handle_contained(
     }
     let started = std::time::Instant::now();
     let method = req.method().clone();
-    let protocol = if req.version() == http::Version::HTTP_2 { "h2" } else { "http/1.1" };
+    let protocol = if req.version() == http::Version::HTTP_2 { RequestProtocol::H2 } else { RequestProtocol::Http1 };
     let handling = handle(shared.clone(), connection, binding, req);
     let Handled { response, record } = AssertUnwindSafe(handling).catch_unwind().await.unwrap_or_else(|panic| {
         let message = panic
@@ -112,7 +112,7 @@ pub(super) async fn handle_contained(
         upstream: trace.upstream,
         status: Some(response.status().as_u16()),
         protocol: Some(protocol),
-        ..Event::of("request", Some(&trace.context))
+        ..Event::of(EventKind::Request, Some(&trace.context))
     });
     let record = RequestRecord {
         events: shared.events.clone(),

@@ -17,13 +17,124 @@ use crate::answer::error::ProxyError;
 use crate::answer::reply::Body;
 use crate::policy::auth::Context;
 
+/// What an event is about.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum EventKind {
+    #[default]
+    Request,
+    Tunnel,
+    WebSocket,
+    Error,
+    Context,
+}
+
+/// Where a tunnel, WebSocket or context is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Open,
+    Close,
+    Created,
+    Released,
+}
+
+/// How the proxy carries a tunnel's bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Handling {
+    /// Relayed as they are, to the target.
+    Blind,
+    /// Served by the proxy itself (plaintext HTTP inside a loopback tunnel); known for sure once
+    /// the first bytes were seen.
+    LookedInto,
+    /// TLS terminated with the proxy's leaf, then served.
+    Intercepted,
+    /// A WebSocket joined to its upstream after the handshake.
+    Relayed,
+}
+
+impl Handling {
+    fn from_u8(value: u8) -> Handling {
+        match value {
+            0 => Handling::Blind,
+            1 => Handling::LookedInto,
+            2 => Handling::Intercepted,
+            _ => Handling::Relayed,
+        }
+    }
+}
+
+/// A tunnel's [`Handling`], which may change once its first bytes were seen; read by its events.
+pub(crate) struct HandlingCell(std::sync::atomic::AtomicU8);
+
+impl HandlingCell {
+    pub(crate) fn new(handling: Handling) -> Self {
+        HandlingCell(std::sync::atomic::AtomicU8::new(handling as u8))
+    }
+
+    pub(crate) fn set(&self, handling: Handling) {
+        self.0.store(handling as u8, Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(&self) -> Handling {
+        Handling::from_u8(self.0.load(Ordering::Relaxed))
+    }
+}
+
+/// How a client sent a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RequestProtocol {
+    Http1,
+    H2,
+}
+
+impl EventKind {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Request => "request",
+            EventKind::Tunnel => "tunnel",
+            EventKind::WebSocket => "websocket",
+            EventKind::Error => "error",
+            EventKind::Context => "context",
+        }
+    }
+}
+
+impl Phase {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Phase::Open => "open",
+            Phase::Close => "close",
+            Phase::Created => "created",
+            Phase::Released => "released",
+        }
+    }
+}
+
+impl Handling {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Handling::Blind => "blind",
+            Handling::LookedInto => "looked-into",
+            Handling::Intercepted => "intercepted",
+            Handling::Relayed => "relayed",
+        }
+    }
+}
+
+impl RequestProtocol {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            RequestProtocol::Http1 => "http/1.1",
+            RequestProtocol::H2 => "h2",
+        }
+    }
+}
+
 /// One thing that happened, as the app sees it. Never carries credentials.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Event {
-    /// `request`, `tunnel`, `websocket`, `error` or `context`.
-    pub(crate) kind: &'static str,
-    /// `open`/`close` (tunnel, websocket), `created`/`released` (context).
-    pub(crate) phase: Option<&'static str>,
+    pub(crate) kind: EventKind,
+    pub(crate) phase: Option<Phase>,
     pub(crate) context_id: Option<String>,
     pub(crate) web_contents_id: Option<u32>,
     pub(crate) method: Option<String>,
@@ -36,17 +147,15 @@ pub(crate) struct Event {
     /// Bytes from the client, and to it.
     pub(crate) bytes_in: Option<u64>,
     pub(crate) bytes_out: Option<u64>,
-    /// How the client spoke: `http/1.1` or `h2`.
-    pub(crate) protocol: Option<&'static str>,
-    /// `blind`, `looked-into` or `intercepted` (tunnels).
-    pub(crate) handling: Option<&'static str>,
-    /// What failed (errors): `dns`, `refused`, `timeout`, `tls`, `forbidden`, `bad-request`, `upstream`.
+    pub(crate) protocol: Option<RequestProtocol>,
+    pub(crate) handling: Option<Handling>,
+    /// What failed (errors): `dns`, `refused`, `timeout`, `tls`, `forbidden`, `bad-request`, `upstream`, `busy`.
     pub(crate) cause: Option<&'static str>,
     pub(crate) message: Option<String>,
 }
 
 impl Event {
-    pub(crate) fn of(kind: &'static str, context: Option<&Context>) -> Event {
+    pub(crate) fn of(kind: EventKind, context: Option<&Context>) -> Event {
         Event {
             kind,
             context_id: context.map(|c| c.id.clone()),
@@ -115,7 +224,7 @@ impl Events {
             status: Some(error.status().as_u16()),
             message: Some(error.to_string()),
             url: url.map(str::to_owned),
-            ..Event::of("error", context)
+            ..Event::of(EventKind::Error, context)
         });
     }
 }
@@ -224,6 +333,21 @@ mod tests {
     use super::*;
     use parking_lot::Mutex;
 
+    #[test]
+    fn telemetry_names_are_the_documented_strings() {
+        let kinds = [EventKind::Request, EventKind::Tunnel, EventKind::WebSocket, EventKind::Error, EventKind::Context];
+        assert_eq!(kinds.map(EventKind::as_str), ["request", "tunnel", "websocket", "error", "context"]);
+        let phases = [Phase::Open, Phase::Close, Phase::Created, Phase::Released];
+        assert_eq!(phases.map(Phase::as_str), ["open", "close", "created", "released"]);
+        assert_eq!([RequestProtocol::Http1, RequestProtocol::H2].map(RequestProtocol::as_str), ["http/1.1", "h2"]);
+        for handling in [Handling::Blind, Handling::LookedInto, Handling::Intercepted, Handling::Relayed] {
+            let cell = HandlingCell::new(Handling::LookedInto);
+            cell.set(handling);
+            assert_eq!(cell.get(), handling);
+        }
+        assert_eq!(Handling::LookedInto.as_str(), "looked-into");
+    }
+
     struct Collect(Mutex<Vec<Event>>, bool);
 
     impl EventSink for Collect {
@@ -243,11 +367,11 @@ mod tests {
         let refuser = Arc::new(Collect(Mutex::default(), false));
         let id = events.subscribe(taker.clone());
         events.subscribe(refuser);
-        events.emit(|| Event::of("context", None));
+        events.emit(|| Event::of(EventKind::Context, None));
         assert_eq!(taker.0.lock().len(), 1);
         assert_eq!(events.dropped(), 1);
         events.unsubscribe(id);
-        events.emit(|| Event::of("context", None));
+        events.emit(|| Event::of(EventKind::Context, None));
         assert_eq!(taker.0.lock().len(), 1);
         assert_eq!(events.dropped(), 2);
     }

@@ -219,8 +219,8 @@ impl Proxy {
         let context = self.shared.contexts.create(web_contents_id, route);
         self.shared.log.event(format_args!("context {} for WebContents {web_contents_id}", context.id));
         self.shared.events.emit(|| crate::observe::events::Event {
-            phase: Some("created"),
-            ..crate::observe::events::Event::of("context", Some(&context))
+            phase: Some(crate::observe::events::Phase::Created),
+            ..crate::observe::events::Event::of(crate::observe::events::EventKind::Context, Some(&context))
         });
         context
     }
@@ -231,8 +231,8 @@ impl Proxy {
         if released {
             self.shared.log.event(format_args!("context {id} released"));
             self.shared.events.emit(|| crate::observe::events::Event {
-                phase: Some("released"),
-                ..crate::observe::events::Event::of("context", Some(&context))
+                phase: Some(crate::observe::events::Phase::Released),
+                ..crate::observe::events::Event::of(crate::observe::events::EventKind::Context, Some(&context))
             });
         }
         released

@@ -26,7 +26,7 @@ use crate::answer::reply::{self, empty_body, Body};
 use crate::conn::prefixed::sniff_stream;
 use crate::conn::sniff::Protocol;
 use crate::conn::{Binding, Stream};
-use crate::observe::events::{Event, OpenTunnel};
+use crate::observe::events::{Event, EventKind, Handling, HandlingCell, OpenTunnel, Phase};
 use crate::policy::auth::Context;
 use crate::policy::routing::{is_intercepted_host, upstream_for, Upstream};
 use crate::policy::target::{parse_authority, HostPort, Scheme};
@@ -65,13 +65,13 @@ pub(crate) async fn connect(
             Ok(stream) => stream,
             Err(error) => return shared.fail(Some(&context), &error),
         };
-        let record = TunnelRecord::new("tunnel", &target, Some(&upstream.addr), &context, "blind");
+        let record = TunnelRecord::new(EventKind::Tunnel, &target, Some(&upstream.addr), &context, Handling::Blind);
         spawn_relay(shared, cancel, slot, record, client, upstream_stream);
         return established();
     }
     if context.route.is_some() && is_intercepted_host(&target.host) {
         shared.log.event(format_args!("CONNECT {target}: looking inside"));
-        let record = TunnelRecord::new("tunnel", &target, None, &context, "looked-into");
+        let record = TunnelRecord::new(EventKind::Tunnel, &target, None, &context, Handling::LookedInto);
         spawn_tunnel(shared.clone(), cancel.clone(), slot.clone(), record.clone(), async move {
             let client = TokioIo::new(client.await.map_err(io::Error::other)?);
             look_inside(shared, context, target, client, cancel, slot, &record).await
@@ -87,7 +87,7 @@ pub(crate) async fn connect(
         Err(error) => return shared.fail(Some(&context), &error),
     };
     shared.log.event(format_args!("CONNECT {target}: tunnel open"));
-    let record = TunnelRecord::new("tunnel", &target, Some(&target), &context, "blind");
+    let record = TunnelRecord::new(EventKind::Tunnel, &target, Some(&target), &context, Handling::Blind);
     let traffic = record.traffic.clone();
     spawn_tunnel(shared.clone(), cancel, slot, record, async move {
         let client = client.await.map_err(io::Error::other)?;
@@ -104,43 +104,43 @@ fn established() -> Response<Body> {
 
 /// A tunnel or WebSocket, for its `open`/`close` events and its context's stats.
 struct TunnelRecord {
-    /// `tunnel` or `websocket`.
-    kind: &'static str,
+    /// A tunnel or a WebSocket.
+    kind: EventKind,
     /// What the client asked for: the CONNECT target, or the WebSocket's URL.
     target: String,
     /// Where the bytes go, when the proxy relays them itself.
     upstream: Option<String>,
     context: Arc<Context>,
-    /// `blind`, `looked-into` or `intercepted`; known for sure once the first bytes were seen.
-    handling: parking_lot::Mutex<&'static str>,
+    /// Known for sure once the first bytes were seen.
+    handling: HandlingCell,
     /// Bytes relayed: from the client (`a_to_b`) and to it.
     traffic: Arc<Traffic>,
 }
 
 impl TunnelRecord {
     fn new(
-        kind: &'static str,
+        kind: EventKind,
         target: &dyn std::fmt::Display,
         upstream: Option<&dyn std::fmt::Display>,
         context: &Arc<Context>,
-        handling: &'static str,
+        handling: Handling,
     ) -> Arc<Self> {
         Arc::new(TunnelRecord {
             kind,
             target: target.to_string(),
             upstream: upstream.map(|u| u.to_string()),
             context: context.clone(),
-            handling: parking_lot::Mutex::new(handling),
+            handling: HandlingCell::new(handling),
             traffic: Arc::default(),
         })
     }
 
-    fn event(&self, phase: &'static str) -> Event {
+    fn event(&self, phase: Phase) -> Event {
         Event {
             phase: Some(phase),
             url: Some(self.target.clone()),
             upstream: self.upstream.clone(),
-            handling: Some(*self.handling.lock()),
+            handling: Some(self.handling.get()),
             ..Event::of(self.kind, Some(&self.context))
         }
     }
@@ -159,7 +159,7 @@ where
         let _open = OpenTunnel::new(record.context.clone());
         let _slot = slot;
         let started = std::time::Instant::now();
-        shared.events.emit(|| record.event("open"));
+        shared.events.emit(|| record.event(Phase::Open));
         tokio::select! {
             result = work => {
                 if let Err(e) = result {
@@ -175,7 +175,7 @@ where
             duration_ms: Some(started.elapsed().as_secs_f64() * 1000.0),
             bytes_in: Some(bytes_in),
             bytes_out: Some(bytes_out),
-            ..record.event("close")
+            ..record.event(Phase::Close)
         });
     });
 }
@@ -272,14 +272,14 @@ async fn look_inside(
             let timeout = shared.limits.tls_handshake_timeout;
             let tls = interceptor.expect("checked above").accept(client, &target.host, timeout).await?;
             shared.log.event(format_args!("CONNECT {target}: TLS intercepted"));
-            *record.handling.lock() = "intercepted";
+            record.handling.set(Handling::Intercepted);
             let binding = Binding { context, target, scheme: Scheme::Https };
             (shared.serve_tunnel)(shared.clone(), Box::new(tls), binding, cancel, slot).await;
             Ok(())
         }
         Protocol::Tls | Protocol::Opaque => {
             let upstream = upstream_for(context.route.as_ref(), Scheme::Https, &target);
-            *record.handling.lock() = "blind";
+            record.handling.set(Handling::Blind);
             let upstream_stream = match open_tunnel(&shared, &upstream, &target, &context.upstream_slots).await {
                 Ok(stream) => stream,
                 Err(error) => {
@@ -368,7 +368,7 @@ async fn switch_protocols(
     }
     let upgraded = hyper::upgrade::on(&mut response);
     let idle = shared.limits.idle_tunnel_timeout;
-    let record = TunnelRecord::new("websocket", &asked, Some(&upstream.addr), context, "relayed");
+    let record = TunnelRecord::new(EventKind::WebSocket, &asked, Some(&upstream.addr), context, Handling::Relayed);
     let traffic = record.traffic.clone();
     spawn_tunnel(shared.clone(), context.revoked.child_token(), slot, record, async move {
         let (client, upstream) = tokio::try_join!(client, upgraded).map_err(io::Error::other)?;
