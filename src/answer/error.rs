@@ -3,66 +3,104 @@
 //! ([`crate::answer::reply::failure`]).
 
 use std::fmt;
+use std::sync::Arc;
 
 use http::StatusCode;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum ProxyError {
+/// What failed, with the status the client gets for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failure {
     /// The client's request cannot be forwarded as it is (400).
-    BadRequest(String),
-    /// A routed preview asked for an address on the user's machine (403).
-    Forbidden(String),
+    BadRequest,
+    /// A routed preview asked for an address it may not reach (403).
+    Forbidden,
     /// The upstream's name did not resolve (502).
-    Dns(String),
+    Dns,
     /// No address of the upstream accepted a connection (502).
-    Refused(String),
+    Refused,
     /// The TLS handshake with the upstream failed (502).
-    Tls(String),
+    Tls,
     /// The upstream broke the exchange, or answered a tunnel with an error (502).
-    BadGateway(String),
+    BadGateway,
     /// Connecting, the TLS handshake or the response head took too long (504).
-    Timeout(String),
+    Timeout,
     /// Too many upstream connections are open, for the preview or in all (503).
-    Unavailable(String),
+    Unavailable,
+}
+
+/// A failure on the way to an upstream: what failed, a one-line reason for
+/// the client, and the error that caused it (kept for `source()`).
+#[derive(Debug, Clone)]
+pub(crate) struct ProxyError {
+    failure: Failure,
+    reason: String,
+    cause: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+#[allow(non_snake_case)] // Named as the failures they build, so that call sites read as before.
+impl ProxyError {
+    pub(crate) fn BadRequest(reason: String) -> Self {
+        Self::new(Failure::BadRequest, reason)
+    }
+    pub(crate) fn Forbidden(reason: String) -> Self {
+        Self::new(Failure::Forbidden, reason)
+    }
+    pub(crate) fn Dns(reason: String) -> Self {
+        Self::new(Failure::Dns, reason)
+    }
+    pub(crate) fn Refused(reason: String) -> Self {
+        Self::new(Failure::Refused, reason)
+    }
+    pub(crate) fn Tls(reason: String) -> Self {
+        Self::new(Failure::Tls, reason)
+    }
+    pub(crate) fn BadGateway(reason: String) -> Self {
+        Self::new(Failure::BadGateway, reason)
+    }
+    pub(crate) fn Timeout(reason: String) -> Self {
+        Self::new(Failure::Timeout, reason)
+    }
+    pub(crate) fn Unavailable(reason: String) -> Self {
+        Self::new(Failure::Unavailable, reason)
+    }
 }
 
 impl ProxyError {
+    pub(crate) fn new(failure: Failure, reason: String) -> Self {
+        ProxyError { failure, reason, cause: None }
+    }
+
+    /// This failure, caused by `cause`.
+    pub(crate) fn caused_by(mut self, cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.cause = Some(Arc::new(cause));
+        self
+    }
+
+    pub(crate) fn failure(&self) -> Failure {
+        self.failure
+    }
+
     pub(crate) fn status(&self) -> StatusCode {
-        match self {
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ProxyError::Dns(_) | ProxyError::Refused(_) | ProxyError::Tls(_) | ProxyError::BadGateway(_) => {
-                StatusCode::BAD_GATEWAY
-            }
-            ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        match self.failure {
+            Failure::BadRequest => StatusCode::BAD_REQUEST,
+            Failure::Forbidden => StatusCode::FORBIDDEN,
+            Failure::Dns | Failure::Refused | Failure::Tls | Failure::BadGateway => StatusCode::BAD_GATEWAY,
+            Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Failure::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
     /// What failed, in one word (the `cause` of an error event).
     pub(crate) fn cause(&self) -> &'static str {
-        match self {
-            ProxyError::BadRequest(_) => "bad-request",
-            ProxyError::Forbidden(_) => "forbidden",
-            ProxyError::Dns(_) => "dns",
-            ProxyError::Refused(_) => "refused",
-            ProxyError::Tls(_) => "tls",
-            ProxyError::BadGateway(_) => "upstream",
-            ProxyError::Timeout(_) => "timeout",
-            ProxyError::Unavailable(_) => "busy",
-        }
-    }
-
-    fn reason(&self) -> &str {
-        match self {
-            ProxyError::BadRequest(r)
-            | ProxyError::Forbidden(r)
-            | ProxyError::Dns(r)
-            | ProxyError::Refused(r)
-            | ProxyError::Tls(r)
-            | ProxyError::BadGateway(r)
-            | ProxyError::Timeout(r)
-            | ProxyError::Unavailable(r) => r,
+        match self.failure {
+            Failure::BadRequest => "bad-request",
+            Failure::Forbidden => "forbidden",
+            Failure::Dns => "dns",
+            Failure::Refused => "refused",
+            Failure::Tls => "tls",
+            Failure::BadGateway => "upstream",
+            Failure::Timeout => "timeout",
+            Failure::Unavailable => "busy",
         }
     }
 
@@ -71,22 +109,23 @@ impl ProxyError {
         ProxyError::Timeout(format!("{upstream} did not answer within {limit:?}"))
     }
 
-    /// A 502 for a failed exchange with `upstream`, with the deepest cause on one line.
-    pub(crate) fn exchange(upstream: impl fmt::Display, error: &(dyn std::error::Error + 'static)) -> Self {
+    /// A 502 for a failed exchange with `upstream`, with the deepest cause on
+    /// one line (and the error itself as the source).
+    pub(crate) fn exchange(upstream: impl fmt::Display, error: impl std::error::Error + Send + Sync + 'static) -> Self {
         let mut reason = error.to_string();
         let mut source = error.source();
         while let Some(e) = source {
             reason = e.to_string();
             source = e.source();
         }
-        ProxyError::BadGateway(format!("upstream {upstream} failed: {reason}"))
+        ProxyError::BadGateway(format!("upstream {upstream} failed: {reason}")).caused_by(error)
     }
 }
 
 impl fmt::Display for ProxyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // One line, whatever an upstream put in its error text.
-        for (i, line) in self.reason().split(['\r', '\n']).enumerate() {
+        for (i, line) in self.reason.split(['\r', '\n']).enumerate() {
             if i > 0 {
                 f.write_str(" ")?;
             }
@@ -96,7 +135,11 @@ impl fmt::Display for ProxyError {
     }
 }
 
-impl std::error::Error for ProxyError {}
+impl std::error::Error for ProxyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause.as_deref().map(|cause| cause as &(dyn std::error::Error + 'static))
+    }
+}
 
 /// A setting the proxy cannot work with, or a certificate it cannot build:
 /// what (`field`, named as the app names it) and why.
@@ -138,7 +181,10 @@ mod tests {
     fn exchange_failures_name_the_deepest_cause() {
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
         let outer = std::io::Error::other(io);
-        let error = ProxyError::exchange("h:1", &outer);
+        let error = ProxyError::exchange("h:1", outer);
         assert_eq!(error.to_string(), "upstream h:1 failed: reset by peer");
+        // The cause is kept.
+        let source = std::error::Error::source(&error).expect("a source");
+        assert_eq!(source.to_string(), "reset by peer");
     }
 }

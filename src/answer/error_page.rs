@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Response};
 use http_body_util::{BodyExt, Full};
 
-use crate::answer::error::ProxyError;
+use crate::answer::error::{Failure, ProxyError};
 use crate::answer::reply::{Body, PROXY_ERROR_HEADER};
 
 /// Whether a request is a page load a person sees: `Sec-Fetch-Mode: navigate`,
@@ -27,15 +27,15 @@ pub(crate) fn is_navigation(method: &Method, headers: &HeaderMap) -> bool {
 /// Whether `error` means the dev box itself could not be reached (rather
 /// than a bad request or a policy refusal).
 pub(crate) fn is_unreachable(error: &ProxyError) -> bool {
-    matches!(error, ProxyError::Dns(_) | ProxyError::Refused(_) | ProxyError::Timeout(_) | ProxyError::Tls(_))
+    matches!(error.failure(), Failure::Dns | Failure::Refused | Failure::Timeout | Failure::Tls)
 }
 
 fn plain_words(error: &ProxyError) -> &'static str {
-    match error {
-        ProxyError::Dns(_) => "The dev box's name does not resolve (DNS): it may not exist yet, or it was stopped.",
-        ProxyError::Refused(_) => "Nothing accepted the connection: the dev box or its dev server is not running.",
-        ProxyError::Timeout(_) => "The dev box did not answer in time.",
-        ProxyError::Tls(_) => "The secure connection to the dev box failed (TLS).",
+    match error.failure() {
+        Failure::Dns => "The dev box's name does not resolve (DNS): it may not exist yet, or it was stopped.",
+        Failure::Refused => "Nothing accepted the connection: the dev box or its dev server is not running.",
+        Failure::Timeout => "The dev box did not answer in time.",
+        Failure::Tls => "The secure connection to the dev box failed (TLS).",
         _ => "The dev box could not be reached.",
     }
 }

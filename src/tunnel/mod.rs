@@ -31,9 +31,9 @@ use crate::policy::auth::Context;
 use crate::policy::routing::{is_intercepted_host, upstream_for, Upstream};
 use crate::policy::target::{parse_authority, HostPort, Scheme};
 use crate::shared::{Shared, Slot};
-use crate::tunnel::relay::{relay, Traffic};
 use crate::upstream::connector::{Alpn, Counted};
 use crate::upstream::request::{client_response, upstream_request};
+use relay::{join_streams, Traffic};
 
 /// Answers a `CONNECT`. A routed context's CONNECTs to loopback names and to
 /// hosts under `.cmux.local`/`.manaflow.local` are looked into; everything else
@@ -73,7 +73,7 @@ pub(crate) async fn connect(
         shared.log.event(format_args!("CONNECT {target}: looking inside"));
         let record = TunnelRecord::new(EventKind::Tunnel, &target, None, &context, Handling::LookedInto);
         spawn_tunnel(shared.clone(), cancel.clone(), slot.clone(), record.clone(), async move {
-            let client = TokioIo::new(client.await.map_err(io::Error::other)?);
+            let client = TokioIo::new(client.await.map_err(client_lost)?);
             look_inside(shared, context, target, client, cancel, slot, &record).await
         });
         return established();
@@ -90,10 +90,20 @@ pub(crate) async fn connect(
     let record = TunnelRecord::new(EventKind::Tunnel, &target, Some(&target), &context, Handling::Blind);
     let traffic = record.traffic.clone();
     spawn_tunnel(shared.clone(), cancel, slot, record, async move {
-        let client = client.await.map_err(io::Error::other)?;
-        relay_to_socket(&shared, client, upstream, &traffic).await
+        let client = client.await.map_err(client_lost)?;
+        relay_to_socket(&shared, client, upstream, &traffic).await.map_err(relay_failed)
     });
     established()
+}
+
+/// A tunnel that ended on a failure of its relay (idle too long, a peer reset).
+fn relay_failed(e: io::Error) -> ProxyError {
+    ProxyError::BadGateway(format!("the tunnel's relay failed: {e}")).caused_by(e)
+}
+
+/// The client's side of an upgrade never came (the connection went away first).
+fn client_lost(e: hyper::Error) -> ProxyError {
+    ProxyError::exchange("the client", e)
 }
 
 fn established() -> Response<Body> {
@@ -149,7 +159,7 @@ impl TunnelRecord {
 /// Runs a tunnel's work as a tracked task that ends when `cancel` fires.
 fn spawn_tunnel<F>(shared: Arc<Shared>, cancel: CancellationToken, slot: Slot, record: Arc<TunnelRecord>, work: F)
 where
-    F: std::future::Future<Output = io::Result<()>> + Send + 'static,
+    F: std::future::Future<Output = Result<(), ProxyError>> + Send + 'static,
 {
     let tasks = shared.tasks.clone();
     // Boxed: moved into `select!` below, it would take its size twice in the task.
@@ -191,8 +201,8 @@ fn spawn_relay(
 ) {
     let (idle, traffic) = (shared.limits.idle_tunnel_timeout, record.traffic.clone());
     spawn_tunnel(shared, cancel, slot, record, async move {
-        let client = TokioIo::new(client.await.map_err(io::Error::other)?);
-        relay(client, upstream, idle, traffic).await
+        let client = TokioIo::new(client.await.map_err(client_lost)?);
+        join_streams(client, upstream, idle, traffic).await.map_err(relay_failed)
     });
 }
 
@@ -218,13 +228,13 @@ async fn relay_to_socket(
                 traffic.a_to_b.fetch_add(bytes.len() as u64, Relaxed);
             }
             shared.stats.tunnel_spliced();
-            return crate::tunnel::splice::relay(&shared.pipes, socket, upstream, idle, traffic).await;
+            return splice::splice_sockets(&shared.pipes, socket, upstream, idle, traffic).await;
         }
         Err(client) => client,
     };
     #[cfg(not(target_os = "linux"))]
     let client = TokioIo::new(client);
-    relay(client, upstream, idle, traffic.clone()).await
+    join_streams(client, upstream, idle, traffic.clone()).await
 }
 
 /// The client's socket of a blind tunnel, with the bytes it sent that were
@@ -257,9 +267,9 @@ async fn look_inside(
     cancel: CancellationToken,
     slot: Slot,
     record: &TunnelRecord,
-) -> io::Result<()> {
+) -> Result<(), ProxyError> {
     // A tunnel that stays silent is idle like any other.
-    let (protocol, client) = sniff_stream(client, shared.limits.idle_tunnel_timeout).await?;
+    let (protocol, client) = sniff_stream(client, shared.limits.idle_tunnel_timeout).await.map_err(relay_failed)?;
     let Some(protocol) = protocol else { return Ok(()) };
     let interceptor = shared.interceptor.as_ref();
     match protocol {
@@ -270,7 +280,9 @@ async fn look_inside(
         }
         Protocol::Tls if interceptor.is_some() => {
             let timeout = shared.limits.tls_handshake_timeout;
-            let tls = interceptor.expect("checked above").accept(client, &target.host, timeout).await?;
+            let accepted = interceptor.expect("checked above").accept(client, &target.host, timeout).await;
+            let tls = accepted
+                .map_err(|e| ProxyError::BadRequest(format!("TLS inside the tunnel failed: {e}")).caused_by(e))?;
             shared.log.event(format_args!("CONNECT {target}: TLS intercepted"));
             record.handling.set(Handling::Intercepted);
             let binding = Binding { context, target, scheme: Scheme::Https };
@@ -284,10 +296,11 @@ async fn look_inside(
                 Ok(stream) => stream,
                 Err(error) => {
                     shared.events.failure(Some(&context), None, &error);
-                    return Err(io::Error::other(error));
+                    return Err(error);
                 }
             };
-            relay(client, upstream_stream, shared.limits.idle_tunnel_timeout, record.traffic.clone()).await
+            let idle = shared.limits.idle_tunnel_timeout;
+            join_streams(client, upstream_stream, idle, record.traffic.clone()).await.map_err(relay_failed)
         }
     }
 }
@@ -319,7 +332,7 @@ async fn open_tunnel(
     if response.status() != StatusCode::OK {
         return Err(ProxyError::BadGateway(format!("{} answered CONNECT with {}", upstream.addr, response.status())));
     }
-    let upgraded = hyper::upgrade::on(response).await.map_err(|e| ProxyError::exchange(&upstream.addr, &e))?;
+    let upgraded = hyper::upgrade::on(response).await.map_err(|e| ProxyError::exchange(&upstream.addr, e))?;
     Ok(Box::new(TokioIo::new(upgraded)))
 }
 
@@ -335,7 +348,7 @@ async fn send_http1(
         shared.connector.connect(upstream.scheme, &upstream.addr, Alpn::Http1, &upstream.policy, slots).await?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| ProxyError::exchange(&upstream.addr, &e))?;
+        .map_err(|e| ProxyError::exchange(&upstream.addr, e))?;
     shared.tasks.spawn(async move {
         let _ = connection.with_upgrades().await;
     });
@@ -345,7 +358,7 @@ async fn send_http1(
         *req.uri_mut() = Uri::try_from(origin_form).unwrap_or_else(|_| Uri::from_static("/"));
     }
     match tokio::time::timeout(shared.limits.response_timeout, sender.send_request(req)).await {
-        Ok(sent) => sent.map_err(|e| ProxyError::exchange(&upstream.addr, &e)),
+        Ok(sent) => sent.map_err(|e| ProxyError::exchange(&upstream.addr, e)),
         Err(_) => Err(ProxyError::no_response(&upstream.addr, shared.limits.response_timeout)),
     }
 }
@@ -371,8 +384,8 @@ async fn switch_protocols(
     let record = TunnelRecord::new(EventKind::WebSocket, &asked, Some(&upstream.addr), context, Handling::Relayed);
     let traffic = record.traffic.clone();
     spawn_tunnel(shared.clone(), context.revoked.child_token(), slot, record, async move {
-        let (client, upstream) = tokio::try_join!(client, upgraded).map_err(io::Error::other)?;
-        relay(TokioIo::new(client), TokioIo::new(upstream), idle, traffic).await
+        let (client, upstream) = tokio::try_join!(client, upgraded).map_err(client_lost)?;
+        join_streams(TokioIo::new(client), TokioIo::new(upstream), idle, traffic).await.map_err(relay_failed)
     });
     Ok(client_response(response.map(|_| empty_body())))
 }

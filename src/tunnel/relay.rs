@@ -80,7 +80,7 @@ impl<D: Default> Joined<D> {
 
 /// Copies `a` to `b` and `b` to `a` until both directions have ended; fails
 /// with `TimedOut` when no byte moved either way for `idle_timeout`.
-pub(crate) async fn relay<A, B>(a: A, b: B, idle_timeout: Duration, traffic: Arc<Traffic>) -> io::Result<()>
+pub(crate) async fn join_streams<A, B>(a: A, b: B, idle_timeout: Duration, traffic: Arc<Traffic>) -> io::Result<()>
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -227,7 +227,7 @@ mod tests {
         let (proxy_upstream_side, upstream) = tokio::io::duplex(1024);
         let traffic = Arc::new(Traffic::default());
         let relaying =
-            tokio::spawn(relay(proxy_client_side, proxy_upstream_side, Duration::from_secs(5), traffic.clone()));
+            tokio::spawn(join_streams(proxy_client_side, proxy_upstream_side, Duration::from_secs(5), traffic.clone()));
         exchange::both_ways(client, upstream, 300_000).await;
         relaying.await.unwrap().unwrap();
         assert_eq!(traffic.a_to_b.load(Ordering::Relaxed), 300_000);
@@ -238,7 +238,7 @@ mod tests {
     async fn a_silent_tunnel_times_out() {
         let (_client, a) = tokio::io::duplex(64);
         let (b, _upstream) = tokio::io::duplex(64);
-        let error = relay(a, b, Duration::from_secs(600), Arc::default()).await.unwrap_err();
+        let error = join_streams(a, b, Duration::from_secs(600), Arc::default()).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
     }
 }

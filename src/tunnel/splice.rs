@@ -28,7 +28,7 @@ const SPLICES_PER_POLL: usize = 32;
 /// passed on). Fails with `TimedOut` once no byte moved for `idle_timeout`.
 /// A hand-written future, as the portable relay: a few hundred bytes per
 /// tunnel, where `async` pumps joined under a timer took over a kilobyte.
-pub(crate) fn relay<'a>(
+pub(crate) fn splice_sockets<'a>(
     pipes: &'a Pipes,
     a: TcpStream,
     b: TcpStream,
@@ -143,7 +143,9 @@ mod tests {
         let traffic = std::sync::Arc::new(Traffic::default());
         let relaying = tokio::spawn({
             let (pipes, traffic) = (pipes.clone(), traffic.clone());
-            async move { relay(&pipes, proxy_client_side, proxy_upstream_side, Duration::from_secs(5), &traffic).await }
+            async move {
+                splice_sockets(&pipes, proxy_client_side, proxy_upstream_side, Duration::from_secs(5), &traffic).await
+            }
         });
         crate::tunnel::relay::exchange::both_ways(client, upstream, 5_000_000).await;
         relaying.await.unwrap().unwrap();
@@ -158,7 +160,7 @@ mod tests {
         let (_client, a) = socket_pair().await;
         let (b, _upstream) = socket_pair().await;
         let pipes = Pipes::default();
-        let error = relay(&pipes, a, b, Duration::from_secs(600), &Traffic::default()).await.unwrap_err();
+        let error = splice_sockets(&pipes, a, b, Duration::from_secs(600), &Traffic::default()).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
     }
 
@@ -172,7 +174,7 @@ mod tests {
         drop(upstream);
         let mut client = client;
         let _writing = tokio::spawn(async move { client.write_all(&[7u8; 200_000]).await });
-        let relayed = relay(&pipes, a, b, Duration::from_secs(5), &Traffic::default()).await;
+        let relayed = splice_sockets(&pipes, a, b, Duration::from_secs(5), &Traffic::default()).await;
         assert!(relayed.is_err(), "writing into a reset connection fails: {relayed:?}");
     }
 }

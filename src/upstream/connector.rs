@@ -199,16 +199,15 @@ impl Connector {
             let candidates = match self.inner.resolve.get(&addr.authority()) {
                 Some(configured) => vec![*configured],
                 None => {
-                    let found = self
-                        .lookup(addr)
-                        .await
-                        .map_err(|e| ProxyError::Dns(format!("cannot reach {addr}: DNS lookup failed: {e}")))?;
+                    let found = self.lookup(addr).await.map_err(|e| {
+                        ProxyError::Dns(format!("cannot reach {addr}: DNS lookup failed: {e}")).caused_by(e)
+                    })?;
                     allowed_addresses(addr, found, policy, &self.inner.own_addresses)?
                 }
             };
             let stream = eyeballs::race(candidates)
                 .await
-                .map_err(|e| ProxyError::Refused(format!("cannot reach {addr}: {e}")))?;
+                .map_err(|e| ProxyError::Refused(format!("cannot reach {addr}: {e}")).caused_by(e))?;
             let _ = stream.set_nodelay(true);
             Ok(Counted { io: stream, slots })
         };
@@ -242,7 +241,7 @@ impl Connector {
         };
         match tokio::time::timeout(self.inner.connect_timeout, tls.connect(server_name, tcp)).await {
             Ok(Ok(stream)) => Ok(UpstreamStream { io: UpstreamIo::Tls(Box::new(stream)), _slots: slots }),
-            Ok(Err(e)) => Err(ProxyError::Tls(format!("cannot reach {addr}: TLS handshake failed: {e}"))),
+            Ok(Err(e)) => Err(ProxyError::Tls(format!("cannot reach {addr}: TLS handshake failed: {e}")).caused_by(e)),
             Err(_) => Err(ProxyError::Timeout(format!("TLS handshake with {addr} timed out"))),
         }
     }
@@ -395,6 +394,7 @@ pub(crate) fn parse_resolve(entries: HashMap<String, String>) -> Result<HashMap<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::answer::error::Failure;
 
     #[test]
     fn resolve_entries_are_normalised() {
@@ -416,7 +416,7 @@ mod tests {
         let public_only = AddressPolicy::PublicOnly(Default::default());
         for refused in [addrs(&["127.0.0.1:80"]), addrs(&["10.1.1.1:80", "[fd00::1]:80"])] {
             let result = allowed_addresses(&target, refused.clone(), &public_only, &own);
-            assert!(matches!(result, Err(ProxyError::Forbidden(_))), "{refused:?}: {result:?}");
+            assert!(matches!(&result, Err(e) if e.failure() == Failure::Forbidden), "{refused:?}: {result:?}");
             assert_eq!(allowed_addresses(&target, refused.clone(), &AddressPolicy::Any, &own).unwrap(), refused);
         }
         // Refused answers are skipped when others remain.

@@ -172,14 +172,15 @@ impl Pool {
                 Ok(response) => return Ok(response),
                 Err(failed) => failed,
             };
-            let fault = ProxyError::exchange(&upstream.addr, &failed.error);
-            if reused && failed.multiplexed.is_none() {
+            let Failed { error, unsent, unprocessed, multiplexed } = failed;
+            let fault = ProxyError::exchange(&upstream.addr, error);
+            if reused && multiplexed.is_none() {
                 // A stale kept-alive connection is rarely alone: its siblings went idle with it.
                 origin.state.lock().idle.clear();
             }
-            let retry = match failed.unsent {
+            let retry = match unsent {
                 Some(unsent) => Some(unsent),
-                None if failed.unprocessed || (reused && idempotent) => {
+                None if unprocessed || (reused && idempotent) => {
                     replay.as_ref().map(|(method, headers)| rebuild(method, headers))
                 }
                 None => None,
@@ -250,7 +251,7 @@ impl Pool {
             let stream = self.connector.connect(key.scheme, &key.addr, Alpn::Any, &key.policy, slots).await?;
             let multiplexed = stream.is_h2();
             let io = TokioIo::new(stream);
-            let handshake_failed = |e: hyper::Error| ProxyError::exchange(&key.addr, &e);
+            let handshake_failed = |e: hyper::Error| ProxyError::exchange(&key.addr, e);
             if multiplexed {
                 let (sender, connection) = http2::Builder::new(TokioExecutor::new())
                     .timer(TokioTimer::new())
