@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use base64::Engine;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::ext::ReasonPhrase;
@@ -32,7 +32,7 @@ use crate::policy::routing::{is_intercepted_host, upstream_for, Upstream};
 use crate::policy::target::{parse_authority, HostPort, Scheme};
 use crate::shared::{Shared, Slot};
 use crate::upstream::connector::{Alpn, Counted};
-use crate::upstream::request::{client_response, upstream_request};
+use crate::upstream::request::{client_response, to_origin_form, upstream_request};
 use relay::{join_streams, Traffic};
 
 /// Answers a `CONNECT`. A routed context's CONNECTs to loopback names and to
@@ -353,10 +353,7 @@ async fn send_http1(
         let _ = connection.with_upgrades().await;
     });
     // A direct connection takes origin-form targets (authority-form for CONNECT).
-    if req.method() != Method::CONNECT {
-        let origin_form = req.uri().path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
-        *req.uri_mut() = Uri::try_from(origin_form).unwrap_or_else(|_| Uri::from_static("/"));
-    }
+    to_origin_form(&mut req);
     match tokio::time::timeout(shared.limits.response_timeout, sender.send_request(req)).await {
         Ok(sent) => sent.map_err(|e| ProxyError::exchange(&upstream.addr, e)),
         Err(_) => Err(ProxyError::no_response(&upstream.addr, shared.limits.response_timeout)),

@@ -75,12 +75,13 @@ pub(crate) fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
     connection_upgrade.then(|| headers.get(header::UPGRADE).cloned()).flatten()
 }
 
-/// Turns a client's request into the one `upstream` receives. `upgrade` keeps
+/// Turns a client's request into the one `upstream` receives: its absolute
+/// URI names the upstream (HTTP/2's `:authority`), and the client's `Host`
+/// is gone; [`to_origin_form`] makes it an HTTP/1.1 request. `upgrade` keeps
 /// the protocol switch that hop-by-hop stripping would otherwise drop.
 pub(crate) fn upstream_request<B>(req: Request<B>, upstream: &Upstream, upgrade: Option<HeaderValue>) -> Request<B> {
     let (mut parts, body) = req.into_parts();
-    let host = upstream.host_header();
-    parts.uri = absolute_uri(&parts.uri, upstream, &host);
+    parts.uri = absolute_uri(&parts.uri, upstream, &upstream.host_header());
     parts.version = Version::HTTP_11;
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
@@ -91,9 +92,7 @@ pub(crate) fn upstream_request<B>(req: Request<B>, upstream: &Upstream, upgrade:
             headers.insert(*name, value);
         }
     }
-    if let Ok(host) = HeaderValue::from_str(&host) {
-        headers.insert(header::HOST, host);
-    }
+    headers.remove(header::HOST);
     if let Some(protocol) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol);
@@ -113,6 +112,19 @@ fn absolute_uri(asked: &Uri, upstream: &Upstream, host: &str) -> Uri {
     let path_and_query = asked.path_and_query().filter(|pq| pq.as_str().starts_with('/'));
     parts.path_and_query = Some(path_and_query.cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
     Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
+}
+
+/// An upstream request for HTTP/1.1: the origin-form target and the `Host`
+/// its absolute URI names. A `CONNECT` keeps its authority-form target.
+pub(crate) fn to_origin_form<B>(req: &mut Request<B>) {
+    if req.method() == http::Method::CONNECT {
+        return;
+    }
+    if let Some(host) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+        req.headers_mut().insert(header::HOST, host);
+    }
+    let origin_form = req.uri().path_and_query().map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
+    *req.uri_mut() = origin_form;
 }
 
 /// Cleans an upstream's response for the client; a `101` keeps its handshake headers.
@@ -165,8 +177,12 @@ mod tests {
         let target = HostPort { host: "example.com".into(), port: 80 };
         let out = upstream_request(req, &upstream_for(None, Scheme::Http, &target), None);
         let names: Vec<&str> = out.headers().keys().map(|k| k.as_str()).collect();
-        assert_eq!(names, ["cookie", "host"]);
+        assert_eq!(names, ["cookie"]);
         assert_eq!(out.uri(), "http://example.com/a?b=1");
+        // For HTTP/1.1, the Host the absolute URI names.
+        let mut out = out;
+        to_origin_form(&mut out);
+        assert_eq!(out.uri(), "/a?b=1");
         assert_eq!(out.headers()["host"], "example.com");
     }
 
@@ -179,7 +195,7 @@ mod tests {
         let upgrade = upgrade_protocol(req.headers());
         let out = upstream_request(req, &upstream_for(Some(&route), Scheme::Http, &target), upgrade);
         assert_eq!(out.uri(), "https://origin.test/hmr");
-        assert_eq!(out.headers()["host"], "origin.test");
+        assert!(out.headers().get("host").is_none(), "the client's Host never goes upstream");
         assert_eq!(out.headers()["x-cmux-host-override"], "localhost:3000");
         assert_eq!(out.headers()["x-cmux-port-internal"], "3000");
         assert_eq!(out.headers()["upgrade"], "websocket");

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{header, HeaderValue, Request, Response, Uri};
+use http::{header, Request, Response, Uri};
 use hyper::body::Body as _;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -35,6 +35,7 @@ use crate::answer::error::ProxyError;
 use crate::answer::reply::Body;
 use crate::policy::routing::{AddressPolicy, HostPort, Scheme, Upstream};
 use crate::upstream::connector::{Alpn, Connector};
+use crate::upstream::request::to_origin_form;
 
 /// A connection unused for this long is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -160,7 +161,6 @@ impl Pool {
         let origin = self.origin(upstream);
         let (mut parts, body) = req.into_parts();
         let uri = std::mem::take(&mut parts.uri);
-        let host = parts.headers.remove(header::HOST);
         // Without a body, the request can be built again for a retry.
         let replay = body.is_end_stream().then(|| (parts.method.clone(), parts.headers.clone()));
         let idempotent = is_idempotent(&parts.method);
@@ -168,7 +168,7 @@ impl Pool {
         for attempt in 1..=MAX_ATTEMPTS {
             let lease = self.checkout(&origin, slots).await?;
             let reused = lease.reused;
-            let failed = match lease.send(&origin, req, &uri, host.as_ref()).await {
+            let failed = match lease.send(&origin, req, &uri).await {
                 Ok(response) => return Ok(response),
                 Err(failed) => failed,
             };
@@ -391,20 +391,11 @@ impl Origin {
 }
 
 impl Lease {
-    async fn send(
-        self,
-        origin: &Arc<Origin>,
-        mut req: Request<Body>,
-        uri: &Uri,
-        host: Option<&HeaderValue>,
-    ) -> Result<Response<Body>, Failed> {
+    async fn send(self, origin: &Arc<Origin>, mut req: Request<Body>, uri: &Uri) -> Result<Response<Body>, Failed> {
         match self.sender {
             Sender::Http1(mut sender) => {
-                // HTTP/1.1 to an origin: origin-form target and a Host header.
-                *req.uri_mut() = uri.path_and_query().map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
-                if let Some(host) = host {
-                    req.headers_mut().insert(header::HOST, host.clone());
-                }
+                *req.uri_mut() = uri.clone();
+                to_origin_form(&mut req);
                 if let Err(error) = sender.ready().await {
                     return Err(Failed { error, unsent: Some(req), unprocessed: false, multiplexed: None });
                 }
@@ -417,8 +408,8 @@ impl Lease {
                 }
             }
             Sender::Http2(mut connection) => {
-                // HTTP/2 names the host in `:authority`; a `Host` beside it makes some servers
-                // (nginx before 1.27) answer 400.
+                // HTTP/2 names the host in `:authority`; a `Host` beside it (a retry of a request first
+                // tried over HTTP/1.1 carries one) makes some servers (nginx before 1.27) answer 400.
                 *req.uri_mut() = uri.clone();
                 req.headers_mut().remove(header::HOST);
                 connection.in_flight.fetch_add(1, Ordering::Relaxed);
