@@ -16,9 +16,7 @@ use crate::config::Limits;
 use crate::conn::{Binding, Stream};
 use crate::observe::log::Log;
 use crate::observe::stats::Stats;
-use crate::policy::address::PrivateNetworks;
 use crate::policy::auth::{Context, Contexts};
-use crate::policy::routing::Origin;
 use crate::tls::intercept::Interceptor;
 use crate::upstream::connector::Connector;
 use crate::upstream::pool::Pool;
@@ -87,29 +85,35 @@ pub(crate) struct Shared {
     pub(crate) log: Log,
     pub(crate) events: Arc<crate::observe::events::Events>,
     pub(crate) http2: bool,
-    /// Given to every routed context's route (see [`Options::test_proxy_origin`]).
-    pub(crate) test_proxy_origin: Option<Origin>,
-    /// Added to every routed context's route (see [`Options::private_networks`]).
-    pub(crate) private_networks: PrivateNetworks,
     /// Terminates TLS inside loopback tunnels; `None` when interception is off.
     pub(crate) interceptor: Option<Interceptor>,
     /// Terminates TLS on the listener (HTTPS proxy mode); `None` when off.
     pub(crate) listener_tls: Option<tokio_rustls::TlsAcceptor>,
-    pub(crate) ca_cert_pem: String,
-    pub(crate) ca_spki_sha256: String,
     pub(crate) limits: Limits,
     /// Cancelled by `stop`: every connection, tunnel and context token descends from it.
     pub(crate) shutdown: CancellationToken,
     pub(crate) tasks: TaskTracker,
-    /// One permit per client connection on the listener.
-    pub(crate) connection_slots: Arc<tokio::sync::Semaphore>,
-    /// One permit per listener connection that has not authenticated a request yet.
-    pub(crate) unauthenticated_slots: Arc<tokio::sync::Semaphore>,
-    /// One permit per context's own port.
-    pub(crate) context_ports: Arc<tokio::sync::Semaphore>,
+    pub(crate) admission: Admission,
     /// Pipes for the blind tunnels that splice(2) relays.
     #[cfg(target_os = "linux")]
     pub(crate) pipes: crate::conn::pipes::Pipes,
+}
+
+/// The places client connections take: one each under `maxConnections`,
+/// and one under `maxUnauthenticatedConnections` until a listener
+/// connection authenticates a request.
+pub(crate) struct Admission {
+    pub(crate) connections: Arc<tokio::sync::Semaphore>,
+    pub(crate) unauthenticated: Arc<tokio::sync::Semaphore>,
+}
+
+impl Admission {
+    pub(crate) fn new(limits: &Limits) -> Self {
+        Admission {
+            connections: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
+            unauthenticated: Arc::new(tokio::sync::Semaphore::new(limits.max_unauthenticated)),
+        }
+    }
 }
 
 impl Shared {

@@ -37,7 +37,7 @@ async fn accept_loop(shared: Arc<Shared>, context: Arc<Context>, listener: TcpLi
             Ok((stream, _)) => {
                 let _ = stream.set_nodelay(true);
                 // Own ports share the proxy's cap on client connections.
-                let Ok(slot) = shared.connection_slots.clone().try_acquire_owned() else {
+                let Ok(slot) = shared.admission.connections.clone().try_acquire_owned() else {
                     shared.tasks.spawn(server::refuse_over_capacity(stream, "proxy is at its connection cap\n"));
                     continue;
                 };

@@ -33,13 +33,13 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
         match accepted {
             Ok((stream, _)) => {
                 let _ = stream.set_nodelay(true);
-                let Ok(slot) = shared.connection_slots.clone().try_acquire_owned() else {
+                let Ok(slot) = shared.admission.connections.clone().try_acquire_owned() else {
                     shared.tasks.spawn(refuse_over_capacity(stream, "proxy is at its connection cap\n"));
                     continue;
                 };
                 // Connections that have not authenticated yet have a cap of their own: they cannot
                 // take every place from the previews.
-                let Ok(unauthenticated) = shared.unauthenticated_slots.clone().try_acquire_owned() else {
+                let Ok(unauthenticated) = shared.admission.unauthenticated.clone().try_acquire_owned() else {
                     let busy = "too many connections are waiting to authenticate\n";
                     shared.tasks.spawn(refuse_over_capacity(stream, busy));
                     continue;

@@ -5,8 +5,9 @@
 mod tests;
 
 pub(crate) use crate::config::{Limits, Options};
+use crate::policy::address::PrivateNetworks;
 pub(crate) use crate::shared::runtime;
-use crate::shared::{listen, Shared};
+use crate::shared::{listen, Admission, Shared};
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -52,6 +53,14 @@ impl fmt::Display for StartError {
 pub(crate) struct Proxy {
     shared: Arc<Shared>,
     addr: SocketAddr,
+    ca_cert_pem: String,
+    ca_spki_sha256: String,
+    /// Given to every routed context's route (see [`Options::test_proxy_origin`]).
+    test_proxy_origin: Option<Origin>,
+    /// Added to every routed context's route (see [`Options::private_networks`]).
+    private_networks: PrivateNetworks,
+    /// One permit per context's own port.
+    context_ports: Arc<tokio::sync::Semaphore>,
 }
 
 impl Proxy {
@@ -117,28 +126,24 @@ impl Proxy {
             log: Log(AtomicBool::new(options.logging)),
             events: Arc::default(),
             http2: options.http2,
-            test_proxy_origin,
-            private_networks: options.private_networks,
             interceptor,
             listener_tls,
-            ca_cert_pem,
-            ca_spki_sha256,
             shutdown,
             tasks,
-            connection_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
-            unauthenticated_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_unauthenticated)),
-            context_ports: Arc::new(tokio::sync::Semaphore::new(limits.max_context_ports)),
+            admission: Admission::new(&limits),
             #[cfg(target_os = "linux")]
             pipes: crate::conn::pipes::Pipes::default(),
             limits,
         });
         shared.tasks.spawn(crate::ingress::server::accept_loop(shared.clone(), listener));
         shared.log.event(format_args!("listening on {addr} (http2: {})", options.http2));
-        Ok(Proxy { shared, addr })
+        let context_ports = Arc::new(tokio::sync::Semaphore::new(shared.limits.max_context_ports));
+        let private_networks = options.private_networks;
+        Ok(Proxy { shared, addr, ca_cert_pem, ca_spki_sha256, test_proxy_origin, private_networks, context_ports })
     }
 
     pub(crate) fn ca_cert_pem(&self) -> &str {
-        &self.shared.ca_cert_pem
+        &self.ca_cert_pem
     }
 
     pub(crate) fn port(&self) -> u16 {
@@ -146,7 +151,7 @@ impl Proxy {
     }
 
     pub(crate) fn ca_spki_sha256(&self) -> &str {
-        &self.shared.ca_spki_sha256
+        &self.ca_spki_sha256
     }
 
     /// The `proxyRules` for a session: `https://` (HTTPS proxy mode) when
@@ -186,7 +191,7 @@ impl Proxy {
         own_port: bool,
     ) -> Result<Arc<Context>, ConfigError> {
         let place = match own_port {
-            true => Some(self.shared.context_ports.clone().try_acquire_owned().map_err(|_| {
+            true => Some(self.context_ports.clone().try_acquire_owned().map_err(|_| {
                 let max = self.shared.limits.max_context_ports;
                 ConfigError::new(
                     "ownPort",
@@ -211,8 +216,8 @@ impl Proxy {
     }
 
     fn new_context(&self, web_contents_id: u32, route: Option<Route>) -> Arc<Context> {
-        let route = route.map(|route| route.allowing(&self.shared.private_networks));
-        let route = match &self.shared.test_proxy_origin {
+        let route = route.map(|route| route.allowing(&self.private_networks));
+        let route = match &self.test_proxy_origin {
             Some(origin) => route.map(|route| route.through_test_origin(origin.clone())),
             None => route,
         };
