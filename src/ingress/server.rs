@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::conn::prefixed::sniff_stream;
 use crate::conn::sniff::Protocol;
-use crate::conn::{Binding, ServedIo};
+use crate::conn::{Binding, ServedIo, Stream};
 use crate::observe::stats::ClientProtocol;
 use crate::policy::auth::Context;
 use crate::shared::{Hold, Shared, Slot};
@@ -173,16 +173,13 @@ pub(crate) fn serve_owned_stream(
 /// Serves HTTP/1.1 (and HTTP/2 when enabled) inside a tunnel bound to a
 /// context, until it ends or `closer` is cancelled. Boxed: tunnels call it
 /// from inside the service.
-pub(crate) fn serve_stream<I>(
+pub(crate) fn serve_stream(
     shared: Arc<Shared>,
-    io: I,
+    io: Box<dyn Stream>,
     binding: Binding,
     closer: CancellationToken,
     slot: Slot,
-) -> Pin<Box<dyn Future<Output = ()> + Send>>
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) -> Pin<Box<dyn Future<Output = ()> + Send>> {
     serve(shared, io, Served::Bound(binding), closer, slot)
 }
 

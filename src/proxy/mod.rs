@@ -118,7 +118,7 @@ impl Proxy {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let shared = Arc::new(Shared {
-            serve_tunnel: crate::ingress::server::serve_stream::<Box<dyn crate::conn::Stream>>,
+            serve_tunnel: crate::ingress::server::serve_stream,
             contexts: Contexts::new(shutdown.clone(), limits.max_upstream_per_context),
             pool: Pool::new(connector.clone(), tasks.clone(), shutdown.clone(), limits.max_idle_upstream),
             connector,
