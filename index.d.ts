@@ -278,7 +278,7 @@ export interface StartOptions {
   /**
    * HTTP/2 streams a client may reset before they were accepted (and streams reset for its
    * errors) before the connection is closed as abusive (GOAWAY ENHANCE_YOUR_CALM); default 300, measured
-   * against Chromium's reloads (`bench/h2-resets.mjs`).
+   * against Chromium's reloads (`bench/scenarios/h2-resets.mjs`).
    */
   http2MaxResets?: number
   /**

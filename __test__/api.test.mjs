@@ -4,8 +4,9 @@
 import { execFile } from 'node:child_process'
 import crypto from 'node:crypto'
 import net from 'node:net'
-import { afterAll, beforeAll, describe, expect, test } from 'vitest'
-import { ADDON_PATH, ProxyServer } from './helpers.mjs'
+import { afterAll, beforeAll, describe, expect } from 'vitest'
+import { ADDON_PATH, ProxyServer } from '../support/addon.mjs'
+import { startError, test, withProxy } from './fixtures.mjs'
 
 const UUID_V4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/
 const ROUTE = { morphId: 'm1', scope: 'base', domainSuffix: 'test.local' }
@@ -38,13 +39,8 @@ describe('start', () => {
     })
   })
 
-  test('two servers get two different ports', async () => {
-    const other = await ProxyServer.start('127.0.0.1:0')
-    try {
-      expect(other.port()).not.toBe(proxy.port())
-    } finally {
-      await other.stop()
-    }
+  test('two servers get two different ports', async ({ proxy: other }) => {
+    expect(other.port()).not.toBe(proxy.port())
   })
 
   test('a taken port rejects with EADDRINUSE', async () => {
@@ -52,13 +48,7 @@ describe('start', () => {
     await new Promise((resolve) => blocker.listen(0, '127.0.0.1', resolve))
     const { port } = blocker.address()
     try {
-      const err = await startAsync(`127.0.0.1:${port}`).then(
-        async (p) => {
-          await p.stop()
-          return null
-        },
-        (e) => e,
-      )
+      const err = await startError(`127.0.0.1:${port}`)
       expect(err).toBeInstanceOf(Error)
       expect(err.message).toContain('EADDRINUSE')
     } finally {
@@ -67,26 +57,14 @@ describe('start', () => {
   })
 
   test.each(['nope', '127.0.0.1:99999', '127.0.0.1', ''])('malformed listen address %j rejects with a clear Error', async (addr) => {
-    const err = await startAsync(addr).then(
-      async (p) => {
-        await p.stop()
-        return null
-      },
-      (e) => e,
-    )
+    const err = await startError(addr)
     expect(err).toBeInstanceOf(Error)
     expect(err.message.length).toBeGreaterThan(5)
     expect(err.message).toMatch(/address|invalid|listen|port/i)
   })
 
   test('an upstreamCaPem entry without a certificate rejects', async () => {
-    const err = await startAsync('127.0.0.1:0', false, { upstreamCaPem: ['not a pem'] }).then(
-      async (p) => {
-        await p.stop()
-        return null
-      },
-      (e) => e,
-    )
+    const err = await startError('127.0.0.1:0', false, { upstreamCaPem: ['not a pem'] })
     expect(err).toBeInstanceOf(Error)
     expect(err.message).toMatch(/upstreamCaPem/)
   })
@@ -96,9 +74,9 @@ describe('start', () => {
       await expect(startAsync(addr, true)).rejects.toThrow(/httpsProxy: needs a loopback listen address/)
       await expect(startAsync(addr, true, { httpsProxy: true })).rejects.toThrow(/set httpsProxy: false/)
     }
-    const other = await ProxyServer.start('127.0.0.2:0', true, { httpsProxy: true })
-    expect(other.proxyRules()).toMatch(/^http=https:\/\/127\.0\.0\.2:\d+;/)
-    await other.stop()
+    await withProxy({ listen: '127.0.0.2:0', enableHttp2: true, httpsProxy: true }, (other) => {
+      expect(other.proxyRules()).toMatch(/^http=https:\/\/127\.0\.0\.2:\d+;/)
+    })
   })
 
   test('generateCa: validityDays from 1 to 365 (default 365), anything else refused naming the option', () => {
@@ -115,13 +93,7 @@ describe('start', () => {
   })
 
   test('a malformed resolve entry rejects', async () => {
-    const err = await startAsync('127.0.0.1:0', false, { resolve: { 'a.test:80': 'not-an-address' } }).then(
-      async (p) => {
-        await p.stop()
-        return null
-      },
-      (e) => e,
-    )
+    const err = await startError('127.0.0.1:0', false, { resolve: { 'a.test:80': 'not-an-address' } })
     expect(err).toBeInstanceOf(Error)
     expect(err.message).toMatch(/resolve/)
   })
@@ -252,7 +224,7 @@ describe('releaseContext / credentialsForWebContents / stats().contexts', () => 
 const LOG_CHILD = String.raw`
 const http = require('node:http')
 const { ProxyServer } = require(process.env.ADDON_PATH)
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
+const { setTimeout: sleep } = require('node:timers/promises')
 const get = (proxyPort, upstreamPort, auth) => new Promise((resolve, reject) => {
   const req = http.request({ host: '127.0.0.1', port: proxyPort, path: 'http://127.0.0.1:' + upstreamPort + '/logged', agent: false,
     headers: { host: '127.0.0.1:' + upstreamPort, 'proxy-authorization': auth } }, (res) => {

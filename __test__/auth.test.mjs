@@ -2,17 +2,10 @@
 // authenticating on the retry (plain requests and CONNECT).
 
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
-import {
-  authOf,
-  basicAuth,
-  buildRequest,
-  Conn,
-  openTunnel,
-  ProxyServer,
-  REALM,
-  startEchoServer,
-  startHttpServer,
-} from './helpers.mjs'
+import { ProxyServer } from '../support/addon.mjs'
+import { authOf, basicAuth, buildRequest, Conn, openTunnel } from '../support/http-client.mjs'
+import { startEchoServer, startHttpServer } from '../support/servers.mjs'
+import { REALM } from './helpers.mjs'
 
 let proxy, proxyPort, upstream, echo, ctx
 const hits = []

@@ -5,7 +5,7 @@
 // a released context. Vitest-only (browser-helpers.mjs is also used outside it).
 
 import { beforeAll, expect, test } from 'vitest'
-import { sleep } from './helpers.mjs'
+import { sleep } from '../support/wait.mjs'
 import { devHost, inspectPage, recordFailures, TITLE_COLOR, waitForHmrText } from './browser-helpers.mjs'
 
 /** Whether a URL is the page's own origin (what the proxy rewrites to a dev box), any scheme. */

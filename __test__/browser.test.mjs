@@ -8,27 +8,16 @@ import { mkdirSync, rmSync, statSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { afterAll, describe, expect } from 'vitest'
-import { makeCA, makeLeaf, ProxyServer, waitFor } from './helpers.mjs'
+import { ProxyServer } from '../support/addon.mjs'
+import { makeCA, makeLeaf } from '../support/certs.mjs'
+import { waitFor } from '../support/wait.mjs'
 import {
-  BURST_MODULES,
-  devHost,
-  inspectPage,
-  launchChromium,
-  newPreviewContext,
-  recordFailures,
-  requireChromium,
-  startDevBox,
-  waitForHmrText,
+  BURST_MODULES, devHost, inspectPage, launchChromium, newPreviewContext, recordFailures, requireChromium,
+  startStandInDevBox, waitForHmrText,
 } from './browser-helpers.mjs'
 import {
-  browserSuite,
-  expectAllH2,
-  expectRefusedAfterRelease,
-  expectSeparatePreviews,
-  expectStandInPage,
-  expectWhoami,
-  isStandIn,
-  openStandInPage,
+  browserSuite, expectAllH2, expectRefusedAfterRelease, expectSeparatePreviews, expectStandInPage, expectWhoami,
+  isStandIn, openStandInPage,
 } from './browser-scenarios.mjs'
 
 const OUTPUT_DIR = join(dirname(fileURLToPath(import.meta.url)), 'output')
@@ -55,9 +44,9 @@ async function setup() {
   requireChromium()
   ca = makeCA('cmux browser tests CA')
   const leaf = makeLeaf(ca, [devHost(R1), devHost(R2), devHost(R4)])
-  devBox = await startDevBox({ tls: leaf })
+  devBox = await startStandInDevBox({ tls: leaf })
   // Module responses leave the h2 stand-in in batches, as a dev server's transform pass answers a burst.
-  devBoxH2 = await startDevBox({ tls: leaf, h2: true, batchMs: 150 })
+  devBoxH2 = await startStandInDevBox({ tls: leaf, h2: true, batchMs: 150 })
   proxy = await ProxyServer.start('127.0.0.1:0', true, {
     resolve: {
       [`${devHost(R1)}:443`]: `127.0.0.1:${devBox.port}`,

@@ -8,9 +8,12 @@ import { readFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import crypto from 'node:crypto'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
-import { authOf, makeCA, ProxyServer, proxyRequest, startHttpServer } from './helpers.mjs'
+import { ProxyServer } from '../support/addon.mjs'
+import { makeCA } from '../support/certs.mjs'
+import { authOf, connectTunnel, proxyRequest } from '../support/http-client.mjs'
+import { startHttpServer } from '../support/servers.mjs'
 import { canUseNamespaces, runInNamespace } from './netns-helpers.mjs'
-import { connectTunnel, h2Over, h2request, requestOver, startTlsServer, testCA, tlsOver } from './tls-helpers.mjs'
+import { h2Over, h2request, requestOver, startTlsServer, testCA, tlsOver } from './tls-helpers.mjs'
 
 const require = createRequire(import.meta.url)
 const addon = require('../index.js')

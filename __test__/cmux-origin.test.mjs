@@ -4,17 +4,10 @@
 
 import net from 'node:net'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
-import {
-  authOf,
-  buildRequest,
-  Conn,
-  openTunnel,
-  ProxyServer,
-  proxyRequest,
-  sleep,
-  startEchoServer,
-  waitFor,
-} from './helpers.mjs'
+import { ProxyServer } from '../support/addon.mjs'
+import { authOf, buildRequest, Conn, openTunnel, proxyRequest } from '../support/http-client.mjs'
+import { startEchoServer } from '../support/servers.mjs'
+import { sleep, waitFor } from '../support/wait.mjs'
 import { startTlsServer, testCA, tlsTunnel } from './tls-helpers.mjs'
 
 const ORIGIN_HOST = 'origin.test.local'

@@ -2,15 +2,16 @@
 // client of a dev box) and faults.test.mjs (correctness under real faults).
 // Everything is a real socket on loopback; nothing is mocked.
 
-import { fork, spawn } from 'node:child_process'
+import { spawn } from 'node:child_process'
 import crypto from 'node:crypto'
 import dns from 'node:dns/promises'
 import http from 'node:http'
 import http2 from 'node:http2'
 import net from 'node:net'
 import os from 'node:os'
+import { closer, listen, trackSockets } from '../support/servers.mjs'
+import { waitFor, withTimeout } from '../support/wait.mjs'
 import { FRAME, startH2TlsTerminator } from './h2-frames.mjs'
-import { closer, listen, trackSockets, waitFor, withTimeout } from './helpers.mjs'
 import { h2request } from './tls-helpers.mjs'
 
 /** The route of the tests: `http://localhost:3000/x` becomes `https://cmux-m-base-3000.devbox.test/x`. */
@@ -417,45 +418,5 @@ export class LineReader {
   async next(timeout = 10000, what = 'a line from the child') {
     await waitFor(() => this.lines.length > 0, { timeout, interval: 10, message: what })
     return this.lines.shift()
-  }
-}
-
-/**
- * scripts/proxy-process.mjs (a proxy in a process of its own) started with
- * `options`; `stdio` as for child_process.fork (an 'ipc' entry is required).
- * Returns { child, port, call(command, ...args), stop() }.
- */
-export async function startProxyProcess(options, { stdio = ['ignore', 'ignore', 'pipe', 'ipc'] } = {}) {
-  const child = fork(new URL('../scripts/proxy-process.mjs', import.meta.url), [JSON.stringify(options)], { stdio })
-  const pending = new Map()
-  let nextId = 1
-  child.on('message', ({ id, result }) => {
-    pending.get(id)?.(result)
-    pending.delete(id)
-  })
-  const exited = new Promise((resolve) => child.once('exit', resolve))
-  const reply = (id, what) => withTimeout(new Promise((resolve) => pending.set(id, resolve)), 10000, what)
-  const call = (command, ...args) => {
-    const id = nextId++
-    child.send({ id, command, args })
-    return reply(id, `the proxy process's answer to ${command}`)
-  }
-  const { port } = await reply(0, 'the proxy process starting')
-  return {
-    child,
-    port,
-    call,
-    /** Stops the proxy and waits for the process to exit; kills it when it does not within 5 s. */
-    async stop() {
-      if (child.exitCode === null && child.signalCode === null) {
-        try {
-          await withTimeout(call('stop'), 5000, 'stopping the proxy process')
-          await withTimeout(exited, 5000, 'the proxy process exiting')
-        } catch {
-          child.kill('SIGKILL')
-          await exited
-        }
-      }
-    },
   }
 }

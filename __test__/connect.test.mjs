@@ -3,18 +3,11 @@
 
 import crypto from 'node:crypto'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
-import {
-  authOf,
-  buildRequest,
-  closedPort,
-  Conn,
-  ECHO_FINAL,
-  openTunnel,
-  ProxyServer,
-  startEchoServer,
-  startTcpServer,
-  waitFor,
-} from './helpers.mjs'
+import { ProxyServer } from '../support/addon.mjs'
+import { authOf, buildRequest, Conn, openTunnel } from '../support/http-client.mjs'
+import { closedPort, ECHO_FINAL, startEchoServer, startTcpServer } from '../support/servers.mjs'
+import { waitFor } from '../support/wait.mjs'
+import { withProxy } from './fixtures.mjs'
 
 const ROUTE = { morphId: 'm1', scope: 'base', domainSuffix: 'test.local' }
 
@@ -199,8 +192,7 @@ describe('which relay a blind tunnel takes', () => {
     conn.destroy()
 
     // Over the HTTPS listener the client's bytes are decrypted by the proxy: the portable relay carries them.
-    const tlsProxy = await ProxyServer.start('127.0.0.1:0', false, { httpsProxy: true })
-    try {
+    await withProxy({ httpsProxy: true }, async (tlsProxy) => {
       const ctx = tlsProxy.createContext(1)
       const tls = await import('node:tls')
       const socket = tls.connect({ port: tlsProxy.port(), host: '127.0.0.1', servername: 'localhost', ca: tlsProxy.caCertificatePem() })
@@ -212,8 +204,6 @@ describe('which relay a blind tunnel takes', () => {
       await over.until(() => over.buf.includes('relayed bytes') || undefined)
       expect(tlsProxy.stats().splicedTunnels).toBe(0)
       over.destroy()
-    } finally {
-      await tlsProxy.stop()
-    }
+    })
   })
 })

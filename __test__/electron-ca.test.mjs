@@ -8,23 +8,14 @@ import crypto from 'node:crypto'
 import { existsSync, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, test } from 'vitest'
-import { makeCA, makeLeaf, ProxyServer } from './helpers.mjs'
-import { tlsConnect } from './tls-helpers.mjs'
+import { afterAll, beforeAll, describe, expect, test } from 'vitest'
+import { ProxyServer } from '../support/addon.mjs'
+import { makeCA, makeLeaf, spkiHash } from '../support/certs.mjs'
 import {
-  cmuxStyleCa,
-  configureView,
-  connectStatus,
-  derToPem,
-  fakeApp,
-  loadModule,
-  ownPortOf,
-  recordingLogger,
-  RULES,
-  tunnelLeaf,
-  unexpected,
-  verifyRequest,
+  cmuxStyleCa, configureView, connectStatus, derToPem, fakeApp, ownPortOf, recordingLogger, RULES, tunnelLeaf,
+  useFreshModule, verifyRequest,
 } from './electron-helpers.mjs'
+import { tlsConnect } from './tls-helpers.mjs'
 
 let mod
 let dir
@@ -34,20 +25,7 @@ beforeAll(() => {
 })
 afterAll(() => rmSync(dir, { recursive: true, force: true }))
 
-beforeEach(() => {
-  mod = loadModule()
-  unexpected.length = 0
-})
-
-afterEach(async () => {
-  await mod.stopPreviewProxy()
-  expect(unexpected).toEqual([])
-})
-
-function spki(certPem) {
-  const der = new crypto.X509Certificate(certPem).publicKey.export({ type: 'spki', format: 'der' })
-  return crypto.createHash('sha256').update(der).digest('base64')
-}
+useFreshModule((loaded) => (mod = loaded))
 
 /** A CA's key in another encoding. */
 function reencode(ca, type) {
@@ -80,11 +58,11 @@ describe('setPreviewProxyCertificateAuthority', () => {
       const ca = make()
       mod.setPreviewProxyCertificateAuthority(ca)
       // Known before the start.
-      expect(mod.getPreviewProxyCertificateAuthorityInfo()).toEqual({ certPem: ca.certPem, spkiSha256: spki(ca.certPem) })
+      expect(mod.getPreviewProxyCertificateAuthorityInfo()).toEqual({ certPem: ca.certPem, spkiSha256: spkiHash(ca.certPem) })
       const { control, credentials } = await configureView(mod, 201)
       const port = await mod.startPreviewProxy(recordingLogger().logger)
       // The running proxy has that CA (by its key), and the plain http:// rules (no HTTPS mode), of the context's own port.
-      expect(mod.getPreviewProxyCertificateAuthorityInfo().spkiSha256).toBe(spki(ca.certPem))
+      expect(mod.getPreviewProxyCertificateAuthorityInfo().spkiSha256).toBe(spkiHash(ca.certPem))
       const own = ownPortOf(control)
       expect(own).not.toBe(port)
       expect(control.proxies()).toEqual([{ mode: 'fixed_servers', proxyRules: RULES('http', own), proxyBypassRules: '<-loopback>' }])
@@ -109,8 +87,8 @@ describe('setPreviewProxyCertificateAuthority', () => {
     const caFile = join(dir, 'https', 'preview-proxy-ca.json')
     const app = fakeApp({ switches: { 'ignore-certificate-errors-spki-list': 'AAAA=' } })
     const info = mod.enablePreviewProxyHttpsMode(app.app, { caFile })
-    expect(info).toEqual({ certPem: ca.certPem, spkiSha256: spki(ca.certPem) })
-    expect(app.appended).toEqual([['ignore-certificate-errors-spki-list', `AAAA=,${spki(ca.certPem)}`]])
+    expect(info).toEqual({ certPem: ca.certPem, spkiSha256: spkiHash(ca.certPem) })
+    expect(app.appended).toEqual([['ignore-certificate-errors-spki-list', `AAAA=,${spkiHash(ca.certPem)}`]])
     expect(existsSync(caFile)).toBe(false)
 
     const { control, credentials } = await configureView(mod, 202, { app: app.app })
@@ -132,8 +110,8 @@ describe('setPreviewProxyCertificateAuthority', () => {
   test('with the HTTPS proxy mode by default (no caFile): its CA wins too, and nothing asks for a path', () => {
     mod.setPreviewProxyCertificateAuthority(cmuxCa)
     const app = fakeApp()
-    expect(mod.enablePreviewProxyHttpsMode(app.app)).toEqual({ certPem: cmuxCa.certPem, spkiSha256: spki(cmuxCa.certPem) })
-    expect(app.appended).toEqual([['ignore-certificate-errors-spki-list', spki(cmuxCa.certPem)]])
+    expect(mod.enablePreviewProxyHttpsMode(app.app)).toEqual({ certPem: cmuxCa.certPem, spkiSha256: spkiHash(cmuxCa.certPem) })
+    expect(app.appended).toEqual([['ignore-certificate-errors-spki-list', spkiHash(cmuxCa.certPem)]])
     expect(app.pathsAsked).toEqual([])
   })
 
@@ -149,11 +127,11 @@ describe('setPreviewProxyCertificateAuthority', () => {
     await starting
     expect(() => mod.setPreviewProxyCertificateAuthority(cmuxCa)).toThrow(/before the preview proxy starts/)
     const generated = mod.getPreviewProxyCertificateAuthorityInfo()
-    expect(generated.spkiSha256).not.toBe(spki(cmuxCa.certPem))
+    expect(generated.spkiSha256).not.toBe(spkiHash(cmuxCa.certPem))
     await mod.stopPreviewProxy()
     mod.setPreviewProxyCertificateAuthority(cmuxCa)
     await mod.startPreviewProxy(recordingLogger().logger)
-    expect(mod.getPreviewProxyCertificateAuthorityInfo().spkiSha256).toBe(spki(cmuxCa.certPem))
+    expect(mod.getPreviewProxyCertificateAuthorityInfo().spkiSha256).toBe(spkiHash(cmuxCa.certPem))
   })
 
   test('refuses what is not a current CA with its own key, and changes nothing', () => {

@@ -13,7 +13,7 @@
 // Run as `node electron-helpers.mjs --electron-module-child`, this file is
 // that child (see startModuleProcess).
 
-import { execFile, fork } from 'node:child_process'
+import { execFile } from 'node:child_process'
 import crypto from 'node:crypto'
 import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import net from 'node:net'
@@ -22,7 +22,9 @@ import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import forge from 'node-forge'
-import { basicAuth, openTunnel, withTimeout } from './helpers.mjs'
+import { afterEach, beforeEach, expect } from 'vitest'
+import { answerCommands, forkWithCommands } from '../support/child-commands.mjs'
+import { basicAuth, openTunnel } from '../support/http-client.mjs'
 import { tlsTunnel } from './tls-helpers.mjs'
 
 const require = createRequire(import.meta.url)
@@ -105,6 +107,25 @@ function strict(name, target) {
 export function loadModule() {
   delete require.cache[MODULE_PATH]
   return require(MODULE_PATH)
+}
+
+/**
+ * A fresh module for each test (`onLoad(mod)` receives it), its proxy stopped
+ * after the test and then `afterStop()` run; the test fails if the module
+ * used an Electron member beyond those the fakes implement.
+ */
+export function useFreshModule(onLoad, { afterStop = async () => {} } = {}) {
+  let mod
+  beforeEach(() => {
+    mod = loadModule()
+    unexpected.length = 0
+    onLoad(mod)
+  })
+  afterEach(async () => {
+    await mod.stopPreviewProxy()
+    await afterStop()
+    expect(unexpected).toEqual([])
+  })
 }
 
 /**
@@ -641,47 +662,20 @@ export async function startModuleProcess(env = {}) {
     if (value === undefined) delete childEnv[name]
     else childEnv[name] = value
   }
-  const child = fork(fileURLToPath(import.meta.url), [CHILD_FLAG], { env: childEnv, stdio: ['ignore', 'pipe', 'pipe', 'ipc'] })
   let stdout = ''
   let stderr = ''
-  child.stdout.on('data', (d) => (stdout += d))
-  child.stderr.on('data', (d) => (stderr += d))
-  const pending = new Map()
-  let nextId = 1
-  child.on('message', ({ id, result, error }) => {
-    pending.get(id)?.({ result, error })
-    pending.delete(id)
+  const moduleProcess = await forkWithCommands(fileURLToPath(import.meta.url), [CHILD_FLAG], {
+    name: 'the electron module child',
+    env: childEnv,
+    stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
+    timeout: 15000,
+    exitDetail: () => `; stderr:\n${stderr}`,
+    onSpawn: (child) => {
+      child.stdout.on('data', (d) => (stdout += d))
+      child.stderr.on('data', (d) => (stderr += d))
+    },
   })
-  const exited = new Promise((resolve) => child.once('exit', resolve))
-  const reply = async (id, what, timeout) => {
-    const answer = new Promise((resolve) => pending.set(id, resolve))
-    const died = exited.then((code) => ({ error: `the child exited (${code}) before answering; stderr:\n${stderr}` }))
-    const { result, error } = await withTimeout(Promise.race([answer, died]), timeout, what)
-    if (error) throw new Error(`${what}: ${error}`)
-    return result
-  }
-  await reply(0, 'the electron module child starting', 15000)
-  return {
-    child,
-    stdout: () => stdout,
-    call(command, ...args) {
-      const id = nextId++
-      child.send({ id, command, args })
-      return reply(id, `the electron module child's answer to ${command}`, 15000)
-    },
-    async stop() {
-      if (child.exitCode !== null || child.signalCode !== null) return
-      try {
-        const id = nextId++
-        child.send({ id, command: 'stop', args: [] })
-        await reply(id, 'stopping the electron module child', 5000)
-        await withTimeout(exited, 5000, 'the electron module child exiting')
-      } catch {
-        child.kill('SIGKILL')
-        await exited
-      }
-    },
-  }
+  return { ...moduleProcess, stdout: () => stdout }
 }
 
 async function childMain() {
@@ -713,19 +707,7 @@ async function childMain() {
       return true
     },
   }
-  process.on('message', async ({ id, command, args }) => {
-    let result
-    let error
-    try {
-      if (!commands[command]) throw new Error(`unknown command ${command}`)
-      result = await commands[command](...args)
-    } catch (e) {
-      error = e instanceof Error ? e.message : String(e)
-    }
-    process.send({ id, result, error })
-    if (command === 'stop') process.disconnect()
-  })
-  process.send({ id: 0, result: true })
+  answerCommands(commands)
 }
 
 if (process.argv[2] === CHILD_FLAG && process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {

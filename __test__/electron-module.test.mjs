@@ -15,52 +15,27 @@ import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSyn
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import tls from 'node:tls'
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, onTestFinished, test, vi } from 'vitest'
-import { closedPort, makeCA, makeLeaf, proxyRequest, basicAuth, waitFor, sleep, ProxyServer } from './helpers.mjs'
-import { tlsConnect, tlsTunnel } from './tls-helpers.mjs'
-import { connectOn, h2Connect, h2ToProxy, tlsToProxy } from './https-proxy-helpers.mjs'
+import { afterAll, beforeAll, describe, expect, onTestFinished, test, vi } from 'vitest'
+import { ProxyServer } from '../support/addon.mjs'
+import { makeCA, makeLeaf, spkiHash } from '../support/certs.mjs'
+import { basicAuth, proxyRequest } from '../support/http-client.mjs'
+import { closedPort } from '../support/servers.mjs'
+import { sleep, waitFor } from '../support/wait.mjs'
 import {
-  configureView,
-  connectStatus,
-  derToPem,
-  expectedErrors,
-  fakeApp,
-  fakeSession,
-  fakeWebContents,
-  FIRST_PORT,
-  forgeCa,
-  LAST_PORT,
-  listeningPorts,
-  loadModule,
-  occupy,
-  ownPortOf,
-  PREVIEW_URL,
-  recordingLogger,
-  recordProxyStarts,
-  reportedErrors,
-  resignLeaf,
-  ROOT,
-  RULES,
-  typesProject,
-  unexpected,
-  untilRefused,
-  verifyRequest,
-  withEnv,
+  configureView, connectStatus, derToPem, expectedErrors, fakeApp, fakeSession, fakeWebContents, FIRST_PORT, forgeCa,
+  LAST_PORT, listeningPorts, loadModule, occupy, ownPortOf, PREVIEW_URL, recordingLogger, recordProxyStarts,
+  reportedErrors, resignLeaf, ROOT, RULES, typesProject, untilRefused, useFreshModule, verifyRequest, withEnv,
 } from './electron-helpers.mjs'
+import { connectOn, h2Connect, h2ToProxy, tlsToProxy } from './https-proxy-helpers.mjs'
+import { tlsConnect, tlsTunnel } from './tls-helpers.mjs'
 
 let mod
 const held = []
 
-beforeEach(() => {
-  mod = loadModule()
-  unexpected.length = 0
-})
-
-afterEach(async () => {
-  await mod.stopPreviewProxy()
-  for (const server of held.splice(0)) await new Promise((resolve) => server.close(resolve))
-  // The module called no Electron member beyond those the fakes implement.
-  expect(unexpected).toEqual([])
+useFreshModule((loaded) => (mod = loaded), {
+  afterStop: async () => {
+    for (const server of held.splice(0)) await new Promise((resolve) => server.close(resolve))
+  },
 })
 
 /** A configured preview: its fakes, the cleanup, and its credentials. */
@@ -694,8 +669,6 @@ describe('the HTTPS proxy mode (enablePreviewProxyHttpsMode)', () => {
     const notAfter = Date.parse(cert.validTo)
     return { notBefore, notAfter, span: notAfter - notBefore, left: notAfter - Date.now() }
   }
-  const spkiOf = (certPem) =>
-    crypto.createHash('sha256').update(new crypto.X509Certificate(certPem).publicKey.export({ type: 'spki', format: 'der' })).digest('base64')
   /** A directory of its own under `dir`, created. */
   const fresh = (name) => mkdtempSync(join(dir, `${name}-`))
   /** The CA the module (a new instance: a new launch) keeps in `caFile`, after writing `ca` there first. */
@@ -725,7 +698,7 @@ describe('the HTTPS proxy mode (enablePreviewProxyHttpsMode)', () => {
     expect(mod.PER_LAUNCH_CA_VALIDITY_DAYS).toBe(30)
     expect(starts.generated.map((g) => g.args)).toEqual([[{ validityDays: 30 }]])
     const generated = starts.generated[0].ca
-    expect(info).toEqual({ certPem: generated.certPem, spkiSha256: spkiOf(generated.certPem) })
+    expect(info).toEqual({ certPem: generated.certPem, spkiSha256: spkiHash(generated.certPem) })
     expect(app.appended).toEqual([[SPKI_SWITCH, info.spkiSha256]])
     // Short-lived (generateCa backdates a day: a span of 31 days at most), constrained to the proxy's names.
     const cert = new crypto.X509Certificate(info.certPem)
@@ -801,7 +774,7 @@ describe('the HTTPS proxy mode (enablePreviewProxyHttpsMode)', () => {
     const before = statSync(legacy)
     const app = fakeApp({ userData })
     const info = mod.enablePreviewProxyHttpsMode(app.app)
-    expect(info.spkiSha256).not.toBe(spkiOf(old.certPem))
+    expect(info.spkiSha256).not.toBe(spkiHash(old.certPem))
     expect(readFileSync(legacy, 'utf8')).toBe(JSON.stringify(old))
     expect(statSync(legacy).mtimeMs).toBe(before.mtimeMs)
     expect(readdirSync(userData)).toEqual(['preview-proxy-ca.json'])

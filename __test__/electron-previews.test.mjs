@@ -11,40 +11,16 @@
 // to the dev box.
 
 import crypto from 'node:crypto'
-import { afterEach, beforeEach, describe, expect, test } from 'vitest'
-import { ProxyServer } from './helpers.mjs'
+import { describe, expect, test } from 'vitest'
+import { ProxyServer } from '../support/addon.mjs'
 import {
-  addon,
-  configureView,
-  connectStatus,
-  derToPem,
-  fakeApp,
-  fakeSession,
-  fakeWebContents,
-  loadModule,
-  ownPortOf,
-  recordingLogger,
-  resignLeaf,
-  RULES,
-  sessionDouble,
-  tunnelLeaf,
-  unexpected,
-  untilRefused,
-  verifyRequest,
-  withEnv,
+  addon, configureView, connectStatus, derToPem, fakeApp, fakeSession, fakeWebContents, ownPortOf, recordingLogger,
+  resignLeaf, RULES, sessionDouble, tunnelLeaf, untilRefused, useFreshModule, verifyRequest, withEnv,
 } from './electron-helpers.mjs'
 
 let mod
 
-beforeEach(() => {
-  mod = loadModule()
-  unexpected.length = 0
-})
-
-afterEach(async () => {
-  await mod.stopPreviewProxy()
-  expect(unexpected).toEqual([])
-})
+useFreshModule((loaded) => (mod = loaded))
 
 const configured = (id, options) => configureView(mod, id, options)
 const OTHER_PREVIEW_URL = 'https://cmux-m2-feature-3000.cmux.app/'

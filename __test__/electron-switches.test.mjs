@@ -13,9 +13,11 @@ import http from 'node:http'
 import http2 from 'node:http2'
 import net from 'node:net'
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest'
-import { basicAuth, closer, listen, proxyRequest, sleep, trackSockets, waitFor } from './helpers.mjs'
-import { h2Over, h2request, startTlsServer, tlsTunnel } from './tls-helpers.mjs'
+import { basicAuth, proxyRequest } from '../support/http-client.mjs'
+import { closer, listen, trackSockets } from '../support/servers.mjs'
+import { sleep, waitFor } from '../support/wait.mjs'
 import { connectStatus, PREVIEW_URL, selfSigned, startModuleProcess, tunnelLeaf } from './electron-helpers.mjs'
+import { h2Over, h2request, startTlsServer, tlsTunnel } from './tls-helpers.mjs'
 
 const children = []
 async function moduleProcess(env) {

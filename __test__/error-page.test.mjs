@@ -7,20 +7,13 @@
 import http from 'node:http'
 import { mkdirSync } from 'node:fs'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
-import {
-  authOf,
-  closedPort,
-  closer,
-  ProxyServer,
-  proxyRequest,
-  rawRequest,
-  startHttpServer,
-  trackSockets,
-  waitFor,
-} from './helpers.mjs'
-import { DEVBOX_HOST, ROUTE } from './conduct-helpers.mjs'
+import { ProxyServer } from '../support/addon.mjs'
+import { authOf, proxyRequest, rawRequest } from '../support/http-client.mjs'
+import { closedPort, closer, startHttpServer, trackSockets } from '../support/servers.mjs'
+import { waitFor } from '../support/wait.mjs'
+import { answerProxyAuth } from './browser-helpers.mjs'
 import { launchChromium, requireChromium } from './browser-helpers.mjs'
-import { answerProxyAuth } from './https-proxy-helpers.mjs'
+import { DEVBOX_HOST, ROUTE } from './conduct-helpers.mjs'
 import { collectEvents } from './events-helpers.mjs'
 
 const NAVIGATE = { 'sec-fetch-mode': 'navigate', 'sec-fetch-dest': 'document', accept: 'text/html,application/xhtml+xml,*/*;q=0.8' }

@@ -5,12 +5,13 @@
 // this file is also the proxy process of the slow-listener test: a proxy whose
 // JavaScript thread a listener blocks, driven over IPC (see startEventsProcess).
 
-import { fork } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import { WebSocketServer } from 'ws'
-import { closer, listen, trackSockets, waitFor, withTimeout } from './helpers.mjs'
+import { answerCommands, forkWithCommands } from '../support/child-commands.mjs'
+import { closer, listen, trackSockets } from '../support/servers.mjs'
+import { waitFor } from '../support/wait.mjs'
 
 const require = createRequire(import.meta.url)
 export const { deriveRoute, ProxyServer } = require('../index.js')
@@ -114,42 +115,11 @@ const CHILD_FLAG = '--events-child'
  * Replies come only when the child's event loop is free: while the slow listener blocks it, none do.
  */
 export async function startEventsProcess(options) {
-  const child = fork(fileURLToPath(import.meta.url), [CHILD_FLAG, JSON.stringify(options)], {
+  const events = await forkWithCommands(fileURLToPath(import.meta.url), [CHILD_FLAG, JSON.stringify(options)], {
+    name: 'the events child',
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   })
-  const pending = new Map()
-  let nextId = 1
-  child.on('message', ({ id, result, error }) => {
-    pending.get(id)?.({ result, error })
-    pending.delete(id)
-  })
-  const exited = new Promise((resolve) => child.once('exit', resolve))
-  const reply = async (id, what, timeout = 10000) => {
-    const { result, error } = await withTimeout(new Promise((resolve) => pending.set(id, resolve)), timeout, what)
-    if (error) throw new Error(`${what}: ${error}`)
-    return result
-  }
-  const call = (command, ...args) => {
-    const id = nextId++
-    child.send({ id, command, args })
-    return reply(id, `the events child's answer to ${command}`)
-  }
-  const { port } = await reply(0, 'the events child starting', 15000)
-  return {
-    child,
-    port,
-    call,
-    async stop() {
-      if (child.exitCode !== null || child.signalCode !== null) return
-      try {
-        await withTimeout(call('stop'), 5000, 'stopping the events child')
-        await withTimeout(exited, 5000, 'the events child exiting')
-      } catch {
-        child.kill('SIGKILL')
-        await exited
-      }
-    },
-  }
+  return { ...events, port: events.ready.port }
 }
 
 async function childMain(options) {
@@ -173,24 +143,15 @@ async function childMain(options) {
     return true
   }
 
-  process.on('message', async ({ id, command, args }) => {
-    let result
-    let error
-    try {
-      if (command === 'createContext') result = proxy.createContext(...args)
-      else if (command === 'subscribeSlow') result = subscribeSlow(...args)
-      else if (command === 'report') result = { ...counts, stats: proxy.stats() }
-      else if (command === 'stop') {
-        await proxy.stop()
-        result = true
-      } else error = `unknown command ${command}`
-    } catch (e) {
-      error = e.message
-    }
-    process.send({ id, result, error })
-    if (command === 'stop') process.disconnect()
-  })
-  process.send({ id: 0, result: { port: proxy.port() } })
+  answerCommands({
+    createContext: (...args) => proxy.createContext(...args),
+    subscribeSlow,
+    report: () => ({ ...counts, stats: proxy.stats() }),
+    stop: async () => {
+      await proxy.stop()
+      return true
+    },
+  }, { port: proxy.port() })
 }
 
 if (process.argv[2] === CHILD_FLAG && process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {

@@ -8,34 +8,14 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
-import {
-  authOf,
-  buildRequest,
-  closedPort,
-  closeFrame,
-  Conn,
-  ECHO_FINAL,
-  encodeFrame,
-  openTunnel,
-  ProxyServer,
-  proxyRequest,
-  readFrame,
-  startEchoServer,
-  waitFor,
-  withTimeout,
-  wsKey,
-  wsUpgradeRequest,
-} from './helpers.mjs'
+import { ProxyServer } from '../support/addon.mjs'
+import { authOf, buildRequest, Conn, openTunnel, proxyRequest } from '../support/http-client.mjs'
+import { closedPort, ECHO_FINAL, startEchoServer } from '../support/servers.mjs'
+import { waitFor, withTimeout } from '../support/wait.mjs'
 import { closeSession, h2cGet, h2cSession, keepAliveAgent, ROUTE, runPool, settled } from './conduct-helpers.mjs'
+import { collectEvents, credentialForms, deriveRoute, startEventsProcess, startHttpWsServer, startSilentServer } from './events-helpers.mjs'
+import { closeFrame, encodeFrame, readFrame, wsKey, wsUpgradeRequest } from './helpers.mjs'
 import { requestOver, tlsTunnel } from './tls-helpers.mjs'
-import {
-  collectEvents,
-  credentialForms,
-  deriveRoute,
-  startEventsProcess,
-  startHttpWsServer,
-  startSilentServer,
-} from './events-helpers.mjs'
 
 // ---------------------------------------------------------------------------
 

@@ -7,41 +7,17 @@ import { spawn } from 'node:child_process'
 import http2 from 'node:http2'
 import net from 'node:net'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
+import { ADDON_PATH, ProxyServer } from '../support/addon.mjs'
+import { authOf, buildRequest, Conn, getOn, openTunnel, proxyRequest } from '../support/http-client.mjs'
+import { startProxyProcess } from '../support/proxy-process.mjs'
+import { listen } from '../support/servers.mjs'
+import { sleep, waitFor, withTimeout } from '../support/wait.mjs'
 import {
-  ADDON_PATH,
-  authOf,
-  buildRequest,
-  Conn,
-  listen,
-  openTunnel,
-  ProxyServer,
-  proxyRequest,
-  sleep,
-  waitFor,
-  withTimeout,
-} from './helpers.mjs'
-import { getOn } from './hostile-helpers.mjs'
-import { remoteSettings } from './tls-helpers.mjs'
-import {
-  closeSession,
-  connectionRefused,
-  findLoopbackName,
-  h2cGet,
-  h2cSession,
-  headerValues,
-  keepAliveAgent,
-  LineReader,
-  listenBacklog,
-  ROUTE,
-  runPool,
-  settled,
-  startCountingHttpServer,
-  startHeaderRecordingServer,
-  startProxyProcess,
-  startRawTcp,
-  startStaleKeepAliveServer,
-  tally,
+  closeSession, connectionRefused, findLoopbackName, h2cGet, h2cSession, headerValues, keepAliveAgent, LineReader,
+  listenBacklog, ROUTE, runPool, settled, startCountingHttpServer, startHeaderRecordingServer, startRawTcp,
+  startStaleKeepAliveServer, tally,
 } from './conduct-helpers.mjs'
+import { remoteSettings, wsOverH2 } from './tls-helpers.mjs'
 
 // ---------------------------------------------------------------------------
 
@@ -159,16 +135,8 @@ describe('cookies from an HTTP/2 client', () => {
 
   test('an RFC 8441 WebSocket with three cookie fields: the upstream handshake has exactly one joined Cookie line', async () => {
     expect(session.remoteSettings.enableConnectProtocol).toBe(true)
-    const stream = session.request({
-      ':method': 'CONNECT',
-      ':protocol': 'websocket',
-      ':scheme': 'http',
-      ':authority': `127.0.0.1:${recorder.port}`,
-      ':path': '/ws-cookies',
-      'sec-websocket-version': '13',
-      'proxy-authorization': auth,
-      cookie: COOKIES,
-    }, { endStream: false })
+    const head = wsOverH2(`127.0.0.1:${recorder.port}`, '/ws-cookies', { 'proxy-authorization': auth, cookie: COOKIES })
+    const stream = session.request(head, { endStream: false })
     stream.on('error', () => {})
     try {
       const headers = await withTimeout(new Promise((resolve, reject) => {
@@ -359,7 +327,7 @@ describe('over the connection cap (maxConnections: 1)', () => {
   test('20 clients that send a whole request at once each read a complete 503 with its body, without ECONNRESET', async () => {
     const holder = await Conn.connect(port)
     try {
-      const held = await getOn(holder, `http://127.0.0.1:${upstream.port}/held`, auth)
+      const held = await getOn(holder, `http://127.0.0.1:${upstream.port}/held`, { auth })
       expect(held.status).toBe(200)
       const request = buildRequest('GET', 'http://x/', [
         ['Host', 'x'],
@@ -380,7 +348,7 @@ describe('over the connection cap (maxConnections: 1)', () => {
     await waitFor(() => proxy.stats().activeConnections === 0, { message: 'earlier connections to close' })
     const holder = await Conn.connect(port)
     try {
-      expect((await getOn(holder, `http://127.0.0.1:${upstream.port}/held`, auth)).status).toBe(200)
+      expect((await getOn(holder, `http://127.0.0.1:${upstream.port}/held`, { auth })).status).toBe(200)
       const socket = net.connect(port, '127.0.0.1')
       socket.pause()
       const errors = []

@@ -1,25 +1,15 @@
 // Plain (absolute-form) forwarding: as-is relaying, hop-by-hop headers,
 // streaming in both directions, and the proxy's own error answers.
 
-import crypto from 'node:crypto'
 import http from 'node:http'
 import { Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
-import {
-  authOf,
-  buildRequest,
-  closedPort,
-  Conn,
-  patternChunks,
-  patternDigest,
-  ProxyServer,
-  proxyRequest,
-  rawRequest,
-  startHttpServer,
-  startTcpServer,
-  waitFor,
-} from './helpers.mjs'
+import { ProxyServer } from '../support/addon.mjs'
+import { authOf, buildRequest, Conn, proxyRequest, rawRequest } from '../support/http-client.mjs'
+import { closedPort, startHttpServer, startTcpServer } from '../support/servers.mjs'
+import { waitFor } from '../support/wait.mjs'
+import { digestOf, patternChunks, patternDigest } from './helpers.mjs'
 
 const MiB = 1 << 20
 const BIG = 200 * MiB
@@ -35,14 +25,9 @@ beforeAll(async () => {
     seen.push({ method: req.method, url: req.url, headers: req.headers, rawHeaders: req.rawHeaders })
     switch (url.pathname) {
       case '/upload': {
-        const hash = crypto.createHash('sha1')
-        let bytes = 0
-        for await (const chunk of req) {
-          bytes += chunk.length
-          hash.update(chunk)
-        }
+        const digest = await digestOf(req)
         res.setHeader('content-type', 'application/json')
-        res.end(JSON.stringify({ bytes, sha1: hash.digest('hex'), te: req.headers['transfer-encoding'] ?? null, cl: req.headers['content-length'] ?? null }))
+        res.end(JSON.stringify({ ...digest, te: req.headers['transfer-encoding'] ?? null, cl: req.headers['content-length'] ?? null }))
         return
       }
       case '/download': {
@@ -285,16 +270,7 @@ describe('streaming', () => {
         path: up(`/download?size=${BIG}`),
         agent: false,
         headers: { host: `127.0.0.1:${upstream.port}`, 'proxy-authorization': authOf(plain) },
-      }, (res) => {
-        const hash = crypto.createHash('sha1')
-        let bytes = 0
-        res.on('data', (c) => {
-          bytes += c.length
-          hash.update(c)
-        })
-        res.on('end', () => resolve({ status: res.statusCode, bytes, sha1: hash.digest('hex') }))
-        res.on('error', reject)
-      })
+      }, (res) => digestOf(res).then((digest) => resolve({ status: res.statusCode, ...digest }), reject))
       req.on('error', reject)
       req.end()
     })

@@ -7,7 +7,8 @@
 import http2 from 'node:http2'
 import net from 'node:net'
 import tls from 'node:tls'
-import { closer, listen, makeLeaf, trackSockets } from './helpers.mjs'
+import { makeLeaf } from '../support/certs.mjs'
+import { closer, listen, trackSockets } from '../support/servers.mjs'
 
 const H2_PREFACE_LENGTH = 24
 export const FRAME = { DATA: 0, HEADERS: 1, RST_STREAM: 3, SETTINGS: 4, PING: 6, GOAWAY: 7, WINDOW_UPDATE: 8 }

@@ -2,7 +2,9 @@
 // HTTP/1.1 dev box behind the proxy.
 
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
-import { authOf, ProxyServer, sleep, withTimeout } from './helpers.mjs'
+import { ProxyServer } from '../support/addon.mjs'
+import { authOf } from '../support/http-client.mjs'
+import { sleep, withTimeout } from '../support/wait.mjs'
 import { DEV_HOST, h2Over, h2request, ROUTE, startTlsServer, testCA, tlsTunnel } from './tls-helpers.mjs'
 
 let ca, standin, proxy, ctx, auth, proxyCaPem

@@ -1,13 +1,13 @@
 // Helpers for the limits, hostile-input and panic tests: servers that
-// misbehave on purpose, a captured TLS ClientHello, and bounded waits on
-// sockets and on the proxy's stats().
+// misbehave on purpose, and bounded waits on sockets and on the proxy's stats().
 
 import http from 'node:http'
 import net from 'node:net'
-import tls from 'node:tls'
 import { expect } from 'vitest'
 import { WebSocketServer } from 'ws'
-import { buildRequest, closer, Conn, listen, proxyRequest, trackSockets as track, waitFor } from './helpers.mjs'
+import { Conn, proxyRequest } from '../support/http-client.mjs'
+import { closer, listen, trackSockets } from '../support/servers.mjs'
+import { waitFor } from '../support/wait.mjs'
 
 // ---------------------------------------------------------------------------
 // Servers
@@ -24,7 +24,7 @@ export async function startRecordingServer(handler = (req, res) => res.end(`ok:$
     handler(req, res)
   })
   server.on('clientError', (err, socket) => socket.destroy())
-  const sockets = track(server)
+  const sockets = trackSockets(server)
   const port = await listen(server)
   return { server, port, requests, sockets, close: closer(server, sockets) }
 }
@@ -48,7 +48,7 @@ export async function startRawServer(onSocket = () => {}) {
     socket.on('close', () => stats.closed++)
     onSocket(socket, stats)
   })
-  const sockets = track(server)
+  const sockets = trackSockets(server)
   const port = await listen(server)
   return { server, port, stats, sockets, close: closer(server, sockets), text: () => Buffer.concat(stats.data).toString('latin1') }
 }
@@ -70,48 +70,13 @@ export async function startWsEchoServer() {
       ws.on('error', () => {})
     })
   })
-  const sockets = track(server)
+  const sockets = trackSockets(server)
   const port = await listen(server)
   const close = closer(server, sockets, () => {
     for (const client of wss.clients) client.terminate()
     wss.close()
   })
   return { server, port, observed, close }
-}
-
-// ---------------------------------------------------------------------------
-// TLS
-
-/**
- * The first TLS record a Node client sends (its ClientHello) for `servername`,
- * captured by a local TCP server that never answers.
- */
-export async function captureClientHello({ servername = 'localhost', ALPNProtocols = ['h2', 'http/1.1'] } = {}) {
-  let resolveHello
-  const hello = new Promise((resolve) => (resolveHello = resolve))
-  const server = net.createServer((socket) => {
-    let buf = Buffer.alloc(0)
-    socket.on('error', () => {})
-    socket.on('data', (d) => {
-      buf = Buffer.concat([buf, d])
-      if (buf.length >= 5 && buf.length >= 5 + buf.readUInt16BE(3)) {
-        resolveHello(buf.subarray(0, 5 + buf.readUInt16BE(3)))
-        socket.destroy()
-      }
-    })
-  })
-  const port = await listen(server)
-  const client = tls.connect({ port, host: '127.0.0.1', servername, ALPNProtocols, rejectUnauthorized: false })
-  client.on('error', () => {})
-  try {
-    return await Promise.race([
-      hello,
-      new Promise((_, reject) => setTimeout(() => reject(new Error('no ClientHello captured')), 5000)),
-    ])
-  } finally {
-    client.destroy()
-    server.close()
-  }
 }
 
 // ---------------------------------------------------------------------------
@@ -160,13 +125,4 @@ export async function outcome(conn, timeout = 5000) {
     if (conn.closed || conn.ended) return { status: null, closed: true, error: e }
     throw e
   }
-}
-
-/** GET `url` (absolute-form) with `auth` on an existing keep-alive Conn; returns the response. */
-export async function getOn(conn, url, auth, extraHeaders = []) {
-  const u = new URL(url)
-  const headers = [['Host', u.host], ...extraHeaders]
-  if (auth) headers.push(['Proxy-Authorization', auth])
-  conn.write(buildRequest('GET', url, headers))
-  return conn.readResponse()
 }

@@ -4,40 +4,18 @@
 
 import crypto from 'node:crypto'
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest'
-import {
-  authOf,
-  buildRequest,
-  Conn,
-  openTunnel,
-  ProxyServer,
-  REALM,
-  sleep,
-  wsKey,
-  wsUpgradeRequest,
-} from './helpers.mjs'
-import {
-  backToBaseline,
-  captureClientHello,
-  expectServed,
-  getOn,
-  outcome,
-  sendRaw,
-  startRawServer,
-  startRecordingServer,
-} from './hostile-helpers.mjs'
+import { authOf, buildRequest, Conn, getOn, openTunnel } from '../support/http-client.mjs'
+import { sleep } from '../support/wait.mjs'
+import { useProxy, useTracked } from './fixtures.mjs'
+import { REALM, wsKey, wsUpgradeRequest } from './helpers.mjs'
+import { backToBaseline, expectServed, outcome, sendRaw, startRawServer, startRecordingServer } from './hostile-helpers.mjs'
+import { captureClientHelloRecord } from './tls-helpers.mjs'
 
 const ROUTE = { morphId: 'm1', scope: 'base', domainSuffix: 'test.local' }
 const RESPONSE_TIMEOUT = 800
 
-let proxy, proxyPort, ctx, routed, clientHello
+let clientHello
 let good, refuser, sink, garbage, hangup, silent, resetter
-const cleanup = []
-
-/** Keeps a socket (anything with destroy()) to close after the test. */
-function track(s) {
-  cleanup.push(s)
-  return s
-}
 
 const sinkEvents = []
 
@@ -106,30 +84,29 @@ beforeAll(async () => {
       setTimeout(() => (rst ? socket.resetAndDestroy() : socket.destroy()), 200)
     })
   })
-  clientHello = await captureClientHello({ servername: 'localhost' })
-  proxy = await ProxyServer.start('127.0.0.1:0', true, {
-    upstreamResponseTimeoutMs: RESPONSE_TIMEOUT,
-    // Long, so that a close below is the proxy's reaction and not this timeout.
-    upstreamConnectTimeoutMs: 8000,
-  })
-  proxyPort = proxy.port()
-  ctx = proxy.createContext(1)
-  routed = proxy.createContext(2, ROUTE)
+  clientHello = await captureClientHelloRecord({ servername: 'localhost' })
 })
 
 afterAll(async () => {
-  for (const s of cleanup) s.destroy()
-  await proxy?.stop()
   for (const srv of [good, refuser, sink, garbage, hangup, silent, resetter]) await srv?.close()
 })
 
+const shared = useProxy({
+  enableHttp2: true,
+  upstreamResponseTimeoutMs: RESPONSE_TIMEOUT,
+  // Long, so that a close below is the proxy's reaction and not this timeout.
+  upstreamConnectTimeoutMs: 8000,
+}, { ctx: [1], routed: [2, ROUTE] })
+
 afterEach(async () => {
-  for (const s of cleanup.splice(0)) s.destroy()
-  await backToBaseline(proxy)
-  const res = await expectServed(proxyPort, `http://127.0.0.1:${good.port}/after-each`, authOf(ctx))
+  await backToBaseline(shared.proxy)
+  const res = await expectServed(shared.port, `http://127.0.0.1:${good.port}/after-each`, authOf(shared.ctx))
   expect(res.text).toBe('ok:/after-each')
-  await backToBaseline(proxy)
+  await backToBaseline(shared.proxy)
 })
+
+// Sockets the tests keep, closed before the checks above (after hooks run in reverse order).
+const track = useTracked()
 
 const goodUrl = (path = '/') => `http://127.0.0.1:${good.port}${path}`
 const goodHost = () => `127.0.0.1:${good.port}`
@@ -153,14 +130,14 @@ describe('garbage and absurd request lines', () => {
     ['an HTTP/2 preface followed by junk', () => Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'), crypto.randomBytes(64)])],
   ])('%s: 400 or a clean close, no hang', async (_, bytes) => {
     const before = good.requests.length
-    const conn = track(await sendRaw(proxyPort, bytes()))
+    const conn = track(await sendRaw(shared.port, bytes()))
     await expectRejectedOrClosed(conn)
     expect(good.requests.length).toBe(before)
   })
 
   test('a 200-character method: 4xx (the proxy\'s or the upstream\'s) or a clean close', async () => {
     const host = `127.0.0.1:${refuser.port}`
-    const conn = track(await sendRaw(proxyPort, buildRequest('M'.repeat(200), `http://${host}/absurd`, [['Host', host], ['Proxy-Authorization', authOf(ctx)]])))
+    const conn = track(await sendRaw(shared.port, buildRequest('M'.repeat(200), `http://${host}/absurd`, [['Host', host], ['Proxy-Authorization', authOf(shared.ctx)]])))
     const result = await outcome(conn, 5000)
     if (result.status !== null) {
       expect(result.status).toBeGreaterThanOrEqual(400)
@@ -169,7 +146,7 @@ describe('garbage and absurd request lines', () => {
   })
 
   test('G@T as a method: 4xx or a clean close', async () => {
-    const conn = track(await sendRaw(proxyPort, buildRequest('G@T', goodUrl('/at'), [['Host', goodHost()], ['Proxy-Authorization', authOf(ctx)]])))
+    const conn = track(await sendRaw(shared.port, buildRequest('G@T', goodUrl('/at'), [['Host', goodHost()], ['Proxy-Authorization', authOf(shared.ctx)]])))
     const result = await outcome(conn, 5000)
     if (result.status !== null) {
       expect(result.status).toBeGreaterThanOrEqual(400)
@@ -179,13 +156,13 @@ describe('garbage and absurd request lines', () => {
   })
 
   test('absolute-form without a host (GET http:/// HTTP/1.1): 400', async () => {
-    const conn = track(await sendRaw(proxyPort, buildRequest('GET', 'http:///', [['Host', ''], ['Proxy-Authorization', authOf(ctx)]])))
+    const conn = track(await sendRaw(shared.port, buildRequest('GET', 'http:///', [['Host', ''], ['Proxy-Authorization', authOf(shared.ctx)]])))
     const result = await outcome(conn, 5000)
     expect(result.status).toBe(400)
   })
 
   test('origin-form on the listener (no tunnel binding): 400', async () => {
-    const conn = track(await sendRaw(proxyPort, buildRequest('GET', '/index.html', [['Host', goodHost()], ['Proxy-Authorization', authOf(ctx)]])))
+    const conn = track(await sendRaw(shared.port, buildRequest('GET', '/index.html', [['Host', goodHost()], ['Proxy-Authorization', authOf(shared.ctx)]])))
     const result = await outcome(conn, 5000)
     expect(result.status).toBe(400)
     expect(good.requests.some((r) => r.url === '/index.html')).toBe(false)
@@ -205,13 +182,13 @@ describe('CONNECT with a bad authority: 400', () => {
     ['port out of range', 'h:70000'],
     ['port 0', 'h:0'],
   ])('%s: CONNECT %s', async (_, authority) => {
-    const conn = track(await sendRaw(proxyPort, buildRequest('CONNECT', authority, [['Host', authority], ['Proxy-Authorization', authOf(ctx)]])))
+    const conn = track(await sendRaw(shared.port, buildRequest('CONNECT', authority, [['Host', authority], ['Proxy-Authorization', authOf(shared.ctx)]])))
     const res = await conn.readResponse({ connect: true, timeout: 5000 })
     expect(res.status).toBe(400)
   })
 
   test('empty: "CONNECT  HTTP/1.1"', async () => {
-    const conn = track(await sendRaw(proxyPort, `CONNECT  HTTP/1.1\r\nHost: x\r\nProxy-Authorization: ${authOf(ctx)}\r\n\r\n`))
+    const conn = track(await sendRaw(shared.port, `CONNECT  HTTP/1.1\r\nHost: x\r\nProxy-Authorization: ${authOf(shared.ctx)}\r\n\r\n`))
     const result = await outcome(conn, 5000)
     expect(result.status).toBe(400)
   })
@@ -222,45 +199,45 @@ describe('CONNECT with a bad authority: 400', () => {
 describe('bad Proxy-Authorization: 407, and the connection stays usable for the retry', () => {
   const b64 = (s) => Buffer.from(s).toString('base64')
   const cases = [
-    ['a wrong scheme', () => `Bearer ${b64(`${ctx.username}:${ctx.password}`)}`],
-    ['Digest', () => `Digest username="${ctx.username}", realm="x", nonce="n", uri="/", response="r"`],
+    ['a wrong scheme', () => `Bearer ${b64(`${shared.ctx.username}:${shared.ctx.password}`)}`],
+    ['Digest', () => `Digest username="${shared.ctx.username}", realm="x", nonce="n", uri="/", response="r"`],
     ['bad base64', () => 'Basic !!!not*base64!!!'],
-    ['no colon', () => `Basic ${b64(ctx.username + ctx.password)}`],
-    ['an empty password', () => `Basic ${b64(`${ctx.username}:`)}`],
-    ['an empty user', () => `Basic ${b64(`:${ctx.password}`)}`],
-    ['the right user with a wrong password', () => `Basic ${b64(`${ctx.username}:${'0'.repeat(32)}`)}`],
-    ['a 10 KiB header', () => `Basic ${b64(`${ctx.username}:${'p'.repeat(10 * 1024)}`)}`],
+    ['no colon', () => `Basic ${b64(shared.ctx.username + shared.ctx.password)}`],
+    ['an empty password', () => `Basic ${b64(`${shared.ctx.username}:`)}`],
+    ['an empty user', () => `Basic ${b64(`:${shared.ctx.password}`)}`],
+    ['the right user with a wrong password', () => `Basic ${b64(`${shared.ctx.username}:${'0'.repeat(32)}`)}`],
+    ['a 10 KiB header', () => `Basic ${b64(`${shared.ctx.username}:${'p'.repeat(10 * 1024)}`)}`],
     ['non-UTF-8 bytes', () => 'Basic \xff\xfe\xfd'],
   ]
 
   test.each(cases)('%s', async (_, header) => {
-    const conn = track(await Conn.connect(proxyPort))
+    const conn = track(await Conn.connect(shared.port))
     conn.write(buildRequest('GET', goodUrl('/denied'), [['Host', goodHost()], ['Proxy-Authorization', header()]]))
     const res = await conn.readResponse({ timeout: 5000 })
     expect(res.status).toBe(407)
     expect(res.headers['proxy-authenticate']).toBe(REALM)
     expect(good.requests.some((r) => r.url === '/denied')).toBe(false)
-    const retry = await getOn(conn, goodUrl('/retry'), authOf(ctx))
+    const retry = await getOn(conn, goodUrl('/retry'), { auth: authOf(shared.ctx) })
     expect(retry.status).toBe(200)
   })
 
   test('a CONNECT with bad credentials gets 407 and no tunnel', async () => {
-    const conn = track(await Conn.connect(proxyPort))
+    const conn = track(await Conn.connect(shared.port))
     conn.write(buildRequest('CONNECT', goodHost(), [['Host', goodHost()], ['Proxy-Authorization', 'Basic !!!']]))
     const res = await conn.readResponse({ connect: true, timeout: 5000 })
     expect(res.status).toBe(407)
-    expect(proxy.stats().activeTunnels).toBe(0)
+    expect(shared.proxy.stats().activeTunnels).toBe(0)
   })
 
   test("a released context's credentials", async () => {
-    const gone = proxy.createContext(77)
-    expect(proxy.releaseContext(gone.id)).toBe(true)
-    const conn = track(await Conn.connect(proxyPort))
+    const gone = shared.proxy.createContext(77)
+    expect(shared.proxy.releaseContext(gone.id)).toBe(true)
+    const conn = track(await Conn.connect(shared.port))
     conn.write(buildRequest('GET', goodUrl('/released'), [['Host', goodHost()], ['Proxy-Authorization', authOf(gone)]]))
     const res = await conn.readResponse({ timeout: 5000 })
     expect(res.status).toBe(407)
     expect(good.requests.some((r) => r.url === '/released')).toBe(false)
-    const tunnel = await openTunnel(proxyPort, goodHost(), authOf(gone))
+    const tunnel = await openTunnel(shared.port, goodHost(), authOf(gone))
     track(tunnel.conn)
     expect(tunnel.res.status).toBe(407)
   })
@@ -281,9 +258,9 @@ describe('request smuggling: ambiguous framing gets 400 and the upstream receive
     upstream = await startRawServer((socket) => {
       socket.once('data', () => socket.end('HTTP/1.1 200 OK\r\nContent-Length: 9\r\nConnection: close\r\n\r\nsmuggled!'))
     })
-    const conn = track(await sendRaw(proxyPort,
+    const conn = track(await sendRaw(shared.port,
       `POST http://127.0.0.1:${upstream.port}/smuggle ${version}\r\nHost: 127.0.0.1:${upstream.port}\r\n` +
-      `Proxy-Authorization: ${authOf(ctx)}\r\n${lines.join('\r\n')}\r\n\r\n${body}`))
+      `Proxy-Authorization: ${authOf(shared.ctx)}\r\n${lines.join('\r\n')}\r\n\r\n${body}`))
     const res = await conn.readResponse({ timeout: 5000 })
     // Give anything forwarded in the background time to arrive.
     await sleep(300)
@@ -340,7 +317,7 @@ describe('request smuggling: ambiguous framing gets 400 and the upstream receive
 
 describe('broken TLS inside an intercepted tunnel (CONNECT localhost:3000, routed context)', () => {
   test('a ClientHello cut off after 20 bytes, then a half-close: the proxy closes', async () => {
-    const { conn, res } = await openTunnel(proxyPort, 'localhost:3000', authOf(routed), { allowHalfOpen: true })
+    const { conn, res } = await openTunnel(shared.port, 'localhost:3000', authOf(shared.routed), { allowHalfOpen: true })
     track(conn)
     expect(res.status).toBe(200)
     conn.write(clientHello.subarray(0, 20))
@@ -350,18 +327,18 @@ describe('broken TLS inside an intercepted tunnel (CONNECT localhost:3000, route
   })
 
   test('a ClientHello cut off after 20 bytes, then the client goes away: nothing is left behind', async () => {
-    const { conn, res } = await openTunnel(proxyPort, 'localhost:3000', authOf(routed))
+    const { conn, res } = await openTunnel(shared.port, 'localhost:3000', authOf(shared.routed))
     track(conn)
     expect(res.status).toBe(200)
     conn.write(clientHello.subarray(0, 20))
     await sleep(100)
-    expect(proxy.stats().activeTunnels).toBe(1)
+    expect(shared.proxy.stats().activeTunnels).toBe(1)
     conn.destroy()
     // afterEach checks that the tunnel is gone.
   })
 
   test('a corrupted ClientHello: the proxy answers with an alert or nothing, and closes', async () => {
-    const { conn, res } = await openTunnel(proxyPort, 'localhost:3000', authOf(routed))
+    const { conn, res } = await openTunnel(shared.port, 'localhost:3000', authOf(shared.routed))
     track(conn)
     expect(res.status).toBe(200)
     const bad = Buffer.from(clientHello)
@@ -379,11 +356,11 @@ describe('broken TLS inside an intercepted tunnel (CONNECT localhost:3000, route
 
 describe('clients that disappear mid-body', () => {
   test('closing mid-upload (Content-Length 10 MB, 1 MB sent): the upstream sees the request aborted', async () => {
-    const conn = track(await Conn.connect(proxyPort))
+    const conn = track(await Conn.connect(shared.port))
     const total = 10 * 1024 * 1024
     conn.write(buildRequest('POST', `http://127.0.0.1:${sink.port}/upload`, [
       ['Host', `127.0.0.1:${sink.port}`],
-      ['Proxy-Authorization', authOf(ctx)],
+      ['Proxy-Authorization', authOf(shared.ctx)],
       ['Content-Type', 'application/octet-stream'],
       ['Content-Length', String(total)],
     ]))
@@ -397,8 +374,8 @@ describe('clients that disappear mid-body', () => {
   })
 
   test('closing mid-download (50 MB streamed slowly): the upstream response is closed', async () => {
-    const conn = track(await Conn.connect(proxyPort))
-    conn.write(buildRequest('GET', `http://127.0.0.1:${sink.port}/slow`, [['Host', `127.0.0.1:${sink.port}`], ['Proxy-Authorization', authOf(ctx)]]))
+    const conn = track(await Conn.connect(shared.port))
+    conn.write(buildRequest('GET', `http://127.0.0.1:${sink.port}/slow`, [['Host', `127.0.0.1:${sink.port}`], ['Proxy-Authorization', authOf(shared.ctx)]]))
     const res = await conn.readHead(5000)
     expect(res.status).toBe(200)
     await conn.readBytes(256 * 1024, 5000)
@@ -415,7 +392,7 @@ describe('clients that disappear mid-body', () => {
 
 describe('upstreams that misbehave', () => {
   test('an upstream that closes mid-response (Content-Length): the client sees a truncated response and a close', async () => {
-    const conn = track(await sendRaw(proxyPort, buildRequest('GET', `http://127.0.0.1:${resetter.port}/cl`, [['Host', `127.0.0.1:${resetter.port}`], ['Proxy-Authorization', authOf(ctx)]])))
+    const conn = track(await sendRaw(shared.port, buildRequest('GET', `http://127.0.0.1:${resetter.port}/cl`, [['Host', `127.0.0.1:${resetter.port}`], ['Proxy-Authorization', authOf(shared.ctx)]])))
     const head = await conn.readHead(5000)
     expect(head.status).toBe(200)
     await conn.waitClosed(3000)
@@ -423,7 +400,7 @@ describe('upstreams that misbehave', () => {
   })
 
   test('an upstream that resets mid-response (chunked): no terminating chunk reaches the client, and it is closed', async () => {
-    const conn = track(await sendRaw(proxyPort, buildRequest('GET', `http://127.0.0.1:${resetter.port}/chunked?rst=1`, [['Host', `127.0.0.1:${resetter.port}`], ['Proxy-Authorization', authOf(ctx)]])))
+    const conn = track(await sendRaw(shared.port, buildRequest('GET', `http://127.0.0.1:${resetter.port}/chunked?rst=1`, [['Host', `127.0.0.1:${resetter.port}`], ['Proxy-Authorization', authOf(shared.ctx)]])))
     const head = await conn.readHead(5000)
     expect(head.status).toBe(200)
     await conn.waitClosed(3000)
@@ -433,7 +410,7 @@ describe('upstreams that misbehave', () => {
   })
 
   test('an upstream that resets mid-response (Content-Length, RST): truncated or 502, never a hang', async () => {
-    const conn = track(await sendRaw(proxyPort, buildRequest('GET', `http://127.0.0.1:${resetter.port}/cl?rst=1`, [['Host', `127.0.0.1:${resetter.port}`], ['Proxy-Authorization', authOf(ctx)]])))
+    const conn = track(await sendRaw(shared.port, buildRequest('GET', `http://127.0.0.1:${resetter.port}/cl?rst=1`, [['Host', `127.0.0.1:${resetter.port}`], ['Proxy-Authorization', authOf(shared.ctx)]])))
     const head = await conn.readHead(5000)
     expect([200, 502]).toContain(head.status)
     if (head.status === 200) {
@@ -443,7 +420,7 @@ describe('upstreams that misbehave', () => {
   })
 
   test('an upstream that answers garbage: 502 with a one-line body', async () => {
-    const conn = track(await sendRaw(proxyPort, buildRequest('GET', `http://127.0.0.1:${garbage.port}/`, [['Host', `127.0.0.1:${garbage.port}`], ['Proxy-Authorization', authOf(ctx)]])))
+    const conn = track(await sendRaw(shared.port, buildRequest('GET', `http://127.0.0.1:${garbage.port}/`, [['Host', `127.0.0.1:${garbage.port}`], ['Proxy-Authorization', authOf(shared.ctx)]])))
     const res = await conn.readResponse({ timeout: 5000 })
     expect(res.status).toBe(502)
     expect(res.text.trim().length).toBeGreaterThan(0)
@@ -451,15 +428,15 @@ describe('upstreams that misbehave', () => {
   })
 
   test('an upstream that closes without a response: 502', async () => {
-    const conn = track(await sendRaw(proxyPort, buildRequest('GET', `http://127.0.0.1:${hangup.port}/`, [['Host', `127.0.0.1:${hangup.port}`], ['Proxy-Authorization', authOf(ctx)]])))
+    const conn = track(await sendRaw(shared.port, buildRequest('GET', `http://127.0.0.1:${hangup.port}/`, [['Host', `127.0.0.1:${hangup.port}`], ['Proxy-Authorization', authOf(shared.ctx)]])))
     const res = await conn.readResponse({ timeout: 5000 })
     expect(res.status).toBe(502)
   })
 
   test('a WebSocket upgrade whose upstream never answers: 504 after upstreamResponseTimeoutMs', async () => {
-    const conn = track(await Conn.connect(proxyPort))
+    const conn = track(await Conn.connect(shared.port))
     const t0 = Date.now()
-    conn.write(wsUpgradeRequest(`http://127.0.0.1:${silent.port}/ws`, { auth: authOf(ctx), key: wsKey() }))
+    conn.write(wsUpgradeRequest(`http://127.0.0.1:${silent.port}/ws`, { auth: authOf(shared.ctx), key: wsKey() }))
     const res = await conn.readResponse({ timeout: RESPONSE_TIMEOUT * 6 })
     expect(res.status).toBe(504)
     expect(Date.now() - t0).toBeGreaterThanOrEqual(RESPONSE_TIMEOUT * 0.5)

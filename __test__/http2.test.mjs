@@ -3,20 +3,12 @@
 import http2 from 'node:http2'
 import { WebSocketServer } from 'ws'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
-import { h2request } from './tls-helpers.mjs'
-import {
-  authOf,
-  Conn,
-  connectThrough,
-  encodeFrame,
-  readFrame,
-  ProxyServer,
-  proxyRequest,
-  REALM,
-  sleep,
-  startEchoServer,
-  startHttpServer,
-} from './helpers.mjs'
+import { ProxyServer } from '../support/addon.mjs'
+import { authOf, Conn, connectTunnel, proxyRequest } from '../support/http-client.mjs'
+import { startEchoServer, startHttpServer } from '../support/servers.mjs'
+import { sleep } from '../support/wait.mjs'
+import { encodeFrame, readFrame, REALM } from './helpers.mjs'
+import { h2request, wsOverH2 } from './tls-helpers.mjs'
 
 let h2proxy, h1proxy, upstream, echo, ctx, h1ctx, routedCtx, h1routedCtx, wss
 const wsUpgrades = []
@@ -192,6 +184,18 @@ describe('h2c requests', () => {
   })
 })
 
+/** Sends the h2c preface and an empty SETTINGS on `conn`: whether what comes back starts with a SETTINGS frame on stream 0. */
+async function answersH2cPreface(conn) {
+  conn.write(Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'), Buffer.from([0, 0, 0, 4, 0, 0, 0, 0, 0])]))
+  let data
+  try {
+    data = await conn.readToEnd(3000)
+  } catch {
+    data = conn.take(conn.buf.length)
+  }
+  return data.length >= 9 && data[3] === 0x04 && (data.readUInt32BE(5) & 0x7fffffff) === 0
+}
+
 describe('h2c and routed contexts', () => {
   test('an h2 request to localhost:3000 is rewritten to the cmux-proxy origin', async () => {
     const session = connect(h2proxy.port())
@@ -203,15 +207,15 @@ describe('h2c and routed contexts', () => {
       'proxy-authorization': authOf(routedCtx),
     })
     expect(res.status).toBe(200)
-    const last = seen.at(-1)
-    expect(last.url).toBe('/h2-rewritten?a=1')
-    expect(last.host).toBe('origin.test')
-    expect(last.headers['x-cmux-port-internal']).toBe('3000')
-    expect(last.headers['x-cmux-host-override']).toBe('localhost:3000')
+    expect(seen.at(-1)).toMatchObject({
+      url: '/h2-rewritten?a=1',
+      host: 'origin.test',
+      headers: { 'x-cmux-port-internal': '3000', 'x-cmux-host-override': 'localhost:3000' },
+    })
   })
 
   test('h2c inside a CONNECT localhost:3000 tunnel is served and rewritten', async () => {
-    const socket = await connectThrough(h2proxy.port(), 'localhost:3000', authOf(routedCtx))
+    const socket = await connectTunnel(h2proxy.port(), 'localhost:3000', authOf(routedCtx))
     const session = http2.connect('http://localhost:3000', { createConnection: () => socket })
     session.on('error', () => {})
     sessions.push(session)
@@ -227,15 +231,7 @@ describe('h2c and routed contexts', () => {
     const session = connect(h2proxy.port())
     await new Promise((resolve) => session.once('remoteSettings', resolve))
     expect(session.remoteSettings.enableConnectProtocol).toBe(true)
-    const stream = session.request({
-      ':method': 'CONNECT',
-      ':protocol': 'websocket',
-      ':scheme': 'http',
-      ':authority': `127.0.0.1:${upstream.port}`,
-      ':path': '/ws-over-h2',
-      'sec-websocket-version': '13',
-      'proxy-authorization': authOf(ctx),
-    }, { endStream: false })
+    const stream = session.request(wsOverH2(`127.0.0.1:${upstream.port}`, '/ws-over-h2', { 'proxy-authorization': authOf(ctx) }), { endStream: false })
     const headers = await new Promise((resolve, reject) => {
       stream.once('response', resolve)
       stream.once('error', reject)
@@ -286,15 +282,7 @@ describe('enableHttp2 = false', () => {
   test('the h2c preface is not answered with HTTP/2 frames', async () => {
     const conn = await Conn.connect(h1proxy.port())
     try {
-      conn.write(Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'), Buffer.from([0, 0, 0, 4, 0, 0, 0, 0, 0])]))
-      let data
-      try {
-        data = await conn.readToEnd(3000)
-      } catch {
-        data = conn.take(conn.buf.length)
-      }
-      const looksLikeSettings = data.length >= 9 && data[3] === 0x04 && (data.readUInt32BE(5) & 0x7fffffff) === 0
-      expect(looksLikeSettings).toBe(false)
+      expect(await answersH2cPreface(conn)).toBe(false)
     } finally {
       conn.destroy()
     }
@@ -302,18 +290,10 @@ describe('enableHttp2 = false', () => {
 
   test('h2c inside a CONNECT localhost:3000 tunnel is not served either', async () => {
     const before = seen.length
-    const socket = await connectThrough(h1proxy.port(), 'localhost:3000', authOf(h1routedCtx))
+    const socket = await connectTunnel(h1proxy.port(), 'localhost:3000', authOf(h1routedCtx))
     const conn = new Conn(socket)
     try {
-      conn.write(Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'), Buffer.from([0, 0, 0, 4, 0, 0, 0, 0, 0])]))
-      let data
-      try {
-        data = await conn.readToEnd(3000)
-      } catch {
-        data = conn.take(conn.buf.length)
-      }
-      const looksLikeSettings = data.length >= 9 && data[3] === 0x04 && (data.readUInt32BE(5) & 0x7fffffff) === 0
-      expect(looksLikeSettings).toBe(false)
+      expect(await answersH2cPreface(conn)).toBe(false)
       expect(seen.length).toBe(before)
     } finally {
       conn.destroy()

@@ -8,10 +8,17 @@
 // HTTP/1.1 ones.
 
 import { afterAll, describe, expect } from 'vitest'
-import { makeCA, makeLeaf, ProxyServer, sleep, startHttpServer, waitFor } from './helpers.mjs'
-import { devHost, launchChromium, recordFailures, requireChromium, startDevBox, waitForHmrText } from './browser-helpers.mjs'
-import { browserSuite, expectAllH2, expectRefusedAfterRelease, expectSeparatePreviews, expectStandInPage, expectWhoami, isStandIn, openStandInPage } from './browser-scenarios.mjs'
-import { answerProxyAuth, serveTree, TREE_MODULES } from './https-proxy-helpers.mjs'
+import { ProxyServer } from '../support/addon.mjs'
+import { makeCA, makeLeaf } from '../support/certs.mjs'
+import { serveTree, TREE_MODULES } from '../support/module-tree.mjs'
+import { startHttpServer } from '../support/servers.mjs'
+import { sleep, waitFor } from '../support/wait.mjs'
+import { answerProxyAuth } from './browser-helpers.mjs'
+import { devHost, launchChromium, recordFailures, requireChromium, startStandInDevBox, waitForHmrText } from './browser-helpers.mjs'
+import {
+  browserSuite, expectAllH2, expectRefusedAfterRelease, expectSeparatePreviews, expectStandInPage, expectWhoami,
+  isStandIn, openStandInPage,
+} from './browser-scenarios.mjs'
 
 const SUFFIX = 'test.local'
 const R1 = { morphId: 'm1', scope: 'base', domainSuffix: SUFFIX } // HTTP/1.1 stand-in
@@ -72,8 +79,8 @@ const browserTest = browserSuite(async () => {
   requireChromium()
   ca = makeCA('cmux https-proxy browser tests CA')
   const leaf = makeLeaf(ca, [devHost(R1), devHost(R2), devHost(R4)])
-  devBox = await startDevBox({ tls: leaf })
-  devBoxH2 = await startDevBox({ tls: leaf, h2: true })
+  devBox = await startStandInDevBox({ tls: leaf })
+  devBoxH2 = await startStandInDevBox({ tls: leaf, h2: true })
   tree = await startHttpServer((req, res) => {
     if (!serveTree(req, res, treeSeen)) {
       res.writeHead(404, { 'content-type': 'text/plain' })

@@ -1,13 +1,11 @@
 // Helpers for the HTTPS proxy mode tests: clients that speak TLS to the
 // proxy's listener (HTTP/1.1 or HTTP/2 by ALPN), CONNECT over those
-// connections, a first-flight ClientHello to cut in half, and for the browser
-// tests: proxy login answered through CDP and a generated module waterfall.
+// connections, and raw HTTP/2 frames.
 
 import http from 'node:http'
 import http2 from 'node:http2'
-import net from 'node:net'
-import tls from 'node:tls'
-import { closer, listen, trackSockets, waitFor, withTimeout } from './helpers.mjs'
+import { connectOver } from '../support/http-client.mjs'
+import { withTimeout } from '../support/wait.mjs'
 import { h2request, tlsConnect } from './tls-helpers.mjs'
 
 // ---------------------------------------------------------------------------
@@ -74,45 +72,9 @@ export function h2Connect(session, authority, auth, headers = {}) {
   }), 10000, `HTTP/2 CONNECT ${authority}`)
 }
 
-/**
- * Sends CONNECT `authority` on an open socket (plain or TLS) to the proxy and
- * resolves the same socket once it answered 200 (extra bytes unshifted);
- * rejects with the status line otherwise.
- */
+/** connectOver (support/http-client.mjs), bounded: 10 s. */
 export function connectOn(socket, authority, auth) {
-  return withTimeout(new Promise((resolve, reject) => {
-    let buf = Buffer.alloc(0)
-    const cleanup = () => {
-      socket.off('data', onData)
-      socket.off('error', onError)
-      socket.off('end', onEnd)
-    }
-    const onError = (e) => {
-      cleanup()
-      reject(e)
-    }
-    const onEnd = () => {
-      cleanup()
-      reject(new Error(`CONNECT ${authority}: the proxy closed before answering`))
-    }
-    const onData = (d) => {
-      buf = Buffer.concat([buf, d])
-      const i = buf.indexOf('\r\n\r\n')
-      if (i < 0) return
-      cleanup()
-      const head = buf.subarray(0, i).toString('latin1')
-      const rest = buf.subarray(i + 4)
-      if (!/^HTTP\/1\.1 200/.test(head)) return reject(new Error(`CONNECT ${authority} failed: ${head.split('\r\n')[0]}`))
-      if (rest.length) socket.unshift(rest)
-      resolve(socket)
-    }
-    socket.on('data', onData)
-    socket.on('error', onError)
-    socket.on('end', onEnd)
-    let head = `CONNECT ${authority} HTTP/1.1\r\nHost: ${authority}\r\n`
-    if (auth) head += `Proxy-Authorization: ${auth}\r\n`
-    socket.write(head + '\r\n')
-  }), 10000, `CONNECT ${authority}`)
+  return withTimeout(connectOver(socket, authority, auth), 10000, `CONNECT ${authority}`)
 }
 
 /**
@@ -139,32 +101,6 @@ export class HttpsProxyTunnelAgent extends http.Agent {
   }
 }
 
-/**
- * The bytes of a real first-flight ClientHello from Node's TLS client
- * (captured by a local TCP server that never answers).
- */
-export async function captureClientHello(opts = {}) {
-  let captured
-  const server = net.createServer((socket) => {
-    socket.on('error', () => {})
-    socket.once('data', (d) => {
-      captured = d
-      socket.destroy()
-    })
-  })
-  const sockets = trackSockets(server)
-  const port = await listen(server)
-  const client = tls.connect({ host: '127.0.0.1', port, servername: 'localhost', ALPNProtocols: ['h2', 'http/1.1'], ...opts })
-  client.on('error', () => {})
-  try {
-    await waitFor(() => captured, { timeout: 5000, message: 'ClientHello captured' })
-  } finally {
-    client.destroy()
-    await closer(server, sockets)()
-  }
-  return captured
-}
-
 /** Settles when `session` closes; resolves true, or false after `timeout` ms. */
 export function sessionClosed(session, timeout) {
   if (session.closed || session.destroyed) return Promise.resolve(true)
@@ -175,103 +111,6 @@ export function sessionClosed(session, timeout) {
       resolve(true)
     })
   })
-}
-
-// ---------------------------------------------------------------------------
-// Browser side
-
-/**
- * Answers the proxy's 407 for `page` through CDP (the Electron app's
- * app.on('login')): Fetch.enable with handleAuthRequests for `patterns`;
- * every paused request continues unchanged. Returns a record of the
- * challenges answered.
- */
-export async function answerProxyAuth(page, credentials, patterns = [{ urlPattern: '*' }]) {
-  const cdp = await page.context().newCDPSession(page)
-  const record = { challenges: [], paused: 0, errors: [] }
-  const answered = new Set()
-  cdp.on('Fetch.authRequired', ({ requestId, request, authChallenge }) => {
-    // The same request challenged again: the credentials were refused; give up (as Electron's login does).
-    const retry = answered.has(requestId)
-    answered.add(requestId)
-    record.challenges.push({ url: request.url, source: authChallenge.source, scheme: authChallenge.scheme, realm: authChallenge.realm, retry })
-    const response = authChallenge.source === 'Proxy' && !retry
-      ? { response: 'ProvideCredentials', username: credentials.username, password: credentials.password }
-      : { response: 'CancelAuth' }
-    cdp.send('Fetch.continueWithAuth', { requestId, authChallengeResponse: response })
-      .catch((e) => record.errors.push(`continueWithAuth: ${e.message}`))
-  })
-  cdp.on('Fetch.requestPaused', ({ requestId }) => {
-    record.paused++
-    cdp.send('Fetch.continueRequest', { requestId }).catch((e) => record.errors.push(`continueRequest: ${e.message}`))
-  })
-  await cdp.send('Fetch.enable', { handleAuthRequests: true, patterns })
-  record.cdp = cdp
-  return record
-}
-
-// A module waterfall: the page imports LEVEL1 modules, each of which imports
-// its share of LEVEL2, each of those its share of LEVEL3 (every module is
-// reached by exactly one import, so the page needs all three round trips).
-export const TREE = { level1: 10, level2: 50, level3: 440 }
-export const TREE_MODULES = TREE.level1 + TREE.level2 + TREE.level3
-
-function treeModule(level, i) {
-  const children = level === 1
-    ? Array.from({ length: TREE.level2 }, (_, k) => k).filter((k) => k % TREE.level1 === i)
-    : level === 2
-      ? Array.from({ length: TREE.level3 }, (_, k) => k).filter((k) => k % TREE.level2 === i)
-      : []
-  const childLevel = level + 1
-  const imports = children.map((k, n) => `import c${n} from '/tree/l${childLevel}/m${k}.js'`).join('\n')
-  const sum = children.length ? children.map((_, n) => `c${n}`).join(' + ') : '0'
-  // Each module's default export is how many modules its subtree holds (itself included).
-  return `${imports}\nexport default 1 + ${sum}\n`
-}
-
-function treeHtml() {
-  const imports = Array.from({ length: TREE.level1 }, (_, i) => `import m${i} from '/tree/l1/m${i}.js'`).join('\n')
-  const sum = Array.from({ length: TREE.level1 }, (_, i) => `m${i}`).join(' + ')
-  return `<!doctype html>
-<html><head><meta charset="utf-8"><title>module tree</title></head>
-<body>
-<p id="tree">tree: loading</p>
-<script type="module">
-${imports}
-document.getElementById('tree').textContent = 'tree: ' + (${sum})
-</script>
-<script>
-addEventListener('error', (e) => { document.getElementById('tree').textContent = 'tree: error ' + e.message }, true)
-</script>
-</body></html>
-`
-}
-
-/**
- * Serves /tree/index.html and its ${TREE_MODULES} modules (no-store) for any
- * request handler; returns true when it answered.
- */
-export function serveTree(req, res, seen) {
-  const path = (req.url ?? '').split('?')[0]
-  if (path === '/tree/index.html') {
-    seen?.push(path)
-    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' })
-    res.end(treeHtml())
-    return true
-  }
-  const m = /^\/tree\/l([123])\/m(\d+)\.js$/.exec(path)
-  if (m) {
-    const level = Number(m[1])
-    const i = Number(m[2])
-    const count = [0, TREE.level1, TREE.level2, TREE.level3][level]
-    if (i < count) {
-      seen?.push(path)
-      res.writeHead(200, { 'content-type': 'text/javascript', 'cache-control': 'no-store' })
-      res.end(treeModule(level, i))
-      return true
-    }
-  }
-  return false
 }
 
 // ---------------------------------------------------------------------------

@@ -7,44 +7,19 @@ import crypto from 'node:crypto'
 import http2 from 'node:http2'
 import tls from 'node:tls'
 import { WebSocket, WebSocketServer } from 'ws'
-import { afterAll, beforeAll, describe, expect, test } from 'vitest'
-import {
-  authOf,
-  buildRequest,
-  Conn,
-  ECHO_FINAL,
-  encodeFrame,
-  ProxyServer,
-  proxyRequest,
-  readFrame,
-  REALM,
-  sleep,
-  startEchoServer,
-  startHttpServer,
-  waitFor,
-  withTimeout,
-  wsAccept,
-  wsKey,
-  wsUpgradeRequest,
-} from './helpers.mjs'
-import { DEV_HOST, h2Over, ROUTE, startTlsServer, testCA, tlsOver } from './tls-helpers.mjs'
+import { afterAll, beforeAll, describe, expect } from 'vitest'
+import { ProxyServer } from '../support/addon.mjs'
+import { authOf, buildRequest, Conn, proxyRequest } from '../support/http-client.mjs'
+import { ECHO_FINAL, startEchoServer, startHttpServer } from '../support/servers.mjs'
+import { sleep, waitFor, withTimeout } from '../support/wait.mjs'
 import { spkiHash } from './browser-helpers.mjs'
+import { startProxy, test, useTracked, withProxy } from './fixtures.mjs'
+import { encodeFrame, readFrame, REALM, wsAccept, wsKey, wsUpgradeRequest } from './helpers.mjs'
 import {
-  captureClientHello,
-  connectOn,
-  FRAME,
-  H2_PREFACE,
-  h2Connect,
-  h2Frame,
-  H2FrameReader,
-  hpackBlock,
-  hpackRepeated,
-  h2Fetch,
-  h2ToProxy,
-  HttpsProxyTunnelAgent,
-  sessionClosed,
-  tlsToProxy,
+  connectOn, FRAME, H2_PREFACE, h2Connect, h2Fetch, h2Frame, H2FrameReader, h2ToProxy, hpackBlock, hpackRepeated,
+  HttpsProxyTunnelAgent, sessionClosed, tlsToProxy,
 } from './https-proxy-helpers.mjs'
+import { captureFirstFlight, DEV_HOST, h2Over, ROUTE, startTlsServer, testCA, tlsOver } from './tls-helpers.mjs'
 
 const SITE = 'site.test:8080' // a plain HTTP upstream, reached through the `resolve` option
 const MAX_HEAD = 16384
@@ -54,28 +29,19 @@ let plainAuth, routedAuth, h1Auth
 const siteSeen = []
 const devSeen = []
 const wsSeen = []
-const cleanup = [] // sockets, sessions, WebSockets: destroyed in afterAll
-const proxies = [] // extra proxies started by single tests: stopped in afterAll
 const wsServers = []
 
-const track = (x) => {
-  cleanup.push(x)
-  return x
-}
-
-async function startProxy(enableHttp2, options = {}) {
-  const p = await ProxyServer.start('127.0.0.1:0', enableHttp2, {
-    resolve: {
-      [SITE]: `127.0.0.1:${site.port}`,
-      [`${DEV_HOST}:443`]: `127.0.0.1:${devBox.port}`,
-    },
-    upstreamCaPem: [ca.certPem],
-    logging: !!process.env.CMUX_PROXY_LOG,
-    ...options,
-  })
-  proxies.push(p)
-  return p
-}
+/** This file's proxy options: its upstreams resolved and their CA trusted, then `options`. */
+const optionsFor = (enableHttp2, options = {}) => ({
+  enableHttp2,
+  resolve: {
+    [SITE]: `127.0.0.1:${site.port}`,
+    [`${DEV_HOST}:443`]: `127.0.0.1:${devBox.port}`,
+  },
+  upstreamCaPem: [ca.certPem],
+  logging: !!process.env.CMUX_PROXY_LOG,
+  ...options,
+})
 
 function attachWs(server, label) {
   const wss = new WebSocketServer({ noServer: true })
@@ -117,8 +83,8 @@ beforeAll(async () => {
   }, { h2: true })
   attachWs(devBox.server, 'devbox')
   echo = await startEchoServer()
-  proxy = await startProxy(true, { maxHeadBytes: MAX_HEAD })
-  h1proxy = await startProxy(false)
+  proxy = await startProxy(optionsFor(true, { maxHeadBytes: MAX_HEAD }))
+  h1proxy = await startProxy(optionsFor(false))
   proxyCa = proxy.caCertificatePem()
   h1proxyCa = h1proxy.caCertificatePem()
   plainAuth = authOf(proxy.createContext(1))
@@ -127,21 +93,19 @@ beforeAll(async () => {
 }, 60000)
 
 afterAll(async () => {
-  for (const x of cleanup) {
-    try {
-      if (typeof x.terminate === 'function') x.terminate()
-      else x.destroy()
-    } catch {}
-  }
   for (const wss of wsServers) {
     for (const c of wss.clients) c.terminate()
     wss.close()
   }
-  for (const p of proxies) await p.stop()
+  await proxy?.stop()
+  await h1proxy?.stop()
   await site?.close()
   await devBox?.close()
   await echo?.close()
 })
+
+// Sockets, sessions and WebSockets the tests keep, closed before the above (after hooks run in reverse order).
+const track = useTracked({ after: 'all' })
 
 const siteGet = (path, auth) => ({
   ':method': 'GET',
@@ -262,9 +226,8 @@ describe("the listener's certificate", () => {
     expect(sans).toEqual(['DNS:localhost', 'IP Address:0:0:0:0:0:0:0:1', 'IP Address:127.0.0.1'].sort())
   })
 
-  test('listening on another address (127.0.0.2) adds that IP to the SANs and to proxyRules', async () => {
-    const other = await ProxyServer.start('127.0.0.2:0', true)
-    proxies.push(other)
+  test('listening on another address (127.0.0.2) adds that IP to the SANs and to proxyRules', async ({ newProxy }) => {
+    const other = await newProxy({ listen: '127.0.0.2:0', enableHttp2: true })
     const t = track(await tlsToProxy(other.port(), { host: '127.0.0.2', ca: [other.caCertificatePem()] }))
     expect(t.authorized).toBe(true)
     const sans = t.getPeerX509Certificate().subjectAltName.split(', ').sort()
@@ -274,8 +237,8 @@ describe("the listener's certificate", () => {
 })
 
 describe('failed and stalled TLS handshakes', () => {
-  test('a client that does not trust the CA fails cleanly; nothing stays open, nothing is counted', async () => {
-    const p = await startProxy(true)
+  test('a client that does not trust the CA fails cleanly; nothing stays open, nothing is counted', async ({ newProxy }) => {
+    const p = await newProxy(optionsFor(true))
     for (const ALPNProtocols of [['h2', 'http/1.1'], ['http/1.1']]) {
       const err = await tlsToProxy(p.port(), { servername: 'localhost', ALPNProtocols }).then(
         (t) => {
@@ -297,10 +260,10 @@ describe('failed and stalled TLS handshakes', () => {
     expect(ok.authorized).toBe(true)
   })
 
-  test('half a ClientHello is closed at the TLS handshake timeout (tlsHandshakeTimeoutMs), not headerReadTimeoutMs', async () => {
+  test('half a ClientHello is closed at the TLS handshake timeout (tlsHandshakeTimeoutMs), not headerReadTimeoutMs', async ({ newProxy }) => {
     // tlsHandshakeTimeoutMs is 1 s here; the head timeout is far away (60 s).
-    const p = await startProxy(true, { tlsHandshakeTimeoutMs: 1000, headerReadTimeoutMs: 60000 })
-    const hello = await captureClientHello()
+    const p = await newProxy(optionsFor(true, { tlsHandshakeTimeoutMs: 1000, headerReadTimeoutMs: 60000 }))
+    const hello = await captureFirstFlight()
     expect(hello[0]).toBe(0x16) // a TLS handshake record
     const conn = track(await Conn.connect(p.port(), { timeout: 8000 }))
     conn.write(hello.subarray(0, Math.floor(hello.length / 2)))
@@ -312,9 +275,9 @@ describe('failed and stalled TLS handshakes', () => {
     expect(p.stats().accepted).toEqual({ http1: 0, h2c: 0, tlsHttp1: 0, tlsH2: 0 })
   })
 
-  test('upstreamConnectTimeoutMs does not bound the client\'s TLS handshake (its own option does, 10 s by default)', async () => {
-    const p = await startProxy(true, { upstreamConnectTimeoutMs: 500, headerReadTimeoutMs: 60000 })
-    const hello = await captureClientHello()
+  test('upstreamConnectTimeoutMs does not bound the client\'s TLS handshake (its own option does, 10 s by default)', async ({ newProxy }) => {
+    const p = await newProxy(optionsFor(true, { upstreamConnectTimeoutMs: 500, headerReadTimeoutMs: 60000 }))
+    const hello = await captureFirstFlight()
     const conn = track(await Conn.connect(p.port(), { timeout: 8000 }))
     conn.write(hello.subarray(0, Math.floor(hello.length / 2)))
     await sleep(2000)
@@ -322,16 +285,16 @@ describe('failed and stalled TLS handshakes', () => {
     expect(p.stats().activeConnections).toBe(1)
   })
 
-  test('after the handshake, an HTTP/1.1 connection that sends no request is closed at headerReadTimeoutMs', async () => {
-    const p = await startProxy(true, { headerReadTimeoutMs: 1000 })
+  test('after the handshake, an HTTP/1.1 connection that sends no request is closed at headerReadTimeoutMs', async ({ newProxy }) => {
+    const p = await newProxy(optionsFor(true, { headerReadTimeoutMs: 1000 }))
     const t = track(await tlsToProxy(p.port(), { ca: [p.caCertificatePem()], servername: 'localhost', ALPNProtocols: ['http/1.1'] }))
     const closed = await withTimeout(new Promise((resolve) => t.once('close', () => resolve(true))), 8000, 'the idle TLS connection closing')
     expect(closed).toBe(true)
     await waitFor(() => p.stats().activeConnections === 0, { timeout: 3000, message: 'activeConnections back to 0' })
   })
 
-  test('an idle TLS HTTP/2 session gets GOAWAY at http2IdleTimeoutMs and is closed', async () => {
-    const p = await startProxy(true, { http2IdleTimeoutMs: 1000 })
+  test('an idle TLS HTTP/2 session gets GOAWAY at http2IdleTimeoutMs and is closed', async ({ newProxy }) => {
+    const p = await newProxy(optionsFor(true, { http2IdleTimeoutMs: 1000 }))
     const ctx = p.createContext(1)
     const session = await h2To(p)
     const res = await h2Fetch(session, siteGet('/before-idle', authOf(ctx)))
@@ -509,8 +472,8 @@ describe('TLS + HTTP/2 to the proxy', () => {
     session.close()
   })
 
-  test('http2MaxConcurrentStreams changes SETTINGS_MAX_CONCURRENT_STREAMS', async () => {
-    const p = await startProxy(true, { http2MaxConcurrentStreams: 64 })
+  test('http2MaxConcurrentStreams changes SETTINGS_MAX_CONCURRENT_STREAMS', async ({ newProxy }) => {
+    const p = await newProxy(optionsFor(true, { http2MaxConcurrentStreams: 64 }))
     const session = await h2To(p)
     expect(session.firstSettings.maxConcurrentStreams).toBe(64)
     session.close()
@@ -615,14 +578,14 @@ describe('TLS + HTTP/2 to the proxy', () => {
   })
 
   test('past the reset allowance (http2MaxResets, 300 by default) a burst of 400 gets GOAWAY ENHANCE_YOUR_CALM', async () => {
-    // Abuse protection is kept, only sized for a browser's reloads (bench/h2-resets.mjs measured them).
+    // Abuse protection is kept, only sized for a browser's reloads (bench/scenarios/h2-resets.mjs measured them).
     const { reader } = await rapidResets(proxy, plainAuth, 400, 'abusive')
     await waitFor(() => reader.goaways().length > 0, { timeout: 5000, message: 'a GOAWAY for 400 rapid resets' })
     expect(reader.goaways()[0].code).toBe(http2.constants.NGHTTP2_ENHANCE_YOUR_CALM)
   })
 
-  test('http2MaxResets sets the allowance: at 64, a burst of 100 gets GOAWAY ENHANCE_YOUR_CALM', async () => {
-    const p = await startProxy(true, { http2MaxResets: 64 })
+  test('http2MaxResets sets the allowance: at 64, a burst of 100 gets GOAWAY ENHANCE_YOUR_CALM', async ({ newProxy }) => {
+    const p = await newProxy(optionsFor(true, { http2MaxResets: 64 }))
     const { reader } = await rapidResets(p, authOf(p.createContext(1)), 100, 'abusive-64')
     await waitFor(() => reader.goaways().length > 0, { timeout: 5000, message: 'a GOAWAY for 100 rapid resets at 64' })
     expect(reader.goaways()[0].code).toBe(http2.constants.NGHTTP2_ENHANCE_YOUR_CALM)
@@ -706,8 +669,8 @@ describe('TLS + HTTP/1.1 to the proxy', () => {
 })
 
 describe('releaseContext closes the TLS connections of that context', () => {
-  test('its h2 session and its HTTP/1.1 socket close; another context keeps working', async () => {
-    const p = await startProxy(true)
+  test('its h2 session and its HTTP/1.1 socket close; another context keeps working', async ({ newProxy }) => {
+    const p = await newProxy(optionsFor(true))
     const doomed = p.createContext(10)
     const kept = p.createContext(11)
     const session = await h2To(p)
@@ -736,8 +699,8 @@ describe('releaseContext closes the TLS connections of that context', () => {
 })
 
 describe('stats(): accepted connections by protocol, HTTP/2 streams', () => {
-  test('one listener port: plain HTTP/1.1, h2c, TLS+HTTP/1.1 and TLS+h2 are each counted exactly', async () => {
-    const p = await startProxy(true)
+  test('one listener port: plain HTTP/1.1, h2c, TLS+HTTP/1.1 and TLS+h2 are each counted exactly', async ({ newProxy }) => {
+    const p = await newProxy(optionsFor(true))
     const auth = authOf(p.createContext(1))
     const pca = [p.caCertificatePem()]
     const sessions = []
@@ -764,8 +727,8 @@ describe('stats(): accepted connections by protocol, HTTP/2 streams', () => {
     expect(stats.totalRequests).toBe(4 + 3 + 1 + 2)
   })
 
-  test('streams inside an intercepted tunnel count as HTTP/2 streams, the tunnel is no listener connection', async () => {
-    const p = await startProxy(true)
+  test('streams inside an intercepted tunnel count as HTTP/2 streams, the tunnel is no listener connection', async ({ newProxy }) => {
+    const p = await newProxy(optionsFor(true))
     const auth = authOf(p.createContext(1, ROUTE))
     const t = track(await tlsToProxy(p.port(), { ca: [p.caCertificatePem()], servername: 'localhost', ALPNProtocols: ['http/1.1'] }))
     await connectOn(t, 'localhost:3000', auth)
@@ -813,8 +776,7 @@ describe('API: proxyRules, caSpkiSha256, generateCa, httpsProxy: false', () => {
 
     const hashes = []
     for (let i = 0; i < 2; i++) {
-      const p = await ProxyServer.start('127.0.0.1:0', true, { caCertPem: generated.certPem, caKeyPem: generated.keyPem })
-      try {
+      await withProxy({ enableHttp2: true, caCertPem: generated.certPem, caKeyPem: generated.keyPem }, async (p) => {
         hashes.push(p.caSpkiSha256())
         expect(new crypto.X509Certificate(p.caCertificatePem()).fingerprint256).toBe(caCert.fingerprint256)
         // The listener's leaf chains to the given CA.
@@ -822,16 +784,14 @@ describe('API: proxyRules, caSpkiSha256, generateCa, httpsProxy: false', () => {
         expect(t.authorized).toBe(true)
         expect(t.getPeerX509Certificate().checkIssued(caCert)).toBe(true)
         t.destroy()
-      } finally {
-        await p.stop()
-      }
+      })
     }
     expect(hashes[0]).toBe(hashes[1])
     expect(hashes[0]).toBe(spkiHash(generated.certPem))
   })
 
-  test('httpsProxy: false: TLS is not accepted (served as HTTP/1.1), plain HTTP and h2c work, proxyRules is http://', async () => {
-    const p = await startProxy(true, { httpsProxy: false })
+  test('httpsProxy: false: TLS is not accepted (served as HTTP/1.1), plain HTTP and h2c work, proxyRules is http://', async ({ newProxy }) => {
+    const p = await newProxy(optionsFor(true, { httpsProxy: false }))
     const auth = authOf(p.createContext(1))
     const port = p.port()
 
@@ -842,7 +802,7 @@ describe('API: proxyRules, caSpkiSha256, generateCa, httpsProxy: false', () => {
     expect(err, 'the TLS handshake must fail').toBeInstanceOf(Error)
     // What a TLS client gets there: an HTTP/1.1 error answer to its ClientHello.
     const conn = track(await Conn.connect(port))
-    conn.write(await captureClientHello())
+    conn.write(await captureFirstFlight())
     const answer = await conn.readHead(5000)
     expect(answer.status).toBe(400)
 

@@ -2,18 +2,10 @@
 
 import net from 'node:net'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
-import {
-  authOf,
-  buildRequest,
-  Conn,
-  openTunnel,
-  ProxyServer,
-  proxyRequest,
-  startEchoServer,
-  startHttpServer,
-  waitFor,
-  withTimeout,
-} from './helpers.mjs'
+import { ProxyServer } from '../support/addon.mjs'
+import { authOf, buildRequest, Conn, openTunnel, proxyRequest, sendGet } from '../support/http-client.mjs'
+import { startEchoServer, startHttpServer } from '../support/servers.mjs'
+import { waitFor, withTimeout } from '../support/wait.mjs'
 
 const ROUTE = { morphId: 'm1', scope: 'base', domainSuffix: 'test.local' }
 
@@ -33,12 +25,11 @@ afterAll(async () => {
 })
 
 const upHost = () => `127.0.0.1:${upstream.port}`
-const getOn = (conn, path, ctx) =>
-  conn.write(buildRequest('GET', `http://${upHost()}${path}`, [['Host', upHost()], ['Proxy-Authorization', authOf(ctx)]]))
+const upUrl = (path) => `http://${upHost()}${path}`
 
 async function keepAliveConn(ctx) {
   const conn = await Conn.connect(proxyPort)
-  getOn(conn, '/warm', ctx)
+  sendGet(conn, upUrl('/warm'), { auth: authOf(ctx) })
   const res = await conn.readResponse()
   expect(res.status).toBe(200)
   return conn
@@ -120,7 +111,7 @@ describe('releaseContext closes what the context opened', () => {
       proxy.releaseContext(a.id)
       await new Promise((r) => setTimeout(r, 300))
       expect(connB.closed).toBe(false)
-      getOn(connB, '/still-there', b)
+      sendGet(connB, upUrl('/still-there'), { auth: authOf(b) })
       const res = await connB.readResponse()
       expect(res.status).toBe(200)
       expect(res.text).toBe('ok:/still-there')
@@ -142,7 +133,7 @@ describe('stats()', () => {
       const conn = await Conn.connect(proxyPort)
       try {
         for (const path of ['/s1', '/s2', '/s3']) {
-          getOn(conn, path, ctx)
+          sendGet(conn, upUrl(path), { auth: authOf(ctx) })
           expect((await conn.readResponse()).status).toBe(200)
         }
       } finally {

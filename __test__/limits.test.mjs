@@ -5,33 +5,14 @@
 
 import http2 from 'node:http2'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
-import {
-  authOf,
-  buildRequest,
-  closedPort,
-  Conn,
-  encodeFrame,
-  openTunnel,
-  ProxyServer,
-  proxyRequest,
-  readFrame,
-  sleep,
-  startEchoServer,
-  startTcpServer,
-  waitFor,
-  withTimeout,
-  wsKey,
-  wsUpgradeRequest,
-} from './helpers.mjs'
+import { ProxyServer } from '../support/addon.mjs'
+import { authOf, buildRequest, Conn, getOn, openTunnel, proxyRequest } from '../support/http-client.mjs'
+import { closedPort, startEchoServer, startTcpServer } from '../support/servers.mjs'
+import { sleep, waitFor, withTimeout } from '../support/wait.mjs'
+import { startError, useProxy, withProxy } from './fixtures.mjs'
+import { encodeFrame, readFrame, wsKey, wsUpgradeRequest } from './helpers.mjs'
+import { backToBaseline, closedWithin, startRawServer, startRecordingServer, startWsEchoServer } from './hostile-helpers.mjs'
 import { tlsTunnel } from './tls-helpers.mjs'
-import {
-  backToBaseline,
-  closedWithin,
-  getOn,
-  startRawServer,
-  startRecordingServer,
-  startWsEchoServer,
-} from './hostile-helpers.mjs'
 
 const ROUTE = { morphId: 'm1', scope: 'base', domainSuffix: 'test.local' }
 const DEV_3000 = 'cmux-m1-base-3000.test.local'
@@ -43,23 +24,20 @@ describe.each([
   ['HTTP/1.1 only', false],
 ])('slow request heads (%s): headerReadTimeoutMs', (_, enableHttp2) => {
   const TIMEOUT = 1000
-  let proxy, proxyPort, ctx, routed, upstream
+  let upstream
 
   beforeAll(async () => {
     upstream = await startRecordingServer()
-    proxy = await ProxyServer.start('127.0.0.1:0', enableHttp2, { headerReadTimeoutMs: TIMEOUT })
-    proxyPort = proxy.port()
-    ctx = proxy.createContext(1)
-    routed = proxy.createContext(2, ROUTE)
   })
 
   afterAll(async () => {
-    await proxy?.stop()
     await upstream?.close()
   })
 
+  const shared = useProxy({ enableHttp2, headerReadTimeoutMs: TIMEOUT }, { ctx: [1], routed: [2, ROUTE] })
+
   test('a request line and nothing more: closed after the timeout, not long before', async () => {
-    const conn = await Conn.connect(proxyPort)
+    const conn = await Conn.connect(shared.port)
     try {
       const t0 = Date.now()
       conn.write('GET http://x/ HTTP/1.1\r\n')
@@ -71,22 +49,22 @@ describe.each([
       conn.destroy()
     }
     expect(upstream.requests.length).toBe(0)
-    await backToBaseline(proxy)
+    await backToBaseline(shared.proxy)
   })
 
   test('a connection that never sends a byte is closed after the timeout', async () => {
-    const conn = await Conn.connect(proxyPort)
+    const conn = await Conn.connect(shared.port)
     try {
       const elapsed = await closedWithin(conn, TIMEOUT * 5)
       expect(elapsed).toBeGreaterThanOrEqual(TIMEOUT * 0.5)
     } finally {
       conn.destroy()
     }
-    await backToBaseline(proxy)
+    await backToBaseline(shared.proxy)
   })
 
   test('a head dripped a byte at a time does not reset the timer: closed while still dripping', async () => {
-    const conn = await Conn.connect(proxyPort)
+    const conn = await Conn.connect(shared.port)
     const head = `GET http://127.0.0.1:${upstream.port}/drip HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: ${'a'.repeat(200)}\r\n`
     let i = 0
     const dripper = setInterval(() => {
@@ -102,24 +80,24 @@ describe.each([
       conn.destroy()
     }
     expect(upstream.requests.length).toBe(0)
-    await backToBaseline(proxy)
+    await backToBaseline(shared.proxy)
   })
 
   test('a complete head sent after a pause shorter than the timeout is served', async () => {
-    const conn = await Conn.connect(proxyPort)
+    const conn = await Conn.connect(shared.port)
     try {
       await sleep(TIMEOUT * 0.3)
-      const res = await getOn(conn, `http://127.0.0.1:${upstream.port}/in-time`, authOf(ctx))
+      const res = await getOn(conn, `http://127.0.0.1:${upstream.port}/in-time`, { auth: authOf(shared.ctx) })
       expect(res.status).toBe(200)
       expect(res.text).toBe('ok:/in-time')
     } finally {
       conn.destroy()
     }
-    await backToBaseline(proxy)
+    await backToBaseline(shared.proxy)
   })
 
   test('inside a loopback tunnel (routed context): a partial head is closed after the timeout', async () => {
-    const { conn, res } = await openTunnel(proxyPort, 'localhost:3000', authOf(routed))
+    const { conn, res } = await openTunnel(shared.port, 'localhost:3000', authOf(shared.routed))
     try {
       expect(res.status).toBe(200)
       const t0 = Date.now()
@@ -129,7 +107,7 @@ describe.each([
     } finally {
       conn.destroy()
     }
-    await backToBaseline(proxy)
+    await backToBaseline(shared.proxy)
   })
 })
 
@@ -139,24 +117,22 @@ describe('oversized request heads: maxHeadBytes', () => {
   // Above the 8 KiB minimum and below the 64 KiB default, so both a proxy
   // ignoring the option and one applying the minimum would fail a test.
   const MAX = 16384
-  let proxy, proxyPort, ctx, upstream
+  let upstream
 
   beforeAll(async () => {
     upstream = await startRecordingServer()
-    proxy = await ProxyServer.start('127.0.0.1:0', true, { maxHeadBytes: MAX })
-    proxyPort = proxy.port()
-    ctx = proxy.createContext(1)
   })
 
   afterAll(async () => {
-    await proxy?.stop()
     await upstream?.close()
   })
+
+  const shared = useProxy({ enableHttp2: true, maxHeadBytes: MAX }, { ctx: [1] })
 
   /** A GET whose head is exactly `total` bytes, padded with `count` X-Pad-* headers. */
   function headOf(total, count = 1) {
     const url = `http://127.0.0.1:${upstream.port}/size`
-    const base = [['Host', `127.0.0.1:${upstream.port}`], ['Proxy-Authorization', authOf(ctx)]]
+    const base = [['Host', `127.0.0.1:${upstream.port}`], ['Proxy-Authorization', authOf(shared.ctx)]]
     const fixed = buildRequest('GET', url, base).length
     // Each pad header: "X-Pad-<i>: <value>\r\n".
     let budget = total - fixed
@@ -174,7 +150,7 @@ describe('oversized request heads: maxHeadBytes', () => {
   }
 
   async function send(head) {
-    const conn = await Conn.connect(proxyPort)
+    const conn = await Conn.connect(shared.port)
     try {
       conn.write(head)
       return await conn.readResponse()
@@ -213,7 +189,7 @@ describe('oversized request heads: maxHeadBytes', () => {
   })
 
   test('over HTTP/2 (h2c): a header block larger than maxHeadBytes gets 431, a smaller one is served', async () => {
-    const session = http2.connect(`http://127.0.0.1:${proxyPort}`)
+    const session = http2.connect(`http://127.0.0.1:${shared.port}`)
     session.on('error', () => {})
     const request = (size) =>
       new Promise((resolve, reject) => {
@@ -222,7 +198,7 @@ describe('oversized request heads: maxHeadBytes', () => {
           ':scheme': 'http',
           ':authority': `127.0.0.1:${upstream.port}`,
           ':path': '/h2-size',
-          'proxy-authorization': authOf(ctx),
+          'proxy-authorization': authOf(shared.ctx),
           'x-pad': 'v'.repeat(size),
         })
         stream.on('response', (h) => {
@@ -252,36 +228,33 @@ describe('oversized request heads: maxHeadBytes', () => {
 describe('upstream timeouts: upstreamConnectTimeoutMs and upstreamResponseTimeoutMs', () => {
   const CONNECT_TIMEOUT = 500
   const RESPONSE_TIMEOUT = 1000
-  let proxy, proxyPort, ctx, routed, silentTls, mute
+  let silentTls, mute
 
   beforeAll(async () => {
     // Accepts TCP and never speaks: a TLS handshake with it never completes.
     silentTls = await startRawServer()
     // Reads the request and never answers.
     mute = await startRawServer()
-    proxy = await ProxyServer.start('127.0.0.1:0', false, {
-      upstreamConnectTimeoutMs: CONNECT_TIMEOUT,
-      upstreamResponseTimeoutMs: RESPONSE_TIMEOUT,
-      resolve: {
-        [`${DEV_3000}:443`]: `127.0.0.1:${silentTls.port}`,
-        'silent-tls.test:443': `127.0.0.1:${silentTls.port}`,
-      },
-    })
-    proxyPort = proxy.port()
-    ctx = proxy.createContext(1)
-    routed = proxy.createContext(2, ROUTE)
   })
 
   afterAll(async () => {
-    await proxy?.stop()
     await silentTls?.close()
     await mute?.close()
   })
 
+  const shared = useProxy(() => ({
+    upstreamConnectTimeoutMs: CONNECT_TIMEOUT,
+    upstreamResponseTimeoutMs: RESPONSE_TIMEOUT,
+    resolve: {
+      [`${DEV_3000}:443`]: `127.0.0.1:${silentTls.port}`,
+      'silent-tls.test:443': `127.0.0.1:${silentTls.port}`,
+    },
+  }), { ctx: [1], routed: [2, ROUTE] })
+
   test('a rewritten request whose upstream never finishes the TLS handshake gets 504 with a one-line body', async () => {
     const connectionsBefore = silentTls.stats.connections
     const t0 = Date.now()
-    const res = await proxyRequest(proxyPort, 'http://localhost:3000/slow-tls', { auth: authOf(routed) })
+    const res = await proxyRequest(shared.port, 'http://localhost:3000/slow-tls', { auth: authOf(shared.routed) })
     const elapsed = Date.now() - t0
     expect(res.status).toBe(504)
     const body = res.text.trim()
@@ -293,31 +266,31 @@ describe('upstream timeouts: upstreamConnectTimeoutMs and upstreamResponseTimeou
     expect(silentTls.stats.connections).toBeGreaterThan(connectionsBefore)
     // The half-open TLS connection is not kept.
     await waitFor(() => silentTls.sockets.size === 0, { timeout: 3000, message: 'the proxy kept the stalled TLS connection open' })
-    await backToBaseline(proxy)
+    await backToBaseline(shared.proxy)
   })
 
   test('an absolute https:// URL whose server never speaks TLS gets 504', async () => {
-    const res = await proxyRequest(proxyPort, 'https://silent-tls.test/x', { auth: authOf(ctx) })
+    const res = await proxyRequest(shared.port, 'https://silent-tls.test/x', { auth: authOf(shared.ctx) })
     expect(res.status).toBe(504)
     expect(res.text.trim()).not.toContain('\n')
   })
 
   test('a WebSocket upgrade whose upstream never finishes the TLS handshake gets 504', async () => {
-    const conn = await Conn.connect(proxyPort)
+    const conn = await Conn.connect(shared.port)
     try {
-      conn.write(wsUpgradeRequest('http://localhost:3000/ws', { auth: authOf(routed), key: wsKey() }))
+      conn.write(wsUpgradeRequest('http://localhost:3000/ws', { auth: authOf(shared.routed), key: wsKey() }))
       const res = await conn.readResponse({ timeout: CONNECT_TIMEOUT * 8 })
       expect(res.status).toBe(504)
     } finally {
       conn.destroy()
     }
-    await backToBaseline(proxy)
+    await backToBaseline(shared.proxy)
   })
 
   test('an upstream that takes the request and never answers: 504 after the response timeout, and its connection is closed', async () => {
     const connectionsBefore = mute.stats.connections
     const t0 = Date.now()
-    const res = await proxyRequest(proxyPort, `http://127.0.0.1:${mute.port}/never`, { auth: authOf(ctx) })
+    const res = await proxyRequest(shared.port, `http://127.0.0.1:${mute.port}/never`, { auth: authOf(shared.ctx) })
     const elapsed = Date.now() - t0
     expect(res.status).toBe(504)
     expect(res.text.trim().length).toBeGreaterThan(0)
@@ -327,7 +300,7 @@ describe('upstream timeouts: upstreamConnectTimeoutMs and upstreamResponseTimeou
     expect(mute.stats.connections).toBe(connectionsBefore + 1)
     expect(mute.text()).toContain('GET /never HTTP/1.1')
     await waitFor(() => mute.sockets.size === 0, { timeout: 3000, message: 'the proxy kept the unanswered upstream connection open' })
-    await backToBaseline(proxy)
+    await backToBaseline(shared.proxy)
   })
 })
 
@@ -336,26 +309,23 @@ describe('upstream timeouts: upstreamConnectTimeoutMs and upstreamResponseTimeou
 describe('idle tunnels and WebSockets: idleTunnelTimeoutMs', () => {
   const IDLE = 1000
   const HEAD = 1500
-  let proxy, proxyPort, ctx, routed, echo, wsEcho
+  let echo, wsEcho
 
   beforeAll(async () => {
     echo = await startEchoServer()
     wsEcho = await startWsEchoServer()
-    proxy = await ProxyServer.start('127.0.0.1:0', false, { idleTunnelTimeoutMs: IDLE, headerReadTimeoutMs: HEAD })
-    proxyPort = proxy.port()
-    ctx = proxy.createContext(1)
-    routed = proxy.createContext(2, ROUTE)
   })
 
   afterAll(async () => {
-    await proxy?.stop()
     await echo?.close()
     await wsEcho?.close()
   })
 
+  const shared = useProxy({ idleTunnelTimeoutMs: IDLE, headerReadTimeoutMs: HEAD }, { ctx: [1], routed: [2, ROUTE] })
+
   test('a silent CONNECT tunnel is closed on both sides after the idle timeout', async () => {
     const closedBefore = echo.events.closed
-    const { conn, res } = await openTunnel(proxyPort, `127.0.0.1:${echo.port}`, authOf(ctx))
+    const { conn, res } = await openTunnel(shared.port, `127.0.0.1:${echo.port}`, authOf(shared.ctx))
     try {
       expect(res.status).toBe(200)
       conn.write('ping')
@@ -367,20 +337,20 @@ describe('idle tunnels and WebSockets: idleTunnelTimeoutMs', () => {
     } finally {
       conn.destroy()
     }
-    await backToBaseline(proxy)
+    await backToBaseline(shared.proxy)
   })
 
   test('a silent WebSocket is closed on both sides after the idle timeout', async () => {
     const closedBefore = wsEcho.observed.closed
-    const conn = await Conn.connect(proxyPort)
+    const conn = await Conn.connect(shared.port)
     try {
-      conn.write(wsUpgradeRequest(`http://127.0.0.1:${wsEcho.port}/idle`, { auth: authOf(ctx), key: wsKey() }))
+      conn.write(wsUpgradeRequest(`http://127.0.0.1:${wsEcho.port}/idle`, { auth: authOf(shared.ctx), key: wsKey() }))
       const res = await conn.readResponse()
       expect(res.status).toBe(101)
       conn.write(encodeFrame(0x1, 'hello'))
       const frame = await readFrame(conn)
       expect(frame.payload.toString()).toBe('hello')
-      expect(proxy.stats().activeTunnels).toBe(1)
+      expect(shared.proxy.stats().activeTunnels).toBe(1)
       const t0 = Date.now()
       const elapsed = await closedWithin(conn, IDLE * 5, t0)
       expect(elapsed).toBeGreaterThanOrEqual(IDLE * 0.5)
@@ -388,12 +358,12 @@ describe('idle tunnels and WebSockets: idleTunnelTimeoutMs', () => {
     } finally {
       conn.destroy()
     }
-    await backToBaseline(proxy)
+    await backToBaseline(shared.proxy)
   })
 
   test('a tunnel with a byte every third of the timeout stays open well past it', async () => {
     const closedBefore = echo.events.closed
-    const { conn, res } = await openTunnel(proxyPort, `127.0.0.1:${echo.port}`, authOf(ctx))
+    const { conn, res } = await openTunnel(shared.port, `127.0.0.1:${echo.port}`, authOf(shared.ctx))
     try {
       expect(res.status).toBe(200)
       const until = Date.now() + IDLE * 3
@@ -411,13 +381,13 @@ describe('idle tunnels and WebSockets: idleTunnelTimeoutMs', () => {
     } finally {
       conn.destroy()
     }
-    await backToBaseline(proxy)
+    await backToBaseline(shared.proxy)
   })
 
   test('a WebSocket with a frame every third of the timeout stays open well past it', async () => {
-    const conn = await Conn.connect(proxyPort)
+    const conn = await Conn.connect(shared.port)
     try {
-      conn.write(wsUpgradeRequest(`http://127.0.0.1:${wsEcho.port}/busy`, { auth: authOf(ctx), key: wsKey() }))
+      conn.write(wsUpgradeRequest(`http://127.0.0.1:${wsEcho.port}/busy`, { auth: authOf(shared.ctx), key: wsKey() }))
       expect((await conn.readResponse()).status).toBe(101)
       const until = Date.now() + IDLE * 3
       let n = 0
@@ -431,37 +401,37 @@ describe('idle tunnels and WebSockets: idleTunnelTimeoutMs', () => {
     } finally {
       conn.destroy()
     }
-    await backToBaseline(proxy)
+    await backToBaseline(shared.proxy)
   })
 
   test('a routed loopback tunnel in which nothing is ever sent is closed too', async () => {
-    const { conn, res } = await openTunnel(proxyPort, 'localhost:3000', authOf(routed))
+    const { conn, res } = await openTunnel(shared.port, 'localhost:3000', authOf(shared.routed))
     try {
       expect(res.status).toBe(200)
       // The tunnel is counted once hyper hands over the connection, just after the 200 is written.
-      await waitFor(() => proxy.stats().activeTunnels === 1, { message: 'the tunnel is counted' })
+      await waitFor(() => shared.proxy.stats().activeTunnels === 1, { message: 'the tunnel is counted' })
       // Either limit may close it (idle tunnel or request head); it must not stay open.
       await closedWithin(conn, (IDLE + HEAD) * 3)
     } finally {
       conn.destroy()
     }
-    await backToBaseline(proxy)
+    await backToBaseline(shared.proxy)
   })
 
   test('an intercepted TLS tunnel that goes silent after the handshake is closed too', async () => {
-    const t = await tlsTunnel(proxyPort, 'localhost:3000', authOf(routed), {
+    const t = await tlsTunnel(shared.port, 'localhost:3000', authOf(shared.routed), {
       servername: 'localhost',
-      ca: [proxy.caCertificatePem()],
+      ca: [shared.proxy.caCertificatePem()],
       ALPNProtocols: ['http/1.1'],
     })
     try {
       const closed = new Promise((resolve) => t.once('close', resolve))
-      expect(proxy.stats().activeTunnels).toBe(1)
+      expect(shared.proxy.stats().activeTunnels).toBe(1)
       await withTimeout(closed, (IDLE + HEAD) * 3, 'closing the silent intercepted tunnel')
     } finally {
       t.destroy()
     }
-    await backToBaseline(proxy)
+    await backToBaseline(shared.proxy)
   })
 })
 
@@ -469,36 +439,34 @@ describe('idle tunnels and WebSockets: idleTunnelTimeoutMs', () => {
 
 describe('the connection cap: maxConnections', () => {
   const MAX = 3
-  let proxy, proxyPort, ctx, upstream, echo
+  let upstream, echo
   const conns = []
 
   beforeAll(async () => {
     upstream = await startRecordingServer()
     echo = await startEchoServer()
-    proxy = await ProxyServer.start('127.0.0.1:0', false, { maxConnections: MAX })
-    proxyPort = proxy.port()
-    ctx = proxy.createContext(1)
   })
 
   afterAll(async () => {
     for (const c of conns) c.destroy()
-    await proxy?.stop()
     await upstream?.close()
     await echo?.close()
   })
 
+  const shared = useProxy({ maxConnections: MAX }, { ctx: [1] })
+
   const url = (path) => `http://127.0.0.1:${upstream.port}${path}`
 
   async function servedConn(path = '/open') {
-    const conn = await Conn.connect(proxyPort)
+    const conn = await Conn.connect(shared.port)
     conns.push(conn)
-    const res = await getOn(conn, url(path), authOf(ctx))
+    const res = await getOn(conn, url(path), { auth: authOf(shared.ctx) })
     expect(res.status).toBe(200)
     return conn
   }
 
   async function expectRefused() {
-    const conn = await Conn.connect(proxyPort)
+    const conn = await Conn.connect(shared.port)
     conns.push(conn)
     try {
       const res = await conn.readResponse({ timeout: 3000 })
@@ -510,10 +478,10 @@ describe('the connection cap: maxConnections', () => {
   }
 
   test('with N connections open the next gets 503 and a close; the N still work; closing one frees a slot', async () => {
-    await backToBaseline(proxy)
+    await backToBaseline(shared.proxy)
     const open = []
     for (let i = 0; i < MAX; i++) open.push(await servedConn(`/open-${i}`))
-    expect(proxy.stats().activeConnections).toBe(MAX)
+    expect(shared.proxy.stats().activeConnections).toBe(MAX)
 
     const before = upstream.requests.length
     await expectRefused()
@@ -522,18 +490,18 @@ describe('the connection cap: maxConnections', () => {
 
     // The existing connections are unaffected.
     for (const [i, conn] of open.entries()) {
-      const res = await getOn(conn, url(`/again-${i}`), authOf(ctx))
+      const res = await getOn(conn, url(`/again-${i}`), { auth: authOf(shared.ctx) })
       expect(res.status).toBe(200)
       expect(res.text).toBe(`ok:/again-${i}`)
     }
 
     open[0].destroy()
-    await waitFor(() => proxy.stats().activeConnections === MAX - 1, { message: 'the closed connection was not released' })
+    await waitFor(() => shared.proxy.stats().activeConnections === MAX - 1, { message: 'the closed connection was not released' })
     // The slot is freed right after the connection ends; allow that moment.
     const conn = await waitFor(async () => {
-      const c = await Conn.connect(proxyPort)
+      const c = await Conn.connect(shared.port)
       conns.push(c)
-      c.write(buildRequest('GET', url('/after'), [['Host', `127.0.0.1:${upstream.port}`], ['Proxy-Authorization', authOf(ctx)]]))
+      c.write(buildRequest('GET', url('/after'), [['Host', `127.0.0.1:${upstream.port}`], ['Proxy-Authorization', authOf(shared.ctx)]]))
       const res = await c.readResponse({ timeout: 3000 }).catch(() => null)
       if (res?.status === 200) return c
       c.destroy()
@@ -541,22 +509,22 @@ describe('the connection cap: maxConnections', () => {
     }, { timeout: 2000, interval: 50, message: 'no new connection was served after one was closed' })
     expect(upstream.requests.at(-1).url).toBe('/after')
     for (const c of [...open, conn]) c.destroy()
-    await backToBaseline(proxy)
+    await backToBaseline(shared.proxy)
   })
 
   test('open CONNECT tunnels count towards the cap too', async () => {
-    await backToBaseline(proxy)
+    await backToBaseline(shared.proxy)
     const tunnels = []
     try {
       for (let i = 0; i < MAX; i++) {
-        const { conn, res } = await openTunnel(proxyPort, `127.0.0.1:${echo.port}`, authOf(ctx))
+        const { conn, res } = await openTunnel(shared.port, `127.0.0.1:${echo.port}`, authOf(shared.ctx))
         conns.push(conn)
         expect(res.status).toBe(200)
         conn.write('x')
         await conn.readBytes(1)
         tunnels.push(conn)
       }
-      expect(proxy.stats().activeTunnels).toBe(MAX)
+      expect(shared.proxy.stats().activeTunnels).toBe(MAX)
       await expectRefused()
       // The tunnels still relay.
       for (const t of tunnels) {
@@ -566,14 +534,14 @@ describe('the connection cap: maxConnections', () => {
     } finally {
       for (const t of tunnels) t.destroy()
     }
-    await backToBaseline(proxy)
+    await backToBaseline(shared.proxy)
   })
 })
 
 // ---------------------------------------------------------------------------
 
 describe('CONNECT ports: connectPorts', () => {
-  let proxy, proxyPort, ctx, routed, echo, other, dead
+  let echo, other, dead
   let otherConnections = 0
 
   beforeAll(async () => {
@@ -584,30 +552,27 @@ describe('CONNECT ports: connectPorts', () => {
       socket.end('other-server')
     })
     dead = await closedPort()
-    proxy = await ProxyServer.start('127.0.0.1:0', false, {
-      connectPorts: [echo.port],
-      resolve: {
-        [`echo.test:${echo.port}`]: `127.0.0.1:${echo.port}`,
-        [`other.test:${other.port}`]: `127.0.0.1:${other.port}`,
-        // Where the routed loopback tunnels below would go: nothing listens.
-        [`${DEV_3000}:443`]: `127.0.0.1:${dead}`,
-        'cmux-m1-base-5173.test.local:443': `127.0.0.1:${dead}`,
-        'cmux-m1-base-8080.test.local:443': `127.0.0.1:${dead}`,
-      },
-    })
-    proxyPort = proxy.port()
-    ctx = proxy.createContext(1)
-    routed = proxy.createContext(2, ROUTE)
   })
 
   afterAll(async () => {
-    await proxy?.stop()
     await echo?.close()
     await other?.close()
   })
 
+  const shared = useProxy(() => ({
+    connectPorts: [echo.port],
+    resolve: {
+      [`echo.test:${echo.port}`]: `127.0.0.1:${echo.port}`,
+      [`other.test:${other.port}`]: `127.0.0.1:${other.port}`,
+      // Where the routed loopback tunnels below would go: nothing listens.
+      [`${DEV_3000}:443`]: `127.0.0.1:${dead}`,
+      'cmux-m1-base-5173.test.local:443': `127.0.0.1:${dead}`,
+      'cmux-m1-base-8080.test.local:443': `127.0.0.1:${dead}`,
+    },
+  }), { ctx: [1], routed: [2, ROUTE] })
+
   test('CONNECT to a port that is not listed gets 403 and no upstream connection', async () => {
-    const { conn, res } = await openTunnel(proxyPort, `127.0.0.1:${other.port}`, authOf(ctx))
+    const { conn, res } = await openTunnel(shared.port, `127.0.0.1:${other.port}`, authOf(shared.ctx))
     try {
       expect(res.status).toBe(403)
       expect(res.text.trim()).not.toContain('\n')
@@ -618,7 +583,7 @@ describe('CONNECT ports: connectPorts', () => {
   })
 
   test('CONNECT to the listed port gets 200 and relays', async () => {
-    const { conn, res } = await openTunnel(proxyPort, `127.0.0.1:${echo.port}`, authOf(ctx))
+    const { conn, res } = await openTunnel(shared.port, `127.0.0.1:${echo.port}`, authOf(shared.ctx))
     try {
       expect(res.status).toBe(200)
       conn.write('allowed')
@@ -629,11 +594,11 @@ describe('CONNECT ports: connectPorts', () => {
   })
 
   test('a routed context: non-loopback hosts are restricted too', async () => {
-    const denied = await openTunnel(proxyPort, `other.test:${other.port}`, authOf(routed))
+    const denied = await openTunnel(shared.port, `other.test:${other.port}`, authOf(shared.routed))
     denied.conn.destroy()
     expect(denied.res.status).toBe(403)
     expect(otherConnections).toBe(0)
-    const allowed = await openTunnel(proxyPort, `echo.test:${echo.port}`, authOf(routed))
+    const allowed = await openTunnel(shared.port, `echo.test:${echo.port}`, authOf(shared.routed))
     try {
       expect(allowed.res.status).toBe(200)
       allowed.conn.write('via-name')
@@ -646,7 +611,7 @@ describe('CONNECT ports: connectPorts', () => {
   test.each(['localhost:3000', 'localhost:5173', '127.0.0.1:8080', '[::1]:3000'])(
     'a routed loopback CONNECT %s is still 200 and served by the proxy',
     async (authority) => {
-      const { conn, res } = await openTunnel(proxyPort, authority, authOf(routed))
+      const { conn, res } = await openTunnel(shared.port, authority, authOf(shared.routed))
       try {
         expect(res.status).toBe(200)
         // Looked into: plain HTTP inside is answered by the proxy itself (the
@@ -661,7 +626,7 @@ describe('CONNECT ports: connectPorts', () => {
   )
 
   test('an unrouted context gets 403 for a loopback port that is not listed', async () => {
-    const { conn, res } = await openTunnel(proxyPort, `localhost:${other.port}`, authOf(ctx))
+    const { conn, res } = await openTunnel(shared.port, `localhost:${other.port}`, authOf(shared.ctx))
     conn.destroy()
     expect(res.status).toBe(403)
     expect(otherConnections).toBe(0)
@@ -694,20 +659,13 @@ describe('invalid option values reject start() naming the option', () => {
     ['idleTunnelTimeoutMs', { idleTunnelTimeoutMs: -1000 }],
     ['maxConnections', { maxConnections: -1 }],
   ])('%s: a negative value %j', async (name, options) => {
-    let started
-    try {
-      started = await ProxyServer.start('127.0.0.1:0', false, options)
-    } catch (e) {
-      expect(String(e.message ?? e)).toContain(name)
-      return
-    } finally {
-      await started?.stop()
-    }
-    throw new Error(`start() accepted ${JSON.stringify(options)}`)
+    const error = await startError('127.0.0.1:0', false, options)
+    if (!error) throw new Error(`start() accepted ${JSON.stringify(options)}`)
+    expect(String(error.message ?? error)).toContain(name)
   })
 
   test('the boundary values are accepted', async () => {
-    const proxy = await ProxyServer.start('127.0.0.1:0', false, {
+    const boundaries = {
       maxHeadBytes: 8192,
       connectPorts: [1, 65535],
       headerReadTimeoutMs: 1,
@@ -715,11 +673,9 @@ describe('invalid option values reject start() naming the option', () => {
       upstreamResponseTimeoutMs: 1,
       idleTunnelTimeoutMs: 1,
       maxConnections: 1,
-    })
-    try {
-      expect(proxy.port()).toBeGreaterThan(0)
-    } finally {
-      await proxy.stop()
     }
+    await withProxy(boundaries, (proxy) => {
+      expect(proxy.port()).toBeGreaterThan(0)
+    })
   })
 })

@@ -1,27 +1,19 @@
 // Bodies stream through the proxy, never buffered whole: 1 GiB up and 1 GiB
 // down pass while the proxy's resident memory stays flat. The proxy runs in a
-// process of its own (scripts/proxy-process.mjs) so its RSS is its own.
-import { fork } from 'node:child_process'
+// process of its own (support/proxy-process.mjs) so its RSS is its own.
 import http from 'node:http'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
-import { startHttpServer } from './helpers.mjs'
+import { authOf } from '../support/http-client.mjs'
+import { startProxyProcess } from '../support/proxy-process.mjs'
+import { startHttpServer } from '../support/servers.mjs'
 
 const GiB = 1024 * 1024 * 1024
 const CHUNK = Buffer.alloc(1024 * 1024, 0x61)
 /** RSS growth allowed while a GiB passes: far below the GiB, above allocator noise. */
 const FLAT_MIB = 64
 
-let child, port, upstream, auth
-const pending = new Map()
-let nextId = 1
-
-function call(command, ...args) {
-  return new Promise((resolve) => {
-    const id = nextId++
-    pending.set(id, resolve)
-    child.send({ id, command, args })
-  })
-}
+let proxyProcess, port, upstream, auth
+const call = (command, ...args) => proxyProcess.call(command, ...args)
 
 /** Writes 1 GiB into `stream`, chunk by chunk as it drains, then ends it. */
 function writeGiB(stream) {
@@ -66,21 +58,17 @@ beforeAll(async () => {
     res.writeHead(200, { 'content-length': String(GiB) })
     writeGiB(res)
   })
-  child = fork(new URL('../scripts/proxy-process.mjs', import.meta.url), [
-    JSON.stringify({ resolve: { 'upstream.test:80': `127.0.0.1:${upstream.port}` } }),
-  ])
-  child.on('message', ({ id, result }) => {
-    pending.get(id)?.(result)
-    pending.delete(id)
-  })
-  ;({ port } = await new Promise((resolve) => pending.set(0, resolve)))
+  proxyProcess = await startProxyProcess(
+    { resolve: { 'upstream.test:80': `127.0.0.1:${upstream.port}` } },
+    { stdio: ['inherit', 'inherit', 'inherit', 'ipc'], timeout: 0 },
+  )
+  port = proxyProcess.port
   const context = await call('createContext', 1)
-  auth = `Basic ${Buffer.from(`${context.username}:${context.password}`).toString('base64')}`
+  auth = authOf(context)
 })
 
 afterAll(async () => {
-  if (child?.connected) await call('stop')
-  child?.kill()
+  await proxyProcess?.stop()
   await upstream?.close()
 })
 

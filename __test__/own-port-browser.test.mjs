@@ -12,20 +12,16 @@ import net from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, describe, expect } from 'vitest'
-import { makeCA, makeLeaf, ProxyServer, sleep, startTcpServer, waitFor } from './helpers.mjs'
+import { ProxyServer } from '../support/addon.mjs'
+import { makeCA, makeLeaf } from '../support/certs.mjs'
+import { startTcpServer } from '../support/servers.mjs'
+import { sleep, waitFor } from '../support/wait.mjs'
+import { answerProxyAuth } from './browser-helpers.mjs'
 import {
-  CHROMIUM_BACKGROUND_HOSTS,
-  devHost,
-  launchChromium,
-  launchPersistentChromium,
-  pageWebSocket,
-  requireChromium,
-  startDevBox,
-  startServiceWorkerOrigin,
-  waitForHmrText,
+  CHROMIUM_BACKGROUND_HOSTS, devHost, launchChromium, launchPersistentChromium, pageWebSocket, requireChromium,
+  startStandInDevBox, startServiceWorkerOrigin, waitForHmrText,
 } from './browser-helpers.mjs'
 import { browserSuite, expectStandInPage, openStandInPage } from './browser-scenarios.mjs'
-import { answerProxyAuth } from './https-proxy-helpers.mjs'
 
 const SUFFIX = 'test.local'
 const R1 = { morphId: 'm1', scope: 'base', domainSuffix: SUFFIX } // the dev box stand-in (HTTPS, /hmr echo)
@@ -169,7 +165,7 @@ function newProfile() {
 const browserTest = browserSuite(async () => {
   requireChromium()
   ca = makeCA('cmux own-port browser tests CA')
-  devBox = await startDevBox({ tls: makeLeaf(ca, [devHost(R1)]) })
+  devBox = await startStandInDevBox({ tls: makeLeaf(ca, [devHost(R1)]) })
   swOrigin = await startServiceWorkerOrigin()
   sink = await startTcpServer((socket) => socket.destroy())
   proxy = await startProxy()

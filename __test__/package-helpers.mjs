@@ -1,14 +1,14 @@
 // Helpers of package.test.mjs: the release laid out as CI's publish job lays
-// it out (scripts/release-dry-run.mjs stageRelease), packed with `npm pack`,
+// it out (support/release.mjs stageRelease), packed with `npm pack`,
 // installed into a fresh project with `npm install <tarballs> --offline`, and
 // small programs (CommonJS, ESM, TypeScript) run there as a user's would.
 
 import { spawn } from 'node:child_process'
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { BINARY_NAME, hostTarget, root, stageRelease } from '../scripts/release-dry-run.mjs'
+import { BINARY_NAME, hostTarget, root, stageRelease } from '../support/release.mjs'
 
-export { PACKAGE_NAME, TARGETS, hostTarget } from '../scripts/release-dry-run.mjs'
+export { PACKAGE_NAME, TARGETS, hostTarget } from '../support/release.mjs'
 
 /**
  * The .node to publish for this machine: the release build next to index.js

@@ -9,18 +9,8 @@ import { mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, statSync, w
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
-import {
-  clientResult,
-  hostTarget,
-  packageBinary,
-  packRelease,
-  PACKAGE_NAME,
-  run,
-  runOk,
-  TARGETS,
-  writeClients,
-} from './package-helpers.mjs'
-import { root } from '../scripts/release-dry-run.mjs'
+import { root } from '../support/release.mjs'
+import { clientResult, hostTarget, packageBinary, packRelease, PACKAGE_NAME, run, runOk, TARGETS, writeClients } from './package-helpers.mjs'
 
 const target = hostTarget()
 const rootPackage = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'))

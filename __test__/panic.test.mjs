@@ -5,46 +5,41 @@
 
 import http2 from 'node:http2'
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest'
-import { authOf, buildRequest, Conn, openTunnel, ProxyServer, startEchoServer, waitFor, withTimeout } from './helpers.mjs'
-import { backToBaseline, expectServed, getOn, startRecordingServer } from './hostile-helpers.mjs'
+import { authOf, buildRequest, Conn, getOn, openTunnel } from '../support/http-client.mjs'
+import { startEchoServer } from '../support/servers.mjs'
+import { waitFor, withTimeout } from '../support/wait.mjs'
+import { useProxy, useTracked } from './fixtures.mjs'
+import { backToBaseline, expectServed, startRecordingServer } from './hostile-helpers.mjs'
 import { DEV_HOST, h2Over, h2request, requestOver, ROUTE, startTlsServer, testCA, tlsTunnel } from './tls-helpers.mjs'
 
 const PANIC = ['x-cmux-test-panic', '1']
 
-let proxy, proxyPort, ctx, routed, upstream, echo, standin
-const cleanup = []
-
-function track(s) {
-  cleanup.push(s)
-  return s
-}
+let upstream, echo, standin
 
 beforeAll(async () => {
-  const ca = testCA()
   upstream = await startRecordingServer()
   echo = await startEchoServer()
   standin = await startTlsServer((req, res) => res.end(`devbox:${req.url}`))
-  proxy = await ProxyServer.start('127.0.0.1:0', true, {
-    resolve: { [`${DEV_HOST}:443`]: `127.0.0.1:${standin.port}` },
-    upstreamCaPem: [ca.certPem],
-  })
-  proxyPort = proxy.port()
-  ctx = proxy.createContext(1)
-  routed = proxy.createContext(2, ROUTE)
 })
 
 afterAll(async () => {
-  for (const s of cleanup) s.destroy()
-  await proxy?.stop()
   await upstream?.close()
   await echo?.close()
   await standin?.close()
 })
 
+const shared = useProxy(() => ({
+  enableHttp2: true,
+  resolve: { [`${DEV_HOST}:443`]: `127.0.0.1:${standin.port}` },
+  upstreamCaPem: [testCA().certPem],
+}), { ctx: [1], routed: [2, ROUTE] })
+
 afterEach(async () => {
-  for (const s of cleanup.splice(0)) s.destroy()
-  await backToBaseline(proxy)
+  await backToBaseline(shared.proxy)
 })
+
+// Sockets the tests keep, closed before the checks above (after hooks run in reverse order).
+const track = useTracked()
 
 const url = (path) => `http://127.0.0.1:${upstream.port}${path}`
 
@@ -74,30 +69,30 @@ function expectPanicAnswer(res) {
 describe('a panic on a listener connection', () => {
   test('500 and a close for that connection; other connections and tunnels carry on; stats return; next request served', async () => {
     // Bystanders: a keep-alive connection and a relayed tunnel.
-    const keepAlive = track(await Conn.connect(proxyPort))
-    expect((await getOn(keepAlive, url('/before'), authOf(ctx))).status).toBe(200)
-    const { conn: tunnel, res: tunnelRes } = await openTunnel(proxyPort, `127.0.0.1:${echo.port}`, authOf(ctx))
+    const keepAlive = track(await Conn.connect(shared.port))
+    expect((await getOn(keepAlive, url('/before'), { auth: authOf(shared.ctx) })).status).toBe(200)
+    const { conn: tunnel, res: tunnelRes } = await openTunnel(shared.port, `127.0.0.1:${echo.port}`, authOf(shared.ctx))
     track(tunnel)
     expect(tunnelRes.status).toBe(200)
     tunnel.write('one')
     expect((await tunnel.readBytes(3)).toString()).toBe('one')
     const baseline = { activeConnections: 1, activeTunnels: 1 }
-    await backToBaseline(proxy, baseline)
-    const requestsBefore = proxy.stats().totalRequests
+    await backToBaseline(shared.proxy, baseline)
+    const requestsBefore = shared.proxy.stats().totalRequests
 
-    const victim = track(await Conn.connect(proxyPort))
-    victim.write(buildRequest('GET', url('/panic'), [['Host', `127.0.0.1:${upstream.port}`], ['Proxy-Authorization', authOf(ctx)], PANIC]))
+    const victim = track(await Conn.connect(shared.port))
+    victim.write(buildRequest('GET', url('/panic'), [['Host', `127.0.0.1:${upstream.port}`], ['Proxy-Authorization', authOf(shared.ctx)], PANIC]))
     const res = await victim.readResponse({ timeout: 5000 })
     expectPanicAnswer(res)
     await victim.waitClosed(3000)
     expect(upstream.requests.some((r) => r.url === '/panic')).toBe(false)
 
     // The process is alive and the proxy still answers its API.
-    expect(proxy.stats().totalRequests).toBeGreaterThan(requestsBefore)
-    await backToBaseline(proxy, baseline)
+    expect(shared.proxy.stats().totalRequests).toBeGreaterThan(requestsBefore)
+    await backToBaseline(shared.proxy, baseline)
 
     // The bystanders are unaffected.
-    const again = await getOn(keepAlive, url('/after'), authOf(ctx))
+    const again = await getOn(keepAlive, url('/after'), { auth: authOf(shared.ctx) })
     expect(again.status).toBe(200)
     expect(again.text).toBe('ok:/after')
     tunnel.write('two')
@@ -107,17 +102,17 @@ describe('a panic on a listener connection', () => {
 
     keepAlive.destroy()
     tunnel.destroy()
-    await backToBaseline(proxy)
-    const next = await expectServed(proxyPort, url('/next'), authOf(ctx))
+    await backToBaseline(shared.proxy)
+    const next = await expectServed(shared.port, url('/next'), authOf(shared.ctx))
     expect(next.text).toBe('ok:/next')
   })
 
   test('a request on the same connection after the panic is not served (the connection is gone)', async () => {
-    const conn = track(await Conn.connect(proxyPort))
+    const conn = track(await Conn.connect(shared.port))
     // Two pipelined requests: the first panics, the second must not be answered on this connection.
     conn.write(Buffer.concat([
-      buildRequest('GET', url('/panic-first'), [['Host', `127.0.0.1:${upstream.port}`], ['Proxy-Authorization', authOf(ctx)], PANIC]),
-      buildRequest('GET', url('/pipelined'), [['Host', `127.0.0.1:${upstream.port}`], ['Proxy-Authorization', authOf(ctx)]]),
+      buildRequest('GET', url('/panic-first'), [['Host', `127.0.0.1:${upstream.port}`], ['Proxy-Authorization', authOf(shared.ctx)], PANIC]),
+      buildRequest('GET', url('/pipelined'), [['Host', `127.0.0.1:${upstream.port}`], ['Proxy-Authorization', authOf(shared.ctx)]]),
     ]))
     const res = await conn.readResponse({ timeout: 5000 })
     expectPanicAnswer(res)
@@ -128,18 +123,18 @@ describe('a panic on a listener connection', () => {
 
   test('30 panics in a row leak nothing and the proxy keeps serving', async () => {
     for (let i = 0; i < 30; i++) {
-      const conn = track(await Conn.connect(proxyPort))
-      conn.write(buildRequest('GET', url(`/panic-${i}`), [['Host', `127.0.0.1:${upstream.port}`], ['Proxy-Authorization', authOf(ctx)], PANIC]))
+      const conn = track(await Conn.connect(shared.port))
+      conn.write(buildRequest('GET', url(`/panic-${i}`), [['Host', `127.0.0.1:${upstream.port}`], ['Proxy-Authorization', authOf(shared.ctx)], PANIC]))
       const res = await conn.readResponse({ timeout: 5000 })
       expect(res.status).toBe(500)
       await conn.waitClosed(3000)
     }
-    await backToBaseline(proxy)
-    await expectServed(proxyPort, url('/after-30'), authOf(ctx))
+    await backToBaseline(shared.proxy)
+    await expectServed(shared.port, url('/after-30'), authOf(shared.ctx))
   })
 
   test('over HTTP/2 (h2c): the stream gets 500 and the connection is closed; a new one is served', async () => {
-    const session = http2.connect(`http://127.0.0.1:${proxyPort}`)
+    const session = http2.connect(`http://127.0.0.1:${shared.port}`)
     session.on('error', () => {})
     track(session)
     const closed = new Promise((resolve) => session.once('close', resolve))
@@ -148,14 +143,14 @@ describe('a panic on a listener connection', () => {
       ':scheme': 'http',
       ':authority': `127.0.0.1:${upstream.port}`,
       ':path': '/h2-panic',
-      'proxy-authorization': authOf(ctx),
+      'proxy-authorization': authOf(shared.ctx),
       [PANIC[0]]: PANIC[1],
     })
     expect(res, `the panicking stream ended with ${JSON.stringify(res)}`).toMatchObject({ status: 500, text: 'internal proxy error\n' })
     await withTimeout(closed, 3000, 'closing the h2 connection')
-    await backToBaseline(proxy)
+    await backToBaseline(shared.proxy)
 
-    const fresh = http2.connect(`http://127.0.0.1:${proxyPort}`)
+    const fresh = http2.connect(`http://127.0.0.1:${shared.port}`)
     fresh.on('error', () => {})
     track(fresh)
     const ok = await h2request(fresh, {
@@ -163,7 +158,7 @@ describe('a panic on a listener connection', () => {
       ':scheme': 'http',
       ':authority': `127.0.0.1:${upstream.port}`,
       ':path': '/h2-after',
-      'proxy-authorization': authOf(ctx),
+      'proxy-authorization': authOf(shared.ctx),
     })
     expect(ok.status).toBe(200)
     expect(ok.text).toBe('ok:/h2-after')
@@ -173,18 +168,18 @@ describe('a panic on a listener connection', () => {
 
 describe('a panic inside a loopback tunnel (routed context, CONNECT localhost:3000)', () => {
   test('plain HTTP in the tunnel: 500, the tunnel is closed; a new tunnel is served by the dev box', async () => {
-    const { conn, res } = await openTunnel(proxyPort, 'localhost:3000', authOf(routed))
+    const { conn, res } = await openTunnel(shared.port, 'localhost:3000', authOf(shared.routed))
     track(conn)
     expect(res.status).toBe(200)
-    await waitFor(() => proxy.stats().activeTunnels === 1)
+    await waitFor(() => shared.proxy.stats().activeTunnels === 1)
     conn.write(buildRequest('GET', '/inner-panic', [['Host', 'localhost:3000'], PANIC]))
     const inner = await conn.readResponse({ timeout: 5000 })
     expectPanicAnswer(inner)
     await conn.waitClosed(3000)
     expect(standin.requests.some((r) => r.url === '/inner-panic')).toBe(false)
-    await backToBaseline(proxy)
+    await backToBaseline(shared.proxy)
 
-    const next = await openTunnel(proxyPort, 'localhost:3000', authOf(routed))
+    const next = await openTunnel(shared.port, 'localhost:3000', authOf(shared.routed))
     track(next.conn)
     expect(next.res.status).toBe(200)
     next.conn.write(buildRequest('GET', '/inner-ok', [['Host', 'localhost:3000']]))
@@ -194,12 +189,12 @@ describe('a panic inside a loopback tunnel (routed context, CONNECT localhost:30
   })
 
   test('HTTPS in the tunnel (intercepted TLS): 500, the tunnel is closed; other tunnels unaffected', async () => {
-    const tlsOpts = { servername: 'localhost', ca: [proxy.caCertificatePem()], ALPNProtocols: ['http/1.1'] }
-    const bystander = track(await tlsTunnel(proxyPort, 'localhost:3000', authOf(routed), tlsOpts))
+    const tlsOpts = { servername: 'localhost', ca: [shared.proxy.caCertificatePem()], ALPNProtocols: ['http/1.1'] }
+    const bystander = track(await tlsTunnel(shared.port, 'localhost:3000', authOf(shared.routed), tlsOpts))
     const warm = await requestOver(bystander, { path: '/bystander-1', headers: { connection: 'keep-alive' } })
     expect(warm.status).toBe(200)
 
-    const victim = track(await tlsTunnel(proxyPort, 'localhost:3000', authOf(routed), tlsOpts))
+    const victim = track(await tlsTunnel(shared.port, 'localhost:3000', authOf(shared.routed), tlsOpts))
     const victimClosed = new Promise((resolve) => victim.once('close', resolve))
     const res = await requestOver(victim, { path: '/tls-panic', headers: { [PANIC[0]]: PANIC[1] } })
     expect(res.status).toBe(500)
@@ -211,13 +206,13 @@ describe('a panic inside a loopback tunnel (routed context, CONNECT localhost:30
     expect(again.status).toBe(200)
     expect(again.text).toBe('devbox:/bystander-2')
     bystander.destroy()
-    await backToBaseline(proxy)
+    await backToBaseline(shared.proxy)
   })
 
   test('HTTP/2 in an intercepted tunnel: the stream gets 500 and the tunnel is closed', async () => {
-    const t = track(await tlsTunnel(proxyPort, 'localhost:3000', authOf(routed), {
+    const t = track(await tlsTunnel(shared.port, 'localhost:3000', authOf(shared.routed), {
       servername: 'localhost',
-      ca: [proxy.caCertificatePem()],
+      ca: [shared.proxy.caCertificatePem()],
       ALPNProtocols: ['h2'],
     }))
     expect(t.alpnProtocol).toBe('h2')
@@ -232,6 +227,6 @@ describe('a panic inside a loopback tunnel (routed context, CONNECT localhost:30
     })
     expect(res, `the panicking stream ended with ${JSON.stringify(res)}`).toMatchObject({ status: 500, text: 'internal proxy error\n' })
     await withTimeout(closed, 3000, 'closing the intercepted h2 tunnel')
-    await backToBaseline(proxy)
+    await backToBaseline(shared.proxy)
   })
 })

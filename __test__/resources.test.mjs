@@ -6,7 +6,10 @@
 import http from 'node:http'
 import http2 from 'node:http2'
 import { afterEach, describe, expect, test } from 'vitest'
-import { authOf, Conn, openTunnel, ProxyServer, proxyRequest, sleep, startEchoServer, trackSockets, waitFor, listen, closer } from './helpers.mjs'
+import { ProxyServer } from '../support/addon.mjs'
+import { authOf, Conn, openTunnel, proxyRequest } from '../support/http-client.mjs'
+import { closer, listen, startEchoServer, trackSockets } from '../support/servers.mjs'
+import { sleep, waitFor } from '../support/wait.mjs'
 
 const cleanup = []
 afterEach(async () => {

@@ -3,17 +3,10 @@
 // for absolute-form requests and for HTTP inside CONNECT tunnels.
 
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
-import {
-  authOf,
-  buildRequest,
-  makeCA,
-  makeLeaf,
-  openTunnel,
-  ProxyServer,
-  proxyRequest,
-  startHttpServer,
-  startHttpsServer,
-} from './helpers.mjs'
+import { ProxyServer } from '../support/addon.mjs'
+import { makeCA, makeLeaf } from '../support/certs.mjs'
+import { authOf, buildRequest, openTunnel, proxyRequest } from '../support/http-client.mjs'
+import { startHttpServer, startHttpsServer } from '../support/servers.mjs'
 
 const ROUTE = { morphId: 'm1', scope: 'base', domainSuffix: 'test.local' }
 const DEV_3000 = 'cmux-m1-base-3000.test.local'

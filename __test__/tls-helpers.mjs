@@ -1,6 +1,6 @@
-// Helpers for the TLS-interception, HTTP/2 and cmux-origin tests: CONNECT
-// tunnels that hand back a plain socket, TLS on top of them, HTTPS "dev box"
-// stand-ins with a test CA, and small HTTP/2 utilities.
+// Helpers for the TLS-interception, HTTP/2 and cmux-origin tests: TLS on top
+// of CONNECT tunnels, HTTPS "dev box" stand-ins with a test CA, small HTTP/2
+// utilities, and a Node TLS client's first bytes captured two ways.
 
 import crypto from 'node:crypto'
 import http from 'node:http'
@@ -8,7 +8,10 @@ import https from 'node:https'
 import http2 from 'node:http2'
 import net from 'node:net'
 import tls from 'node:tls'
-import { closer, listen, makeCA, makeLeaf, trackSockets } from './helpers.mjs'
+import { makeCA, makeLeaf } from '../support/certs.mjs'
+import { connectTunnel, readResponseBody } from '../support/http-client.mjs'
+import { closer, listen, trackSockets } from '../support/servers.mjs'
+import { waitFor } from '../support/wait.mjs'
 
 export const DEV_HOST = 'cmux-m1-base-3000.test.local'
 export const ROUTE = { morphId: 'm1', scope: 'base', domainSuffix: 'test.local' }
@@ -74,49 +77,6 @@ export async function startTlsServer(handler, { names = [DEV_HOST], ca = testCA(
 }
 
 /**
- * Opens a CONNECT tunnel and resolves with the raw net.Socket once the proxy
- * answered 200 (any bytes after the head are unshifted back). Rejects with
- * the status line otherwise.
- */
-export function connectTunnel(proxyPort, authority, auth, { extraHeaders = [] } = {}) {
-  return new Promise((resolve, reject) => {
-    const socket = net.connect(proxyPort, '127.0.0.1')
-    let buf = Buffer.alloc(0)
-    const fail = (err) => {
-      socket.destroy()
-      reject(err)
-    }
-    const onData = (d) => {
-      buf = Buffer.concat([buf, d])
-      const i = buf.indexOf('\r\n\r\n')
-      if (i < 0) return
-      socket.off('data', onData)
-      socket.off('error', fail)
-      const head = buf.subarray(0, i).toString('latin1')
-      const rest = buf.subarray(i + 4)
-      const status = Number(/^HTTP\/1\.[01] (\d{3})/.exec(head)?.[1])
-      if (status !== 200) {
-        const err = new Error(`CONNECT ${authority} failed: ${head.split('\r\n')[0]}`)
-        err.status = status
-        err.head = head
-        socket.destroy()
-        return reject(err)
-      }
-      if (rest.length) socket.unshift(rest)
-      resolve(socket)
-    }
-    socket.on('data', onData)
-    socket.on('error', fail)
-    socket.on('connect', () => {
-      let head = `CONNECT ${authority} HTTP/1.1\r\nHost: ${authority}\r\n`
-      if (auth) head += `Proxy-Authorization: ${auth}\r\n`
-      for (const [k, v] of extraHeaders) head += `${k}: ${v}\r\n`
-      socket.write(head + '\r\n')
-    })
-  })
-}
-
-/**
  * tls.connect with `opts` (host and port, or a `socket` to run over); resolves
  * with the TLSSocket after the handshake, rejects on any TLS error.
  */
@@ -167,15 +127,7 @@ export function requestOver(socket, { method = 'GET', path = '/', headers = {}, 
       path,
       headers: { host: 'localhost:3000', ...headers },
       createConnection: () => socket,
-    }, (res) => {
-      const chunks = []
-      res.on('data', (c) => chunks.push(c))
-      res.on('error', reject)
-      res.on('end', () => {
-        const buf = Buffer.concat(chunks)
-        resolve({ status: res.statusCode, headers: res.headers, rawHeaders: res.rawHeaders, body: buf, text: buf.toString() })
-      })
-    })
+    }, (res) => readResponseBody(res).then(resolve, reject))
     req.on('error', reject)
     if (body === undefined || typeof body === 'string' || Buffer.isBuffer(body)) {
       req.end(body)
@@ -248,6 +200,22 @@ export function h2request(session, headers, body, { resolveReset = false } = {})
 }
 
 /**
+ * The head of a WebSocket over HTTP/2 (an RFC 8441 extended CONNECT) to
+ * `authority` + `path`; `extra` fields (credentials, cookies...) come last.
+ */
+export function wsOverH2(authority, path, { scheme = 'http', ...extra } = {}) {
+  return {
+    ':method': 'CONNECT',
+    ':protocol': 'websocket',
+    ':scheme': scheme,
+    ':authority': authority,
+    ':path': path,
+    'sec-websocket-version': '13',
+    ...extra,
+  }
+}
+
+/**
  * Resolves with the first remote SETTINGS of an HTTP/2 session; call it
  * right after creating the session.
  */
@@ -259,4 +227,63 @@ export function remoteSettings(session) {
   })
 }
 
-export { makeLeaf }
+// ---------------------------------------------------------------------------
+// A Node TLS client's first bytes, captured by a local TCP server that never answers
+
+/**
+ * Exactly the first TLS record a Node client sends (its ClientHello) for
+ * `servername`, reassembled from however many reads it took.
+ */
+export async function captureClientHelloRecord({ servername = 'localhost', ALPNProtocols = ['h2', 'http/1.1'] } = {}) {
+  let resolveHello
+  const hello = new Promise((resolve) => (resolveHello = resolve))
+  const server = net.createServer((socket) => {
+    let buf = Buffer.alloc(0)
+    socket.on('error', () => {})
+    socket.on('data', (d) => {
+      buf = Buffer.concat([buf, d])
+      if (buf.length >= 5 && buf.length >= 5 + buf.readUInt16BE(3)) {
+        resolveHello(buf.subarray(0, 5 + buf.readUInt16BE(3)))
+        socket.destroy()
+      }
+    })
+  })
+  const port = await listen(server)
+  const client = tls.connect({ port, host: '127.0.0.1', servername, ALPNProtocols, rejectUnauthorized: false })
+  client.on('error', () => {})
+  try {
+    return await Promise.race([
+      hello,
+      new Promise((_, reject) => setTimeout(() => reject(new Error('no ClientHello captured')), 5000)),
+    ])
+  } finally {
+    client.destroy()
+    server.close()
+  }
+}
+
+/**
+ * The first chunk a Node TLS client writes (a real first-flight ClientHello),
+ * as one read received it; `opts` go to tls.connect.
+ */
+export async function captureFirstFlight(opts = {}) {
+  let captured
+  const server = net.createServer((socket) => {
+    socket.on('error', () => {})
+    socket.once('data', (d) => {
+      captured = d
+      socket.destroy()
+    })
+  })
+  const sockets = trackSockets(server)
+  const port = await listen(server)
+  const client = tls.connect({ host: '127.0.0.1', port, servername: 'localhost', ALPNProtocols: ['h2', 'http/1.1'], ...opts })
+  client.on('error', () => {})
+  try {
+    await waitFor(() => captured, { timeout: 5000, message: 'ClientHello captured' })
+  } finally {
+    client.destroy()
+    await closer(server, sockets)()
+  }
+  return captured
+}

@@ -5,31 +5,13 @@ import crypto from 'node:crypto'
 import tls from 'node:tls'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
 import WebSocket, { WebSocketServer } from 'ws'
-import {
-  authOf,
-  buildRequest,
-  Conn,
-  makeCA,
-  makeLeaf,
-  patternChunks,
-  patternDigest,
-  ProxyServer,
-  waitFor,
-  withTimeout,
-} from './helpers.mjs'
-import {
-  connectTunnel,
-  DEV_HOST,
-  fingerprint,
-  pkcs8,
-  requestOver,
-  ROUTE,
-  startTlsServer,
-  testCA,
-  TlsTunnelAgent,
-  tlsOver,
-  tlsTunnel,
-} from './tls-helpers.mjs'
+import { ProxyServer } from '../support/addon.mjs'
+import { makeCA, makeLeaf } from '../support/certs.mjs'
+import { authOf, Conn, connectTunnel, getOn } from '../support/http-client.mjs'
+import { waitFor, withTimeout } from '../support/wait.mjs'
+import { startError, useTracked, withProxy } from './fixtures.mjs'
+import { digestOf, patternChunks, patternDigest } from './helpers.mjs'
+import { DEV_HOST, fingerprint, pkcs8, requestOver, ROUTE, startTlsServer, testCA, tlsOver, tlsTunnel, TlsTunnelAgent } from './tls-helpers.mjs'
 
 const BIG = 64 * 1024 * 1024
 const DAY = 24 * 3600 * 1000
@@ -39,7 +21,6 @@ let proxy, proxyH1, passthrough
 let ctx, ctxH1, ctxPt, auth, authH1, authPt
 let proxyCaPem
 const wsEvents = []
-const cleanup = []
 
 function proxyOptions(extra = {}) {
   return {
@@ -49,25 +30,14 @@ function proxyOptions(extra = {}) {
   }
 }
 
-/** Keeps a socket (or anything with destroy()) to close after the test file. */
-function track(s) {
-  cleanup.push(s)
-  return s
-}
-
 beforeAll(async () => {
   ca = testCA()
   standin = await startTlsServer(async (req, res) => {
     const url = new URL(req.url, 'https://x')
     if (url.pathname === '/upload') {
-      const hash = crypto.createHash('sha1')
-      let bytes = 0
-      for await (const c of req) {
-        bytes += c.length
-        hash.update(c)
-      }
+      const digest = await digestOf(req)
       res.setHeader('content-type', 'application/json')
-      res.end(JSON.stringify({ bytes, sha1: hash.digest('hex') }))
+      res.end(JSON.stringify(digest))
       return
     }
     if (url.pathname === '/download') {
@@ -109,7 +79,6 @@ beforeAll(async () => {
 })
 
 afterAll(async () => {
-  for (const s of cleanup) s.destroy?.()
   for (const c of wss?.clients ?? []) c.terminate()
   wss?.close()
   await proxy?.stop()
@@ -118,13 +87,8 @@ afterAll(async () => {
   await standin?.close()
 })
 
-/** A GET on a raw Conn over `socket`; resolves the parsed response (JSON in .json). */
-async function getOn(conn, path, host = 'localhost:3000') {
-  conn.write(buildRequest('GET', path, [['Host', host]]))
-  const res = await conn.readResponse()
-  res.json = res.headers['content-type']?.includes('json') ? JSON.parse(res.text) : undefined
-  return res
-}
+// Sockets the tests keep open, closed before the proxies stop (after hooks run in reverse order).
+const track = useTracked({ after: 'all' })
 
 /** CONNECT + TLS trusting the proxy's CA, verified for `servername`. */
 function intercepted(authority, opts = {}) {
@@ -146,11 +110,7 @@ describe('the local CA', () => {
 
   test('a given CA (caCertPem + caKeyPem) is the one returned and the one that signs leaves', async () => {
     const own = makeCA('caller supplied CA')
-    const p = await ProxyServer.start('127.0.0.1:0', false, proxyOptions({
-      caCertPem: own.certPem,
-      caKeyPem: pkcs8(own.keyPem),
-    }))
-    try {
+    await withProxy(proxyOptions({ caCertPem: own.certPem, caKeyPem: pkcs8(own.keyPem) }), async (p) => {
       expect(fingerprint(p.caCertificatePem())).toBe(fingerprint(own.certPem))
       const c = p.createContext(7, ROUTE)
       const t = track(await tlsTunnel(p.port(), 'localhost:3000', authOf(c), {
@@ -167,20 +127,15 @@ describe('the local CA', () => {
       expect(res.status).toBe(200)
       expect(res.json).toMatchObject({ url: '/given-ca', host: DEV_HOST })
       t.destroy()
-    } finally {
-      await p.stop()
-    }
+    })
   })
 
   test('a CA key in PKCS#1 form ("BEGIN RSA PRIVATE KEY", as node-forge and openssl genrsa write it) is accepted', async () => {
     const own = makeCA('pkcs1 CA')
     expect(own.keyPem).toMatch(/BEGIN RSA PRIVATE KEY/)
-    const p = await ProxyServer.start('127.0.0.1:0', false, proxyOptions({ caCertPem: own.certPem, caKeyPem: own.keyPem }))
-    try {
+    await withProxy(proxyOptions({ caCertPem: own.certPem, caKeyPem: own.keyPem }), (p) => {
       expect(fingerprint(p.caCertificatePem())).toBe(fingerprint(own.certPem))
-    } finally {
-      await p.stop()
-    }
+    })
   })
 
   test('bad, mismatched, non-CA or half-given CA options make start reject with a clear Error', async () => {
@@ -196,13 +151,7 @@ describe('the local CA', () => {
       [{ caKeyPem: pkcs8(own.keyPem) }, [/caCertPem/, /caKeyPem/]],
     ]
     for (const [opts, patterns] of cases) {
-      let error
-      try {
-        const p = await ProxyServer.start('127.0.0.1:0', false, proxyOptions(opts))
-        await p.stop()
-      } catch (e) {
-        error = e
-      }
+      const error = await startError('127.0.0.1:0', false, proxyOptions(opts))
       expect(error, `start with ${Object.keys(opts).join('+')} should reject`).toBeInstanceOf(Error)
       for (const re of patterns) expect(error.message).toMatch(re)
     }
@@ -240,7 +189,7 @@ describe('interception of loopback tunnels', () => {
     expect(peer.subjectaltname.split(', ')).toContain('IP Address:127.0.0.1')
     expect(t.getPeerX509Certificate().checkIP('127.0.0.1')).toBe('127.0.0.1')
     expect(new Date(peer.valid_from).getTime()).toBeLessThanOrEqual(Date.now() - 23 * 3600 * 1000)
-    const res = await getOn(new Conn(t), '/ip4', '127.0.0.1:3000')
+    const res = await getOn(new Conn(t), '/ip4', { host: '127.0.0.1:3000' })
     expect(res.status).toBe(200)
     expect(res.json).toEqual({ method: 'GET', url: '/ip4', host: DEV_HOST })
     t.destroy()
@@ -254,7 +203,7 @@ describe('interception of loopback tunnels', () => {
     const san = t.getPeerCertificate().subjectaltname.split(', ')
     expect(san.some((s) => s === 'IP Address:0:0:0:0:0:0:0:1' || s === 'IP Address:::1')).toBe(true)
     expect(t.getPeerX509Certificate().checkIP('::1')).toBeDefined()
-    const res = await getOn(new Conn(t), '/ip6', '[::1]:3000')
+    const res = await getOn(new Conn(t), '/ip6', { host: '[::1]:3000' })
     expect(res.status).toBe(200)
     expect(res.json).toEqual({ method: 'GET', url: '/ip6', host: DEV_HOST })
     t.destroy()
@@ -427,7 +376,7 @@ describe('tlsInterception: false', () => {
     }))
     expect(t.authorized).toBe(true)
     expect(t.getPeerX509Certificate().fingerprint256).toBe(fingerprint(standin.leaf.cert))
-    const res = await getOn(new Conn(t), '/blind', DEV_HOST)
+    const res = await getOn(new Conn(t), '/blind', { host: DEV_HOST })
     expect(res.status).toBe(200)
     expect(res.json).toEqual({ method: 'GET', url: '/blind', host: DEV_HOST })
     expect(standin.requests.length - before).toBe(1)

@@ -7,20 +7,14 @@
 import http from 'node:http'
 import http2 from 'node:http2'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
-import { authOf, ProxyServer, proxyRequest, sleep, waitFor, withTimeout } from './helpers.mjs'
-import { testCA } from './tls-helpers.mjs'
+import { ProxyServer } from '../support/addon.mjs'
+import { authOf, proxyRequest } from '../support/http-client.mjs'
+import { sleep, waitFor, withTimeout } from '../support/wait.mjs'
 import {
-  closeSession,
-  DEVBOX_HOST,
-  h2cGet,
-  h2cSession,
-  keepAliveAgent,
-  ROUTE,
-  runPool,
-  settled,
-  startCountingH2Upstream,
+  closeSession, DEVBOX_HOST, h2cGet, h2cSession, keepAliveAgent, ROUTE, runPool, settled, startCountingH2Upstream,
   tally,
 } from './conduct-helpers.mjs'
+import { testCA } from './tls-helpers.mjs'
 
 /** How long to keep listening for frames the proxy might still send after the last answer. */
 const QUIET_MS = 300

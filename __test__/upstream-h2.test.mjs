@@ -3,7 +3,9 @@
 // box goes away; an HTTP/1.1-only dev box gets keep-alive connections.
 
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
-import { authOf, buildRequest, Conn, ProxyServer, proxyRequest, sleep, waitFor, withTimeout } from './helpers.mjs'
+import { ProxyServer } from '../support/addon.mjs'
+import { authOf, Conn, getOn, proxyRequest } from '../support/http-client.mjs'
+import { sleep, waitFor, withTimeout } from '../support/wait.mjs'
 import { DEV_HOST, startTlsServer, testCA, tlsTunnel } from './tls-helpers.mjs'
 
 const H1_HOST = 'cmux-m2-base-3000.test.local'
@@ -63,12 +65,6 @@ async function tunnelConn(auth) {
   })
   cleanup.push(t)
   return new Conn(t)
-}
-
-async function getOn(conn, path) {
-  conn.write(buildRequest('GET', path, [['Host', 'localhost:3000']]))
-  const res = await conn.readResponse()
-  return { status: res.status, json: JSON.parse(res.text) }
 }
 
 async function absolute(path, auth) {

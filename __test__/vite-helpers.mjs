@@ -1,13 +1,13 @@
 // Helpers for vite.test.mjs: a generated Vite app of a few hundred ES modules,
-// a real Vite dev server, and a TLS "cloud dev box" stand-in in front of it that
+// and a TLS "cloud dev box" stand-in in front of a real Vite (support/vite.mjs) that
 // speaks HTTP/2 (and HTTP/1.1 for WebSocket upgrades) and counts, frame by
 // frame, what the proxy does to it. Everything is a real socket on loopback.
 
 import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises'
 import http from 'node:http'
-import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
+import { relayableHeaders, relayUpgrade } from '../support/vite.mjs'
 import { FLAG_END_STREAM, FRAME, startH2TlsTerminator } from './h2-frames.mjs'
 
 // ---------------------------------------------------------------------------
@@ -99,44 +99,7 @@ export function hotModule(text) {
 }
 
 // ---------------------------------------------------------------------------
-// Vite
-
-/** A Vite dev server for `root` on 127.0.0.1:`port`. Returns { server, port, close() }. */
-export async function startVite(root, port) {
-  // vitest.config.mjs points NAPI_RS_NATIVE_LIBRARY_PATH at the proxy addon for the tests; rolldown's
-  // napi-rs loader honours the same variable and would load the proxy addon as its own binding. The
-  // proxy addon is loaded by now (helpers.mjs requires it on import), so this process needs it no more.
-  delete process.env.NAPI_RS_NATIVE_LIBRARY_PATH
-  const { createServer } = await import('vite')
-  const server = await createServer({
-    root,
-    configFile: false,
-    logLevel: 'silent',
-    clearScreen: false,
-    server: { host: '127.0.0.1', port, strictPort: true },
-    optimizeDeps: { noDiscovery: true, include: [] },
-  })
-  await server.listen()
-  return { server, port, close: () => server.close() }
-}
-
-// ---------------------------------------------------------------------------
 // The dev box stand-in
-
-// Connection-specific headers: not relayed (and forbidden in HTTP/2 responses).
-const HOP_BY_HOP = new Set([
-  'connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'trailer',
-  'proxy-authenticate', 'proxy-authorization',
-])
-
-function relayableHeaders(headers) {
-  const out = {}
-  for (const [k, v] of Object.entries(headers)) {
-    if (k.startsWith(':') || HOP_BY_HOP.has(k)) continue
-    out[k] = v
-  }
-  return out
-}
 
 /**
  * The cloud dev box: TLS on 127.0.0.1:0 with a leaf for `names`, ALPN h2 and
@@ -167,7 +130,7 @@ function relayableHeaders(headers) {
  *   upgrades                           WebSocket upgrades piped to Vite
  *   upstreamErrors: [{ path, error }]  failures of the dev box's own requests to Vite (answered 502)
  */
-export async function startDevBox({ ca, names, vitePort }) {
+export async function startViteDevBox({ ca, names, vitePort }) {
   const stats = {
     tls: [],
     h2Streams: 0,
@@ -240,27 +203,14 @@ export async function startDevBox({ ca, names, vitePort }) {
   h1.on('upgrade', (req, socket, head) => {
     stats.upgrades++
     socket.on('error', () => {})
-    const upstream = net.connect(vitePort, '127.0.0.1')
-    upstream.on('error', () => socket.destroy())
+    const upstream = relayUpgrade(req, socket, head, vitePort)
     pipes.add(upstream)
     upstream.on('close', () => pipes.delete(upstream))
-    let out = `${req.method} ${req.url} HTTP/1.1\r\n`
-    for (let i = 0; i < req.rawHeaders.length; i += 2) {
-      const name = req.rawHeaders[i]
-      out += `${name}: ${name.toLowerCase() === 'host' ? viteHost : req.rawHeaders[i + 1]}\r\n`
-    }
-    out += '\r\n'
-    upstream.write(out)
-    if (head?.length) upstream.write(head)
     // The 101 (or any other answer) is relayed raw; record its status.
     upstream.once('data', (d) => {
       const m = /^HTTP\/1\.1 (\d{3})/.exec(d.subarray(0, 16).toString('latin1'))
       stats.responses.push({ proto: 'ws', method: req.method, path: req.url, status: m ? Number(m[1]) : 0 })
     })
-    upstream.pipe(socket)
-    socket.pipe(upstream)
-    socket.on('close', () => upstream.destroy())
-    upstream.on('close', () => socket.destroy())
   })
 
   // HTTP/2 goes to a plaintext HTTP/2 server behind the TLS terminator, watched frame by frame.

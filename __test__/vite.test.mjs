@@ -20,17 +20,13 @@
 
 import { writeFile } from 'node:fs/promises'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
-import { closedPort, makeCA, ProxyServer, sleep, waitFor } from './helpers.mjs'
+import { ProxyServer } from '../support/addon.mjs'
+import { makeCA } from '../support/certs.mjs'
+import { closedPort } from '../support/servers.mjs'
+import { startVite } from '../support/vite.mjs'
+import { sleep, waitFor } from '../support/wait.mjs'
 import { launchChromium, requireChromium } from './browser-helpers.mjs'
-import {
-  generateApp,
-  hotModule,
-  HOT_V1,
-  openPreviewPage,
-  recordByDocument,
-  startDevBox,
-  startVite,
-} from './vite-helpers.mjs'
+import { generateApp, hotModule, HOT_V1, openPreviewPage, recordByDocument, startViteDevBox } from './vite-helpers.mjs'
 
 const ROUTE = { morphId: 'm', scope: 'base', domainSuffix: 'devbox.test' }
 /** Chromium's background connections right after launch: let them settle before counting. */
@@ -58,7 +54,7 @@ beforeAll(async () => {
   do vitePort = await closedPort()
   while (vitePort === P)
   vite = await startVite(app.root, vitePort)
-  devBox = await startDevBox({ ca, names: [devboxHost], vitePort })
+  devBox = await startViteDevBox({ ca, names: [devboxHost], vitePort })
   proxy = await ProxyServer.start('127.0.0.1:0', true, {
     resolve: { [`${devboxHost}:443`]: `127.0.0.1:${devBox.port}` },
     upstreamCaPem: [ca.certPem],

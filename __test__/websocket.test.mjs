@@ -3,23 +3,12 @@
 
 import { WebSocket, WebSocketServer } from 'ws'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
-import {
-  authOf,
-  closeFrame,
-  Conn,
-  encodeFrame,
-  makeCA,
-  makeLeaf,
-  ProxyServer,
-  readFrame,
-  startHttpServer,
-  startHttpsServer,
-  TunnelAgent,
-  waitFor,
-  wsAccept,
-  wsKey,
-  wsUpgradeRequest,
-} from './helpers.mjs'
+import { ProxyServer } from '../support/addon.mjs'
+import { makeCA, makeLeaf } from '../support/certs.mjs'
+import { authOf, Conn, TunnelAgent } from '../support/http-client.mjs'
+import { startHttpServer, startHttpsServer } from '../support/servers.mjs'
+import { waitFor } from '../support/wait.mjs'
+import { closeFrame, encodeFrame, readFrame, wsAccept, wsKey, wsUpgradeRequest } from './helpers.mjs'
 
 const ROUTE = { morphId: 'm1', scope: 'base', domainSuffix: 'test.local' }
 const DEV_3000 = 'cmux-m1-base-3000.test.local'

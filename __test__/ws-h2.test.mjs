@@ -1,26 +1,20 @@
 // WebSockets over HTTP/2 (RFC 8441 extended CONNECT): on the h2c listener,
 // and inside an intercepted TLS tunnel that negotiated h2.
 
-import http2 from 'node:http2'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
 import { WebSocketServer } from 'ws'
-import {
-  authOf,
-  closeFrame,
-  Conn,
-  encodeFrame,
-  ProxyServer,
-  readFrame,
-  startHttpServer,
-  waitFor,
-  withTimeout,
-} from './helpers.mjs'
-import { DEV_HOST, h2Over, remoteSettings, ROUTE, startTlsServer, testCA, tlsTunnel } from './tls-helpers.mjs'
+import { ProxyServer } from '../support/addon.mjs'
+import { authOf, Conn } from '../support/http-client.mjs'
+import { startHttpServer } from '../support/servers.mjs'
+import { waitFor, withTimeout } from '../support/wait.mjs'
+import { h2cSession } from './conduct-helpers.mjs'
+import { useTracked } from './fixtures.mjs'
+import { closeFrame, encodeFrame, readFrame } from './helpers.mjs'
+import { DEV_HOST, h2Over, remoteSettings, ROUTE, startTlsServer, testCA, tlsTunnel, wsOverH2 } from './tls-helpers.mjs'
 
 let ca, plainBox, tlsBox, plainWss, tlsWss, proxy, auth, routedAuth
 const upgrades = []
 const serverSockets = []
-const cleanup = []
 
 function attachEcho(wss, label) {
   wss.on('connection', (ws, req) => {
@@ -50,7 +44,6 @@ beforeAll(async () => {
 })
 
 afterAll(async () => {
-  for (const s of cleanup) s.destroy()
   for (const ws of serverSockets) ws.terminate()
   plainWss?.close()
   tlsWss?.close()
@@ -58,6 +51,9 @@ afterAll(async () => {
   await plainBox?.close()
   await tlsBox?.close()
 })
+
+// Sessions and sockets the tests keep, closed before the above (after hooks run in reverse order).
+const track = useTracked({ after: 'all' })
 
 /** Opens an extended CONNECT stream; resolves { stream, headers, conn }. */
 function extendedConnect(session, headers) {
@@ -93,22 +89,12 @@ async function exchange(conn, label) {
 
 describe('extended CONNECT on the h2c listener', () => {
   test('SETTINGS_ENABLE_CONNECT_PROTOCOL is advertised and a WebSocket runs on the stream', async () => {
-    const session = http2.connect(`http://127.0.0.1:${proxy.port()}`)
-    session.on('error', () => {})
-    cleanup.push(session)
+    const session = track(h2cSession(proxy.port()))
     const settings = await withTimeout(remoteSettings(session), 5000, 'remote SETTINGS')
     expect(settings.enableConnectProtocol).toBe(true)
 
     const before = upgrades.length
-    const { stream, headers } = await extendedConnect(session, {
-      ':method': 'CONNECT',
-      ':protocol': 'websocket',
-      ':scheme': 'http',
-      ':path': '/echo',
-      ':authority': `127.0.0.1:${plainBox.port}`,
-      'proxy-authorization': auth,
-      'sec-websocket-version': '13',
-    })
+    const { stream, headers } = await extendedConnect(session, wsOverH2(`127.0.0.1:${plainBox.port}`, '/echo', { 'proxy-authorization': auth }))
     expect(headers[':status']).toBe(200)
     for (const name of ['upgrade', 'connection', 'sec-websocket-accept']) expect(headers).not.toHaveProperty(name)
     const conn = new Conn(stream)
@@ -116,9 +102,7 @@ describe('extended CONNECT on the h2c listener', () => {
 
     await waitFor(() => upgrades.length > before)
     const server = upgrades.at(-1)
-    expect(server.label).toBe('plain')
-    expect(server.url).toBe('/echo')
-    expect(server.host).toBe(`127.0.0.1:${plainBox.port}`)
+    expect(server).toMatchObject({ label: 'plain', url: '/echo', host: `127.0.0.1:${plainBox.port}` })
     expect(server.headers).not.toHaveProperty('proxy-authorization')
 
     server.ws.send('pushed by the server')
@@ -137,19 +121,10 @@ describe('extended CONNECT on the h2c listener', () => {
   })
 
   test('an extended CONNECT without credentials gets 407', async () => {
-    const session = http2.connect(`http://127.0.0.1:${proxy.port()}`)
-    session.on('error', () => {})
-    cleanup.push(session)
+    const session = track(h2cSession(proxy.port()))
     await withTimeout(remoteSettings(session), 5000, 'remote SETTINGS')
     const before = upgrades.length
-    const { stream, headers } = await extendedConnect(session, {
-      ':method': 'CONNECT',
-      ':protocol': 'websocket',
-      ':scheme': 'http',
-      ':path': '/echo',
-      ':authority': `127.0.0.1:${plainBox.port}`,
-      'sec-websocket-version': '13',
-    })
+    const { stream, headers } = await extendedConnect(session, wsOverH2(`127.0.0.1:${plainBox.port}`, '/echo'))
     expect(headers[':status']).toBe(407)
     stream.destroy()
     expect(upgrades.length).toBe(before)
@@ -164,23 +139,15 @@ describe('extended CONNECT inside an intercepted TLS tunnel', () => {
       ca: [proxy.caCertificatePem()],
       ALPNProtocols: ['h2', 'http/1.1'],
     })
-    cleanup.push(t)
+    track(t)
     expect(t.alpnProtocol).toBe('h2')
     const session = h2Over(t)
-    cleanup.push(session)
+    track(session)
     const settings = await withTimeout(remoteSettings(session), 5000, 'remote SETTINGS in the tunnel')
     expect(settings.enableConnectProtocol).toBe(true)
 
     const before = upgrades.length
-    const { stream, headers } = await extendedConnect(session, {
-      ':method': 'CONNECT',
-      ':protocol': 'websocket',
-      ':scheme': 'https',
-      ':path': '/hmr?token=abc',
-      ':authority': 'localhost:3000',
-      'sec-websocket-version': '13',
-      origin: 'https://localhost:3000',
-    })
+    const { stream, headers } = await extendedConnect(session, wsOverH2('localhost:3000', '/hmr?token=abc', { scheme: 'https', origin: 'https://localhost:3000' }))
     expect(headers[':status']).toBe(200)
     const conn = new Conn(stream)
     await exchange(conn, 'tls')

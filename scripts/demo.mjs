@@ -19,7 +19,7 @@ buildAddon()
 const require = createRequire(`${root}/`)
 const { ProxyServer, deriveRoute } = require('./index.js')
 const { WebSocketServer, WebSocket } = require('ws')
-const { makeCA, makeLeaf } = await import('../__test__/helpers.mjs')
+const { makeCA, makeLeaf, spkiHash } = await import('../support/certs.mjs')
 
 // The preview's URL, as cmux opens it; its route says where the page's localhost goes.
 const previewUrl = 'https://cmux-demo-base-3000.cmux.app/'
@@ -165,16 +165,14 @@ console.log('\nproxy stopped')
 // 407 answered with the context's credentials, the proxy CA trusted by its key).
 const { mkdirSync } = await import('node:fs')
 const { join } = await import('node:path')
-const {
-  CHROMIUM_PATH, devHost, inspectPage, launchChromium, newPreviewContext, recordFailures, spkiHash, startDevBox,
-  waitForHmrText,
-} = await import('../__test__/browser-helpers.mjs')
+const { CHROMIUM_PATH, launchChromium, newPreviewContext, recordFailures } = await import('../support/chromium.mjs')
+const { devHost, inspectPage, startStandInDevBox, waitForHmrText } = await import('../support/dev-box.mjs')
 
 // Here the route without its cmux-proxy origin: loopback traffic goes to the dev box's own name.
 const { cmuxProxyOrigin: _origin, ...webRoute } = deriveRoute('https://cmux-web-base-3000.cmux.app/')
 const webHost = devHost(webRoute)
 await step(`7. Chromium (${CHROMIUM_PATH}, headless) opens http://localhost:3000/; nothing listens on localhost:3000`)
-const webBox = await startDevBox({ tls: makeLeaf(demoCa, [webHost]) })
+const webBox = await startStandInDevBox({ tls: makeLeaf(demoCa, [webHost]) })
 const browserProxy = await ProxyServer.start('127.0.0.1:0', true, {
   resolve: { [`${webHost}:443`]: `127.0.0.1:${webBox.port}` },
   upstreamCaPem: [demoCa.certPem],

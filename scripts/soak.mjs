@@ -3,13 +3,15 @@
 // contexts are created and released. Checks: no wrong and no lost response,
 // the proxy's file descriptors back to their baseline, RSS growth under 10 %
 // after warm-up. Bounded: stops after OPERATIONS or 5 minutes.
-import { fork } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import http from 'node:http'
 import https from 'node:https'
 import net from 'node:net'
 import { once } from 'node:events'
 import { createRequire } from 'node:module'
+import { makeCA, makeLeaf } from '../support/certs.mjs'
+import { startProxyProcess } from '../support/proxy-process.mjs'
+import { sleep } from '../support/wait.mjs'
 import { buildAddon, installNodePackages, root } from './setup.mjs'
 
 const OPERATIONS = Number(process.env.SOAK_OPERATIONS ?? 100_000)
@@ -23,8 +25,6 @@ if (!process.env.SOAK_SKIP_BUILD) {
   buildAddon()
 }
 const { WebSocketServer, WebSocket } = createRequire(`${root}/`)('ws')
-const { makeCA, makeLeaf } = await import('../__test__/helpers.mjs')
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
 // Upstreams. Short keep-alive so that pooled upstream connections close when idle.
 const plain = http.createServer((req, res) => {
@@ -53,28 +53,14 @@ for (const server of [plain, devBox, echo]) {
 }
 
 // The proxy, in its own process.
-const child = fork(new URL('./proxy-process.mjs', import.meta.url), [
-  JSON.stringify({
-    // A loopback address would be looked into for a routed context: the echo service gets a name.
-    resolve: { [`${devBoxHost}:443`]: `127.0.0.1:${devBox.address().port}`, 'echo.soak.test:7': `127.0.0.1:${echo.address().port}`,
-      'plain.soak.test:80': `127.0.0.1:${plain.address().port}`,
-    },
-    upstreamCaPem: [ca.certPem],
-  }),
-])
-const pending = new Map()
-let nextId = 1
-child.on('message', ({ id, result }) => pending.get(id)?.(result))
-const call = (command, ...args) =>
-  new Promise((resolve) => {
-    const id = nextId++
-    pending.set(id, (result) => {
-      pending.delete(id)
-      resolve(result)
-    })
-    child.send({ id, command, args })
-  })
-const { port } = await new Promise((resolve) => pending.set(0, resolve))
+const proxyProcess = await startProxyProcess({
+  // A loopback address would be looked into for a routed context: the echo service gets a name.
+  resolve: { [`${devBoxHost}:443`]: `127.0.0.1:${devBox.address().port}`, 'echo.soak.test:7': `127.0.0.1:${echo.address().port}`,
+    'plain.soak.test:80': `127.0.0.1:${plain.address().port}`,
+  },
+  upstreamCaPem: [ca.certPem],
+}, { stdio: ['inherit', 'inherit', 'inherit', 'ipc'], timeout: 0 })
+const { child, port, call } = proxyProcess
 
 // Contexts come and go: each serves a batch of operations, then is released.
 let webContentsId = 0
@@ -269,7 +255,7 @@ const checks = [
 ]
 for (const [name, ok] of checks) console.log(`${ok ? 'PASS' : 'FAIL'} ${name}`)
 
-await call('stop')
+await proxyProcess.stop()
 for (const server of [plain, devBox, echo]) {
   server.closeAllConnections?.()
   server.close()

@@ -80,7 +80,7 @@ impl Default for Limits {
             http2_max_concurrent_streams: 1000,
             connect_ports: None,
             // The lowest allowance Chromium's reload pattern leaves alone, with half again as margin.
-            // Measured with bench/h2-resets.mjs (headless Chromium 156 through the HTTPS proxy mode, a
+            // Measured with bench/scenarios/h2-resets.mjs (headless Chromium 156 through the HTTPS proxy mode, a
             // 500-module page reloaded mid-load 60 times in about 10 s; h2 counts a reset stream for
             // 30 s): 50 and 100 drew GOAWAYs (4-5 connections, 30 failed requests at 50); 200 behaved
             // as 4000 did (2 connections, no failure). It was 4000 for every client before, authenticated

@@ -11,7 +11,9 @@
 // was asked about (sorted), `queries` the questions by type.
 
 import dgram from 'node:dgram'
-import { authOf, ProxyServer, proxyRequest, startHttpServer } from '../helpers.mjs'
+import { ProxyServer } from '../../support/addon.mjs'
+import { authOf, proxyRequest } from '../../support/http-client.mjs'
+import { startHttpServer } from '../../support/servers.mjs'
 
 const input = JSON.parse(process.env.CMUX_NETNS_INPUT)
 const { proxyOptions, names, delayMs } = input

@@ -15,7 +15,9 @@
 import { appendFileSync, readFileSync } from 'node:fs'
 import http from 'node:http'
 import http2 from 'node:http2'
-import { authOf, Conn, openTunnel, ProxyServer, proxyRequest, wsKey, wsUpgradeRequest } from '../helpers.mjs'
+import { ProxyServer } from '../../support/addon.mjs'
+import { authOf, Conn, openTunnel, proxyRequest } from '../../support/http-client.mjs'
+import { wsKey, wsUpgradeRequest } from '../helpers.mjs'
 
 const input = JSON.parse(process.env.CMUX_NETNS_INPUT)
 const HITS = process.env.CMUX_NETNS_HITS

@@ -64,7 +64,7 @@ pub struct StartOptions {
     pub http2_max_concurrent_streams: Option<f64>,
     /// HTTP/2 streams a client may reset before they were accepted (and streams reset for its
     /// errors) before the connection is closed as abusive (GOAWAY ENHANCE_YOUR_CALM); default 300, measured
-    /// against Chromium's reloads (`bench/h2-resets.mjs`).
+    /// against Chromium's reloads (`bench/scenarios/h2-resets.mjs`).
     pub http2_max_resets: Option<f64>,
     /// Lets every routed preview's forwarded requests reach private and other non-global networks
     /// (never this machine). Default: refused with 403.

@@ -8,11 +8,13 @@
 // after the reloads completes. The lowest allowance with no failure, and the
 // margin over it, is what src/proxy/server.rs sets.
 //
-//   node bench/h2-resets.mjs [allowance...]     (default: 0 2 5 10 20 50 100)
+//   node bench/scenarios/h2-resets.mjs [allowance...]     (default: 1 2 5 10 20 50 100 200)
 
-import { ProxyServer, makeCA, sleep, startHttpServer } from '../__test__/helpers.mjs'
-import { launchChromium } from '../__test__/browser-helpers.mjs'
-import { answerProxyAuth, serveTree, TREE_MODULES } from '../__test__/https-proxy-helpers.mjs'
+import { ProxyServer } from '../../support/addon.mjs'
+import { answerProxyAuth, launchChromium } from '../../support/chromium.mjs'
+import { serveTree, TREE_MODULES } from '../../support/module-tree.mjs'
+import { startHttpServer } from '../../support/servers.mjs'
+import { sleep } from '../../support/wait.mjs'
 
 const ALLOWANCES = process.argv.slice(2).map(Number)
 const RELOADS = Number(process.env.RELOADS ?? 30)
@@ -29,7 +31,6 @@ async function measure(allowance) {
   const proxy = await ProxyServer.start('127.0.0.1:0', true, {
     resolve: { 'tree.test:80': `127.0.0.1:${tree.port}` },
     http2MaxResets: allowance,
-    caCertPem: undefined,
   })
   const browser = await launchChromium({
     args: [`--proxy-server=https://127.0.0.1:${proxy.port()}`, '--proxy-bypass-list=<-loopback>', `--ignore-certificate-errors-spki-list=${proxy.caSpkiSha256()}`],
@@ -66,7 +67,7 @@ async function measure(allowance) {
   }
 }
 
-for (const allowance of ALLOWANCES.length ? ALLOWANCES : [0, 2, 5, 10, 20, 50, 100]) {
+for (const allowance of ALLOWANCES.length ? ALLOWANCES : [1, 2, 5, 10, 20, 50, 100, 200]) {
   console.log(JSON.stringify(await measure(allowance)))
 }
 await tree.close()
