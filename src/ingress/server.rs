@@ -1,4 +1,4 @@
-//! The accept loops' refusal, and one HTTP server (HTTP/1.1 and HTTP/2) for
+//! The shared listener's accept loop and its refusal, and one HTTP server (HTTP/1.1 and HTTP/2) for
 //! every connection: the shared listener's, a context's own port's, and the
 //! inside of tunnels. Each request goes to [`super::handle`].
 
