@@ -47,7 +47,13 @@ pub(super) struct PooledBody {
 
 impl PooledBody {
     pub(super) fn wrap(response: Response<Incoming>, release: Release) -> Response<Body> {
-        let remaining = response.body().size_hint().exact();
+        // A 304 or 204 has no body whatever its headers say (RFC 9110 §6.4.1): with its head, every
+        // byte has arrived, and a client gone by then must not make the proxy reset the stream.
+        let status = response.status();
+        let remaining = match status.is_informational() || status == 204 || status == 304 {
+            true => Some(0),
+            false => response.body().size_hint().exact(),
+        };
         response.map(|inner| {
             let mut body = PooledBody { inner: Some(inner), remaining, release: Some(release) };
             if body.is_end_stream() {
