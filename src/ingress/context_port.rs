@@ -12,7 +12,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::server;
 use crate::policy::auth::Context;
-use crate::shared::{Hold, Shared};
+use crate::shared::Shared;
 
 /// Binds a new port on `127.0.0.1` for `context` and serves it until the
 /// context is released or the proxy stops. `place` is the port's place under
@@ -27,29 +27,12 @@ pub(crate) fn open(shared: &Arc<Shared>, context: &Arc<Context>, place: OwnedSem
 }
 
 async fn accept_loop(shared: Arc<Shared>, context: Arc<Context>, listener: TcpListener, _place: OwnedSemaphorePermit) {
-    loop {
-        let accepted = tokio::select! {
-            // Released (or the proxy stopped): the listener closes with this task.
-            _ = context.revoked.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, _)) => {
-                let _ = stream.set_nodelay(true);
-                // Own ports share the proxy's cap on client connections.
-                let Ok(slot) = shared.admission.connections.clone().try_acquire_owned() else {
-                    shared.tasks.spawn(server::refuse_over_capacity(stream, "proxy is at its connection cap\n"));
-                    continue;
-                };
-                let closer = context.revoked.child_token();
-                let served =
-                    server::serve_owned_stream(shared.clone(), stream, closer, Hold::listener(slot), context.clone());
-                shared.tasks.spawn(served);
-            }
-            Err(e) => {
-                shared.log.event(format_args!("accept failed on the port of context {}: {e}", context.id));
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
+    // Released (or the proxy stopped): the listener closes with this task. Own ports share the
+    // proxy's cap on client connections.
+    server::accept_each(&shared, &listener, &context.revoked, |stream, slot| {
+        let closer = context.revoked.child_token();
+        let served = server::serve_owned_stream(shared.clone(), stream, closer, slot, context.clone());
+        shared.tasks.spawn(served);
+    })
+    .await;
 }

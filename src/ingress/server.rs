@@ -25,32 +25,47 @@ use crate::policy::auth::Context;
 use crate::shared::{Hold, Shared, Slot};
 
 pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    let stop = shared.shutdown.clone();
+    accept_each(&shared, &listener, &stop, |stream, slot| {
+        // Connections that have not authenticated yet have a cap of their own: they cannot
+        // take every place from the previews.
+        let Ok(unauthenticated) = shared.admission.unauthenticated.clone().try_acquire_owned() else {
+            let busy = "too many connections are waiting to authenticate\n";
+            shared.tasks.spawn(refuse_over_capacity(stream, busy));
+            return;
+        };
+        let closer = shared.shutdown.child_token();
+        shared.tasks.spawn(serve_listener_stream(shared.clone(), stream, closer, slot, unauthenticated));
+    })
+    .await;
+}
+
+/// Accepts connections until `stop` fires, gives each its place under
+/// `maxConnections` (or a `503`), and hands it to `serve`.
+pub(crate) async fn accept_each(
+    shared: &Shared,
+    listener: &TcpListener,
+    stop: &CancellationToken,
+    mut serve: impl FnMut(tokio::net::TcpStream, Slot),
+) {
     loop {
         let accepted = tokio::select! {
-            _ = shared.shutdown.cancelled() => break,
+            _ = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {
             Ok((stream, _)) => {
                 let _ = stream.set_nodelay(true);
-                let Ok(slot) = shared.admission.connections.clone().try_acquire_owned() else {
-                    shared.tasks.spawn(refuse_over_capacity(stream, "proxy is at its connection cap\n"));
-                    continue;
-                };
-                // Connections that have not authenticated yet have a cap of their own: they cannot
-                // take every place from the previews.
-                let Ok(unauthenticated) = shared.admission.unauthenticated.clone().try_acquire_owned() else {
-                    let busy = "too many connections are waiting to authenticate\n";
-                    shared.tasks.spawn(refuse_over_capacity(stream, busy));
-                    continue;
-                };
-                let closer = shared.shutdown.child_token();
-                let slot = Hold::listener(slot);
-                shared.tasks.spawn(serve_listener_stream(shared.clone(), stream, closer, slot, unauthenticated));
+                match shared.admission.connections.clone().try_acquire_owned() {
+                    Ok(place) => serve(stream, Hold::listener(place)),
+                    Err(_) => {
+                        shared.tasks.spawn(refuse_over_capacity(stream, "proxy is at its connection cap\n"));
+                    }
+                }
             }
             // Out of file descriptors and the like: back off instead of spinning.
             Err(e) => {
-                shared.log.event(format_args!("accept failed: {e}"));
+                shared.log.event(format_args!("accept failed on {:?}: {e}", listener.local_addr().ok()));
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
@@ -60,7 +75,7 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
 /// Past `max_connections`: a short `503` and a close. The request is read
 /// (a bounded amount) after the answer: closing a socket with unread bytes
 /// resets it, and the client would see the reset instead of the 503.
-pub(crate) async fn refuse_over_capacity(mut stream: tokio::net::TcpStream, body: &'static str) {
+async fn refuse_over_capacity(mut stream: tokio::net::TcpStream, body: &'static str) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const READ_AT_MOST: usize = 64 * 1024;
     let busy = format!(
@@ -100,9 +115,8 @@ pub(super) struct Connection {
     /// (revoking the context closes the connection anyway).
     accepted: Mutex<Option<(http::HeaderValue, Arc<Context>)>>,
     /// A listener connection's place under the cap of unauthenticated ones, until its first
-    /// authenticated request; `authenticated` is set then (and from the start inside a tunnel).
+    /// authenticated request (none from the start on an own port or inside a tunnel).
     unauthenticated: Mutex<Option<OwnedSemaphorePermit>>,
-    authenticated: AtomicBool,
     /// The context whose own port the connection came to: every request is its.
     pub(super) owner: Option<Arc<Context>>,
 }
@@ -123,7 +137,6 @@ impl Connection {
             }
         }
         let context = shared.contexts.authenticate(Some(header.as_bytes())).ok()?;
-        self.authenticated.store(true, Ordering::Relaxed);
         self.unauthenticated.lock().take();
         self.watch(shared, &context);
         *self.accepted.lock() = Some((header.clone(), context.clone()));
@@ -197,7 +210,7 @@ enum Served {
 /// Closes a connection that has not authenticated a request within `timeout`; never returns otherwise.
 async fn authentication_deadline(connection: &Connection, timeout: std::time::Duration) {
     tokio::time::sleep(timeout).await;
-    if connection.authenticated.load(Ordering::Relaxed) {
+    if connection.unauthenticated.lock().is_none() {
         std::future::pending::<()>().await;
     }
 }
@@ -228,7 +241,6 @@ where
             http2: AtomicBool::new(false),
             watched: Mutex::new(Vec::new()),
             accepted: Mutex::new(None),
-            authenticated: AtomicBool::new(unauthenticated.is_none()),
             unauthenticated: Mutex::new(unauthenticated),
             owner,
         });
