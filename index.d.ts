@@ -42,7 +42,10 @@ export declare class ProxyServer {
    * context of the same WebContents.
    */
   createContext(webContentsId: number, route?: ProxyRoute | undefined | null, options?: CreateContextOptions | undefined | null): ProxyContext
-  /** Revokes a context's credentials and closes its connections and tunnels. */
+  /**
+   * Revokes a context's credentials and closes its connections and tunnels; its own port, if any, is
+   * closed by the time this returns.
+   */
   releaseContext(id: string): boolean
   /** The credentials to answer the proxy's 407 with, for `app.on('login')`. */
   credentialsForWebContents(webContentsId: number): ProxyCredentials | null

@@ -366,18 +366,6 @@ export async function findLoopbackName() {
   throw new Error(`no host name resolving to loopback was found (tried: ${tried.join('; ')})`)
 }
 
-/** Resolves true when a TCP connection to 127.0.0.1:`port` is refused, false when it is accepted. */
-export function connectionRefused(port) {
-  return new Promise((resolve, reject) => {
-    const socket = net.connect(port, '127.0.0.1')
-    socket.once('connect', () => {
-      socket.destroy()
-      resolve(false)
-    })
-    socket.once('error', (e) => (e.code === 'ECONNREFUSED' ? resolve(true) : reject(e)))
-  })
-}
-
 /** The listen backlog (Send-Q of a listening socket) `ss` reports for TCP port `port`. */
 export async function listenBacklog(port) {
   const out = await runCommand('ss', ['-ltnH', `sport = :${port}`])

@@ -25,6 +25,7 @@ import forge from 'node-forge'
 import { afterEach, beforeEach, expect } from 'vitest'
 import { answerCommands, forkWithCommands } from '../support/child-commands.mjs'
 import { basicAuth, openTunnel } from '../support/http-client.mjs'
+import { portState } from '../support/ports.mjs'
 import { tlsTunnel } from './tls-helpers.mjs'
 
 const require = createRequire(import.meta.url)
@@ -54,32 +55,6 @@ export function rulesTarget(config) {
 export function ownPortOf(control) {
   const proxies = Array.isArray(control) ? control : control.proxies()
   return rulesTarget(proxies[0]).port
-}
-
-/** 'open' when something accepts a TCP connection on 127.0.0.1:`port`, else the error's code ('ECONNREFUSED'). */
-export function portState(port) {
-  return new Promise((resolve) => {
-    const socket = net.connect(port, '127.0.0.1')
-    socket.once('connect', () => {
-      socket.destroy()
-      resolve('open')
-    })
-    socket.once('error', (error) => resolve(error.code ?? String(error)))
-  })
-}
-
-/**
- * The state of 127.0.0.1:`port` once it no longer accepts connections, or 'open' if it still does
- * after `timeout` ms. A released context's own port closes on the proxy's runtime, just after
- * releaseContext returns (until then the kernel still queues connections to it).
- */
-export async function untilRefused(port, timeout = 5000) {
-  const deadline = Date.now() + timeout
-  for (;;) {
-    const state = await portState(port)
-    if (state !== 'open' || Date.now() >= deadline) return state
-    await new Promise((resolve) => setTimeout(resolve, 20))
-  }
 }
 
 /** The addon the module runs on (the same instance electron/index.js requires). */
@@ -403,15 +378,8 @@ export function recordProxyStarts() {
 export async function listeningPorts() {
   const ports = []
   for (let port = FIRST_PORT; port <= LAST_PORT; port++) ports.push(port)
-  const open = await Promise.all(ports.map((port) => new Promise((resolve) => {
-    const socket = net.connect(port, '127.0.0.1')
-    socket.once('connect', () => {
-      socket.destroy()
-      resolve(true)
-    })
-    socket.once('error', () => resolve(false))
-  })))
-  return ports.filter((_, i) => open[i])
+  const states = await Promise.all(ports.map(portState))
+  return ports.filter((_, i) => states[i] === 'open')
 }
 
 /** Listens on 127.0.0.1:`port`; resolves the server, or null if the port is taken. */

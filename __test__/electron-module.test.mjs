@@ -19,12 +19,13 @@ import { afterAll, beforeAll, describe, expect, onTestFinished, test, vi } from 
 import { ProxyServer } from '../support/addon.mjs'
 import { makeCA, makeLeaf, spkiHash } from '../support/certs.mjs'
 import { basicAuth, proxyRequest } from '../support/http-client.mjs'
+import { portState } from '../support/ports.mjs'
 import { closedPort } from '../support/servers.mjs'
 import { sleep, waitFor } from '../support/wait.mjs'
 import {
   configureView, connectStatus, derToPem, expectedErrors, fakeApp, fakeSession, fakeWebContents, FIRST_PORT, forgeCa,
   LAST_PORT, listeningPorts, loadModule, occupy, ownPortOf, PREVIEW_URL, recordingLogger, recordProxyStarts,
-  reportedErrors, resignLeaf, ROOT, RULES, typesProject, untilRefused, useFreshModule, verifyRequest, withEnv,
+  reportedErrors, resignLeaf, ROOT, RULES, typesProject, useFreshModule, verifyRequest, withEnv,
 } from './electron-helpers.mjs'
 import { connectOn, h2Connect, h2ToProxy, tlsToProxy } from './https-proxy-helpers.mjs'
 import { tlsConnect, tlsTunnel } from './tls-helpers.mjs'
@@ -182,7 +183,7 @@ describe('configurePreviewProxyForView', () => {
     expect(during).toEqual({ username: expect.stringMatching(/^wc-9-/), password: expect.any(String) })
     expect(mod.getProxyCredentialsForWebContents(9)).toBeNull()
     expect(await connectStatus(port, during)).toBe(407)
-    expect(await untilRefused(duringOwn)).toBe('ECONNREFUSED')
+    expect(await portState(duringOwn)).toBe('ECONNREFUSED')
     // The release pointed the session back at the shared port (that setProxy rejected too: warned, not thrown).
     await waitFor(() => calls.length >= 2)
     expect(calls).toEqual([
@@ -213,7 +214,7 @@ describe('configurePreviewProxyForView', () => {
     expect(await connectStatus(own, null)).toBe(200)
     const callsBefore = control.calls.length
     cleanup()
-    expect(await untilRefused(own)).toBe('ECONNREFUSED')
+    expect(await portState(own)).toBe('ECONNREFUSED')
     expect(await connectStatus(port, credentials)).toBe(407)
     expect(mod.getProxyCredentialsForWebContents(11)).toBeNull()
     // One thing was done to the session: its last proxy setting is the shared port.
@@ -236,7 +237,7 @@ describe('configurePreviewProxyForView', () => {
     const own = ownPortOf(control)
     wc.destroy()
     expect(await connectStatus(port, credentials)).toBe(407)
-    expect(await untilRefused(own)).toBe('ECONNREFUSED')
+    expect(await portState(own)).toBe('ECONNREFUSED')
     cleanup()
     expect(control.proxies()).toEqual([
       { mode: 'fixed_servers', proxyRules: RULES('http', own), proxyBypassRules: '<-loopback>' },
@@ -250,7 +251,7 @@ describe('configurePreviewProxyForView', () => {
     const own = ownPortOf(control)
     mod.releasePreviewProxy(13)
     expect(await connectStatus(port, credentials)).toBe(407)
-    expect(await untilRefused(own)).toBe('ECONNREFUSED')
+    expect(await portState(own)).toBe('ECONNREFUSED')
     mod.releasePreviewProxy(13)
     mod.releasePreviewProxy(999)
     expect(control.proxies()).toEqual([
@@ -432,7 +433,7 @@ describe("a context's own port (the default; setPreviewProxyOwnPorts)", () => {
     a.cleanup()
     expect(await connectStatus(own, null)).toBe(200)
     b.cleanup()
-    expect(await untilRefused(own)).toBe('ECONNREFUSED')
+    expect(await portState(own)).toBe('ECONNREFUSED')
     expect(session.proxies().at(-1)).toEqual(rules('http', port))
   })
 
@@ -461,7 +462,7 @@ describe("a context's own port (the default; setPreviewProxyOwnPorts)", () => {
     expect(await control.verify(verifyRequest('example.com', ownCert))).toBe(-3)
     // Released: the port refuses, the session gets the shared port's https:// rules.
     cleanup()
-    expect(await untilRefused(own)).toBe('ECONNREFUSED')
+    expect(await portState(own)).toBe('ECONNREFUSED')
     expect(control.proxies()).toEqual([rules('https', own), rules('https', port)])
   })
 
@@ -474,8 +475,8 @@ describe("a context's own port (the default; setPreviewProxyOwnPorts)", () => {
     const [ownA, ownB] = [ownPortOf(a.control), ownPortOf(b.control)]
     expect(ownA).not.toBe(ownB)
     await mod.stopPreviewProxy()
-    expect(await untilRefused(ownA)).toBe('ECONNREFUSED')
-    expect(await untilRefused(ownB)).toBe('ECONNREFUSED')
+    expect(await portState(ownA)).toBe('ECONNREFUSED')
+    expect(await portState(ownB)).toBe('ECONNREFUSED')
     expect(a.control.proxies()).toEqual([rules('http', ownA), rules('http', port)])
     expect(b.control.proxies()).toEqual([rules('http', ownB), rules('http', port)])
     expect(c.control.proxies()).toEqual([rules('http', port)])

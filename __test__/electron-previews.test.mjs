@@ -13,9 +13,10 @@
 import crypto from 'node:crypto'
 import { describe, expect, test } from 'vitest'
 import { ProxyServer } from '../support/addon.mjs'
+import { portState } from '../support/ports.mjs'
 import {
   addon, configureView, connectStatus, derToPem, fakeApp, fakeSession, fakeWebContents, ownPortOf, recordingLogger,
-  resignLeaf, RULES, sessionDouble, tunnelLeaf, untilRefused, useFreshModule, verifyRequest, withEnv,
+  resignLeaf, RULES, sessionDouble, tunnelLeaf, useFreshModule, verifyRequest, withEnv,
 } from './electron-helpers.mjs'
 
 let mod
@@ -81,7 +82,7 @@ describe('one session, one route', () => {
 
     // The last one goes: the port is closed, the credentials revoked, the session on the shared port (never direct).
     b.cleanup()
-    expect(await untilRefused(own)).toBe('ECONNREFUSED')
+    expect(await portState(own)).toBe('ECONNREFUSED')
     expect(await connectStatus(port, b.credentials)).toBe(407)
     expect(app.login(b.wc.webContents, proxyChallenge(port)).answer).toBeNull()
     expect(shared.proxies()).toEqual([rules('http', own), rules('http', own), rules('http', port)])
@@ -194,7 +195,7 @@ describe("cmux's test double: a session with setProxy only", () => {
     // with the one member it has (setProxy).
     cleanup()
     expect(await connectStatus(port, credentials)).toBe(407)
-    expect(await untilRefused(own)).toBe('ECONNREFUSED')
+    expect(await portState(own)).toBe('ECONNREFUSED')
     expect(first.proxies).toEqual([rules('http', own), rules('http', port)])
   })
 

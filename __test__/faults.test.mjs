@@ -9,11 +9,12 @@ import net from 'node:net'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
 import { ADDON_PATH, ProxyServer } from '../support/addon.mjs'
 import { authOf, buildRequest, Conn, getOn, openTunnel, proxyRequest } from '../support/http-client.mjs'
+import { portState } from '../support/ports.mjs'
 import { startProxyProcess } from '../support/proxy-process.mjs'
 import { listen } from '../support/servers.mjs'
 import { sleep, waitFor, withTimeout } from '../support/wait.mjs'
 import {
-  closeSession, connectionRefused, findLoopbackName, h2cGet, h2cSession, headerValues, keepAliveAgent, LineReader,
+  closeSession, findLoopbackName, h2cGet, h2cSession, headerValues, keepAliveAgent, LineReader,
   listenBacklog, ROUTE, runPool, settled, startCountingHttpServer, startHeaderRecordingServer, startRawTcp,
   startStaleKeepAliveServer, tally,
 } from './conduct-helpers.mjs'
@@ -275,9 +276,9 @@ describe('a ProxyServer dropped without stop()', () => {
     try {
       const stdout = new LineReader(child.stdout)
       const { port } = JSON.parse(await stdout.next(5000, 'the child printing its proxy port'))
-      expect(await connectionRefused(port), 'the port accepted connections before the drop').toBe(false)
+      expect(await portState(port), 'the port accepted connections before the drop').toBe('open')
       child.stdin.write('drop\n')
-      await waitFor(() => connectionRefused(port), {
+      await waitFor(async () => (await portState(port)) === 'ECONNREFUSED', {
         timeout: 8000,
         interval: 100,
         message: `port ${port} still accepts connections after the ProxyServer was dropped and collected${stderr ? `; child stderr: ${stderr}` : ''}`,

@@ -4,6 +4,7 @@ import net from 'node:net'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
 import { ProxyServer } from '../support/addon.mjs'
 import { authOf, buildRequest, Conn, openTunnel, proxyRequest, sendGet } from '../support/http-client.mjs'
+import { portState } from '../support/ports.mjs'
 import { startEchoServer, startHttpServer } from '../support/servers.mjs'
 import { waitFor, withTimeout } from '../support/wait.mjs'
 
@@ -122,6 +123,29 @@ describe('releaseContext closes what the context opened', () => {
       tunnelB.conn.destroy()
       proxy.releaseContext(b.id)
     }
+  })
+})
+
+describe('a context\'s own port closes before releaseContext returns', () => {
+  // No wait between the release and the connect: the listener is closed by the time the call returns.
+  test('releaseContext, 20 times', async () => {
+    for (let i = 0; i < 20; i++) {
+      const ctx = proxy.createContext(30 + i, ROUTE, { ownPort: true })
+      expect(await portState(ctx.port)).toBe('open')
+      expect(proxy.releaseContext(ctx.id)).toBe(true)
+      expect(await portState(ctx.port), `round ${i}`).toBe('ECONNREFUSED')
+    }
+  })
+
+  test('a createContext that replaces the context (same webContentsId), 20 times', async () => {
+    let ctx = proxy.createContext(60, ROUTE, { ownPort: true })
+    for (let i = 0; i < 20; i++) {
+      const next = proxy.createContext(60, ROUTE, { ownPort: true })
+      expect(await portState(ctx.port), `round ${i}`).toBe('ECONNREFUSED')
+      expect(await portState(next.port)).toBe('open')
+      ctx = next
+    }
+    expect(proxy.releaseContext(ctx.id)).toBe(true)
   })
 })
 

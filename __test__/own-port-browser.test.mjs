@@ -8,12 +8,12 @@
 // listens on localhost:3000: the routes send it to local stand-ins.
 
 import { mkdtempSync, rmSync } from 'node:fs'
-import net from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, describe, expect } from 'vitest'
 import { ProxyServer } from '../support/addon.mjs'
 import { makeCA, makeLeaf } from '../support/certs.mjs'
+import { portState } from '../support/ports.mjs'
 import { startTcpServer } from '../support/servers.mjs'
 import { sleep, waitFor } from '../support/wait.mjs'
 import { answerProxyAuth } from './browser-helpers.mjs'
@@ -87,18 +87,6 @@ const firstLine = (e) => String(e?.message ?? e).split('\n')[0]
 /** The proxy events of context `ctx` as lines: "request GET http://localhost:3000/x 200", "tunnel open localhost:3000". */
 const eventLines = (ctx) => events.filter((e) => e.contextId === ctx.id && e.kind !== 'context')
   .map((e) => [e.kind, e.phase ?? e.method, e.url, e.status].filter((x) => x !== undefined).join(' '))
-
-/** A raw TCP connection to 127.0.0.1:`port`: 'connected' or the error code. */
-function connectOutcome(port) {
-  return new Promise((resolve) => {
-    const socket = net.connect(port, '127.0.0.1')
-    socket.once('connect', () => {
-      socket.destroy()
-      resolve('connected')
-    })
-    socket.once('error', (e) => resolve(e.code))
-  })
-}
 
 /** A new context with its own port on the main proxy, and a Chromium whose only proxy is that port (plain http:// rules). */
 async function ownPortBrowser(webContentsId, { https = false } = {}) {
@@ -277,13 +265,13 @@ describe('own port lifecycle and the HTTPS proxy mode', () => {
   browserTest('4. after releaseContext the own port refuses connections and the open WebSocket closes', async () => {
     const { ctx, browser, page, login } = await ownPortBrowser(405)
     expect(await pageWebSocket(page, HMR, 'before release')).toEqual(['open', 'message: connected to m1-base', 'message: echo: before release'])
-    expect(await connectOutcome(ctx.port)).toBe('connected')
+    expect(await portState(ctx.port)).toBe('open')
     expect(proxy.releaseContext(ctx.id)).toBe(true)
     await page.waitForFunction(() => window.wsLog.some((e) => e.startsWith('close')), null, { timeout: 5000 })
     const log = await page.evaluate(() => window.wsLog)
     console.log('[4] after release', log)
     expect(log.at(-1)).toMatch(/^close \d+$/)
-    expect(await connectOutcome(ctx.port)).toBe('ECONNREFUSED')
+    expect(await portState(ctx.port)).toBe('ECONNREFUSED')
     expect(proxy.contextStats(ctx.id)).toBeNull()
     expect(login.challenges).toEqual([])
     await browser.close()

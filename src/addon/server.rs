@@ -147,11 +147,12 @@ impl ProxyServer {
             username: context.username.clone(),
             password: context.password().to_owned(),
             web_contents_id,
-            port: context.own_port.get().map(|&port| u32::from(port)),
+            port: context.own_port.get().map(|own| u32::from(own.port)),
         })
     }
 
-    /// Revokes a context's credentials and closes its connections and tunnels.
+    /// Revokes a context's credentials and closes its connections and tunnels; its own port, if any, is
+    /// closed by the time this returns.
     #[napi(catch_unwind)]
     pub fn release_context(&self, id: String) -> Result<bool> {
         Ok(self.running()?.release_context(&id))

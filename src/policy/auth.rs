@@ -29,7 +29,23 @@ pub(crate) struct Context {
     /// One permit per upstream connection the context has open (tunnels included).
     pub(crate) upstream_slots: Arc<tokio::sync::Semaphore>,
     /// The context's own port on `127.0.0.1`, when it has one.
-    pub(crate) own_port: std::sync::OnceLock<u16>,
+    pub(crate) own_port: std::sync::OnceLock<OwnPort>,
+}
+
+/// A context's own listener, as the context sees it: the port, and a channel
+/// whose sender the accept loop drops right after the listener.
+pub(crate) struct OwnPort {
+    pub(crate) port: u16,
+    pub(crate) closed: parking_lot::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl OwnPort {
+    /// Waits (at most `limit`) until the listener is closed, so that a port is
+    /// refusing connections by the time a release returns to JavaScript.
+    fn wait_closed(&self, limit: std::time::Duration) {
+        // Nothing is ever sent: the wait ends when the sender is dropped.
+        let _ = self.closed.lock().recv_timeout(limit);
+    }
 }
 
 impl Context {
@@ -44,6 +60,13 @@ impl Context {
     fn revoke(&self) {
         self.revoked_flag.store(true, Ordering::Release);
         self.revoked.cancel();
+    }
+
+    /// Once revoked: waits until the context's own port, if any, is closed.
+    pub(crate) fn wait_own_port_closed(&self) {
+        if let Some(own_port) = self.own_port.get() {
+            own_port.wait_closed(std::time::Duration::from_secs(2));
+        }
     }
 }
 
@@ -82,8 +105,8 @@ impl Contexts {
     }
 
     /// Creates a context with fresh credentials; replaces (and revokes) any
-    /// earlier context of the same WebContents.
-    pub(crate) fn create(&self, web_contents_id: u32, route: Option<Route>) -> Arc<Context> {
+    /// earlier context of the same WebContents, which it returns second.
+    pub(crate) fn create(&self, web_contents_id: u32, route: Option<Route>) -> (Arc<Context>, Option<Arc<Context>>) {
         let context = Arc::new(Context {
             id: uuid::Uuid::new_v4().to_string(),
             web_contents_id,
@@ -97,14 +120,15 @@ impl Contexts {
             own_port: std::sync::OnceLock::new(),
         });
         let mut maps = self.maps.write();
-        if let Some(old) = maps.by_web_contents.insert(web_contents_id, context.clone()) {
+        let replaced = maps.by_web_contents.insert(web_contents_id, context.clone());
+        if let Some(old) = &replaced {
             maps.by_username.remove(&old.username);
             maps.by_id.remove(&old.id);
             old.revoke();
         }
         maps.by_username.insert(context.username.clone(), context.clone());
         maps.by_id.insert(context.id.clone(), context.clone());
-        context
+        (context, replaced)
     }
 
     pub(crate) fn release(&self, id: &str) -> bool {
@@ -201,8 +225,8 @@ mod tests {
     #[test]
     fn credentials_are_fresh_and_well_formed() {
         let contexts = Contexts::new(CancellationToken::new(), 16);
-        let a = contexts.create(7, None);
-        let b = contexts.create(8, None);
+        let (a, _) = contexts.create(7, None);
+        let (b, _) = contexts.create(8, None);
         assert!(a.username.starts_with("wc-7-") && a.username.len() == "wc-7-".len() + 8);
         assert!(a.password.len() >= 24 && a.password.bytes().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a.password, b.password);
@@ -212,13 +236,15 @@ mod tests {
     #[test]
     fn authenticates_only_live_contexts() {
         let contexts = Contexts::new(CancellationToken::new(), 16);
-        let a = contexts.create(1, None);
+        let (a, replaced) = contexts.create(1, None);
+        assert!(replaced.is_none());
         let header = basic(&a.username, &a.password);
         assert_eq!(contexts.authenticate(Some(&header)).unwrap().id, a.id);
         assert_eq!(contexts.authenticate(Some(&basic(&a.username, "wrong"))).unwrap_err(), AuthError::Rejected);
         assert_eq!(contexts.authenticate(None).unwrap_err(), AuthError::Missing);
         // A second context for the same WebContents replaces the first.
-        let a2 = contexts.create(1, None);
+        let (a2, replaced) = contexts.create(1, None);
+        assert!(replaced.is_some_and(|old| Arc::ptr_eq(&old, &a)));
         assert!(a.revoked.is_cancelled() && a.is_revoked());
         assert_eq!(contexts.authenticate(Some(&header)).unwrap_err(), AuthError::Rejected);
         assert!(!contexts.release(&a.id));

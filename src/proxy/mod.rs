@@ -167,6 +167,7 @@ impl Proxy {
             let port = context
                 .own_port
                 .get()
+                .map(|own| own.port)
                 .ok_or_else(|| ConfigError::new("contextId", format!("context {id} has no port of its own")))?;
             let scheme = if https { "https" } else { "http" };
             return Ok(format!("http={scheme}://127.0.0.1:{port};https={scheme}://127.0.0.1:{port}"));
@@ -203,8 +204,8 @@ impl Proxy {
         let context = self.new_context(web_contents_id, route);
         if let Some(place) = place {
             match crate::ingress::context_port::open(&self.shared, &context, place) {
-                Ok(port) => {
-                    let _ = context.own_port.set(port);
+                Ok(own_port) => {
+                    let _ = context.own_port.set(own_port);
                 }
                 Err(e) => {
                     self.release_context(&context.id);
@@ -221,7 +222,10 @@ impl Proxy {
             Some(origin) => route.map(|route| route.through_test_origin(origin.clone())),
             None => route,
         };
-        let context = self.shared.contexts.create(web_contents_id, route);
+        let (context, replaced) = self.shared.contexts.create(web_contents_id, route);
+        if let Some(replaced) = replaced {
+            replaced.wait_own_port_closed();
+        }
         self.shared.log.event(format_args!("context {} for WebContents {web_contents_id}", context.id));
         self.shared.events.emit(|| crate::observe::events::Event {
             phase: Some(crate::observe::events::Phase::Created),
@@ -234,6 +238,7 @@ impl Proxy {
         let Some(context) = self.shared.contexts.by_id(id) else { return false };
         let released = self.shared.contexts.release(id);
         if released {
+            context.wait_own_port_closed();
             self.shared.log.event(format_args!("context {id} released"));
             self.shared.events.emit(|| crate::observe::events::Event {
                 phase: Some(crate::observe::events::Phase::Released),
