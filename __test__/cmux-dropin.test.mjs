@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest'
 import { ProxyServer } from '../support/addon.mjs'
 import { makeCA } from '../support/certs.mjs'
 import { authOf, connectTunnel, proxyRequest } from '../support/http-client.mjs'
-import { startHttpServer } from '../support/servers.mjs'
+import { closedPort, startHttpServer } from '../support/servers.mjs'
 import { canUseNamespaces, runInNamespace } from './netns-helpers.mjs'
 import { h2Over, h2request, requestOver, startTlsServer, testCA, tlsOver } from './tls-helpers.mjs'
 
@@ -255,11 +255,16 @@ describe('a CA handed in by the app', () => {
   test('an RSA CA in PKCS#1 form, as cmux\'s ~/.cmux/certs holds it (node-forge): intercepted leaves verify against it', async () => {
     const ca = makeCA('Cmux Preview Proxy CA')
     expect(ca.keyPem).toMatch(/BEGIN RSA PRIVATE KEY/)
-    const proxy = await startProxy({ caCertPem: ca.certPem, caKeyPem: ca.keyPem })
+    // The dev box's name goes to a closed local port: nothing is looked up or sent off the machine.
+    const devBox = `cmux-m1-base-3000.${ROUTE.domainSuffix}:443`
+    const proxy = await startProxy({ caCertPem: ca.certPem, caKeyPem: ca.keyPem, resolve: { [devBox]: `127.0.0.1:${await closedPort()}` } })
     const ctx = proxy.createContext(1, ROUTE)
     const tls = await tlsOver(await connectTunnel(proxy.port(), 'localhost:3000', authOf(ctx)), { servername: 'localhost', ca: ca.certPem })
     cleanup.push(() => tls.destroy())
     expect(tls.authorized).toBe(true)
-    await requestOver(tls, { path: '/' }).catch(() => {}) // the dev box is unreachable; the handshake is what counts
+    // Inside the tunnel the proxy answers: the rewritten dev box refuses the connection.
+    const res = await requestOver(tls, { path: '/' })
+    expect(res.status).toBe(502)
+    expect(res.headers['x-cmux-proxy-error']).toBe('refused')
   })
 })

@@ -137,9 +137,10 @@ export function fakeSession(name = 'session', { setProxyImpl } = {}) {
   return control
 }
 
-/** A webContents: id, session, once('destroyed'); `destroy()` fires `destroyed` as Electron does. */
+/** A webContents: id, session, once('destroyed'), isDestroyed(); `destroy()` fires `destroyed` as Electron does. */
 export function fakeWebContents(id, session) {
   const listeners = []
+  let destroyed = false
   const webContents = {
     id,
     session,
@@ -147,11 +148,13 @@ export function fakeWebContents(id, session) {
       listeners.push({ event, listener })
       return this
     },
+    isDestroyed: () => destroyed,
   }
   return {
     webContents: strict(`webContents#${id}`, webContents),
     listeners,
     destroy() {
+      destroyed = true
       for (const { event, listener } of listeners.splice(0)) if (event === 'destroyed') listener()
     },
   }

@@ -260,6 +260,17 @@ describe('configurePreviewProxyForView', () => {
     ])
   })
 
+  test('a WebContents destroyed while the proxy starts gets no context (its destroyed has fired: nothing would release one)', async () => {
+    const control = fakeSession('destroyed-early')
+    const wc = fakeWebContents(14, control.session)
+    const configuring = mod.configurePreviewProxyForView({ webContents: wc.webContents, initialUrl: PREVIEW_URL, logger: recordingLogger().logger })
+    wc.destroy()
+    const cleanup = await configuring
+    cleanup()
+    expect(mod.getProxyCredentialsForWebContents(14)).toBeNull()
+    expect(control.calls).toEqual([])
+  })
+
   test('the released partition is configured again: a new context, credentials that work', async () => {
     const control = fakeSession('again-after-release')
     const first = await configured(14, { sessionControl: control })
@@ -464,6 +475,28 @@ describe("a context's own port (the default; setPreviewProxyOwnPorts)", () => {
     cleanup()
     expect(await portState(own)).toBe('ECONNREFUSED')
     expect(control.proxies()).toEqual([rules('https', own), rules('https', port)])
+  })
+
+  test('past maxContextPorts (256) a new preview uses the shared port, with a warning, rather than failing; a port freed is used again', async () => {
+    const views = []
+    for (let id = 600; id < 856; id++) views.push(await configured(id))
+    const port = await mod.startPreviewProxy(recordingLogger().logger)
+    expect(new Set(views.map((v) => ownPortOf(v.control))).size).toBe(256)
+    const { logger, calls } = recordingLogger()
+    const extra = await configured(856, { logger })
+    expect(extra.control.proxies()).toEqual([rules('http', port)])
+    expect(await connectStatus(port, extra.credentials)).toBe(200)
+    expect(calls).toEqual([
+      {
+        level: 'warn',
+        message: 'Preview proxy: no port of its own for this preview; it uses the shared port',
+        data: { webContentsId: 856, error: expect.stringMatching(/maxContextPorts/) },
+      },
+    ])
+    views.shift().cleanup()
+    const next = await configured(857)
+    expect(ownPortOf(next.control)).not.toBe(port)
+    expect(await portState(ownPortOf(next.control))).toBe('open')
   })
 
   test('stopPreviewProxy first points the sessions on own ports at the shared port (their numbers may be reused), never direct; shared-port sessions are left alone', async () => {

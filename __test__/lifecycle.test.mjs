@@ -149,6 +149,26 @@ describe('a context\'s own port closes before releaseContext returns', () => {
   })
 })
 
+describe('own ports count against maxContextPorts', () => {
+  test('past the cap createContext throws naming it; a replacement (same webContentsId) works at the cap; a release frees a place', async () => {
+    const capped = await ProxyServer.start('127.0.0.1:0', false, { maxContextPorts: 2 })
+    try {
+      const a = capped.createContext(1, ROUTE, { ownPort: true })
+      const b = capped.createContext(2, ROUTE, { ownPort: true })
+      expect(() => capped.createContext(3, ROUTE, { ownPort: true })).toThrow(/ownPort: too many contexts with a port of their own \(maxContextPorts: 2\)/)
+      expect(capped.createContext(4, ROUTE).port).toBeUndefined() // the shared port is not capped by it
+      const a2 = capped.createContext(1, ROUTE, { ownPort: true })
+      expect(await portState(a.port)).toBe('ECONNREFUSED')
+      expect(await portState(a2.port)).toBe('open')
+      expect(capped.releaseContext(b.id)).toBe(true)
+      const c = capped.createContext(3, ROUTE, { ownPort: true })
+      expect(await portState(c.port)).toBe('open')
+    } finally {
+      await capped.stop()
+    }
+  })
+})
+
 describe('stats()', () => {
   test('totalRequests increases by the number of requests made', async () => {
     const ctx = proxy.createContext(20)

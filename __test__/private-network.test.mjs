@@ -52,12 +52,21 @@ describe.skipIf(!canUseNamespaces)('a routed preview and the user\'s network', (
       ['get', url(OWN), 'plain'],
     ].map(([kind, target, context]) => ({ kind, target, context }))
     const results = await run({ routed: ROUTE, plain: null }, probes)
-    const expected = results.map((r) => {
-      const global = r.target.includes('11.0.0.5') || r.target.includes('public.example')
-      if (r.context === 'plain') return [r.kind, r.target, r.context, 200, r.target.includes(OWN) ? OWN : '10.1.2.3']
-      return [r.kind, r.target, r.context, global ? 200 : 403, global ? '11.0.0.5' : null]
+    const expected = probes.map((p) => {
+      const global = p.target.includes('11.0.0.5') || p.target.includes('public.example')
+      if (p.context === 'plain') return [p.kind, p.target, p.context, 200, p.target.includes(OWN) ? OWN : '10.1.2.3']
+      return [p.kind, p.target, p.context, global ? 200 : 403, global ? '11.0.0.5' : null]
     })
     expect(rows(results)).toEqual(expected)
+    // The page learns that the address is off limits, not which address a name resolved to, nor whether it is
+    // one of this machine's (the app's log and events say).
+    const refused = results.filter((r) => r.status === 403)
+    expect(refused.length).toBeGreaterThanOrEqual(12)
+    for (const r of refused) {
+      expect(r.refusal, r.target).toMatch(/is on this machine or a private network, which a preview may not reach/)
+      expect(r.refusal, r.target).not.toMatch(/resolves to|an address of this machine/)
+      if (r.target.includes('.example')) expect(r.refusal, r.target).not.toMatch(/10\.1\.2\.3|100\.64\.1\.1|fd00::|192\.168\.50\.1/)
+    }
   })
 
   test('every path is checked: CONNECT, WebSocket upgrades and RFC 8441 WebSockets over HTTP/2 too', async () => {

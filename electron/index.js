@@ -566,7 +566,7 @@ function joinSessionContext(server, webContentsId, session, route, logger, persi
   if (previous) releaseMember(webContentsId, previous)
   let created = false
   if (!shared) {
-    const context = server.createContext(webContentsId, route, { ownPort: state.ownPorts })
+    const context = createContext(server, webContentsId, route, logger)
     shared = {
       contextId: context.id,
       username: context.username,
@@ -586,6 +586,26 @@ function joinSessionContext(server, webContentsId, session, route, logger, persi
   return { member, created }
 }
 
+/**
+ * A new context, with a port of its own when own ports are on. When no port can
+ * be opened (maxContextPorts reached, or the bind failed) the preview uses the
+ * shared port, with a warning, rather than failing: an app that loads the page
+ * after a failed configure would load it without any proxy.
+ */
+function createContext(server, webContentsId, route, logger) {
+  if (state.ownPorts) {
+    try {
+      return server.createContext(webContentsId, route, { ownPort: true })
+    } catch (error) {
+      emit(logger, 'warn', 'Preview proxy: no port of its own for this preview; it uses the shared port', {
+        webContentsId,
+        error: errorMessage(error),
+      })
+    }
+  }
+  return server.createContext(webContentsId, route, { ownPort: false })
+}
+
 async function configurePreviewProxyForView(options) {
   const { webContents, initialUrl, persistKey, logger } = options
   const route = typeof initialUrl === 'string' ? deriveRoute(initialUrl) : null
@@ -597,6 +617,8 @@ async function configurePreviewProxyForView(options) {
   await startPreviewProxy(logger)
   const server = state.server
   if (!server) throw new Error('Preview proxy stopped while a preview was being configured')
+  // Destroyed while the proxy started: its 'destroyed' has fired already, so nothing would release a context.
+  if (typeof webContents.isDestroyed === 'function' && webContents.isDestroyed()) return () => {}
 
   const app = state.app || electronApp()
   if (app) installPreviewProxyLoginHandler(app)
@@ -622,10 +644,9 @@ async function configurePreviewProxyForView(options) {
     cleanedUp = true
     releaseMember(webContentsId, member)
   }
-  // Before any await: a WebContents destroyed meanwhile still releases its context.
-  webContents.once('destroyed', cleanup)
-
   try {
+    // Before any await: a WebContents destroyed meanwhile still releases its context.
+    webContents.once('destroyed', cleanup)
     const missing = sessionLacks(session, logger)
     const { shared } = member
     await session.setProxy({

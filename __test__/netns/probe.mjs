@@ -51,7 +51,7 @@ async function probe({ kind, target, context }) {
   const auth = authOf(contexts[context])
   if (kind === 'get') {
     const res = await proxyRequest(proxy.port(), target, { auth })
-    return { status: res.status, reached: res.status === 200 ? res.text : null }
+    return { status: res.status, reached: res.status === 200 ? res.text : null, refusal: res.status === 403 ? res.text : undefined }
   }
   if (kind === 'websocket') {
     const conn = await Conn.connect(proxy.port())

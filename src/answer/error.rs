@@ -29,11 +29,13 @@ pub(crate) enum Failure {
 }
 
 /// A failure on the way to an upstream: what failed, a one-line reason for
-/// the client, and the error that caused it (kept for `source()`).
+/// the client, what only the app may learn (the log and its events), and the
+/// error that caused it (kept for `source()`).
 #[derive(Debug, Clone)]
 pub(crate) struct ProxyError {
     failure: Failure,
     reason: String,
+    app_detail: Option<String>,
     cause: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
@@ -67,7 +69,21 @@ impl ProxyError {
 
 impl ProxyError {
     pub(crate) fn new(failure: Failure, reason: String) -> Self {
-        ProxyError { failure, reason, cause: None }
+        ProxyError { failure, reason, app_detail: None, cause: None }
+    }
+
+    /// Adds what the app's log and events show but the client's answer does not: an untrusted page
+    /// must not learn it (which addresses a name of its own resolved to, say).
+    pub(crate) fn with_app_detail(mut self, detail: String) -> Self {
+        self.app_detail = Some(detail);
+        self
+    }
+
+    /// The one-line reason the client gets, without the app's detail.
+    pub(crate) fn client_reason(&self) -> String {
+        let mut line = String::new();
+        push_one_line(&mut line, &self.reason);
+        line
     }
 
     /// This failure, caused by `cause`.
@@ -122,16 +138,26 @@ impl ProxyError {
     }
 }
 
+/// Appends `text` to `out` on one line, whatever an upstream put in its error text.
+fn push_one_line(out: &mut String, text: &str) {
+    for (i, line) in text.split(['\r', '\n']).enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        out.push_str(line);
+    }
+}
+
+/// The app's view (log, events): the client's reason, then the app's detail.
 impl fmt::Display for ProxyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // One line, whatever an upstream put in its error text.
-        for (i, line) in self.reason.split(['\r', '\n']).enumerate() {
-            if i > 0 {
-                f.write_str(" ")?;
-            }
-            f.write_str(line)?;
+        let mut line = self.client_reason();
+        if let Some(detail) = &self.app_detail {
+            line.push_str(" (");
+            push_one_line(&mut line, detail);
+            line.push(')');
         }
-        Ok(())
+        f.write_str(&line)
     }
 }
 
@@ -175,6 +201,13 @@ mod tests {
         assert_eq!(ProxyError::Timeout("x".into()).status(), 504);
         assert_eq!(ProxyError::Unavailable("x".into()).status(), 503);
         assert_eq!(ProxyError::BadGateway("a\r\nb".into()).to_string(), "a  b");
+    }
+
+    #[test]
+    fn the_app_detail_reaches_the_app_only() {
+        let error = ProxyError::Forbidden("h:80 is off limits".into()).with_app_detail("resolves to\n10.0.0.1".into());
+        assert_eq!(error.client_reason(), "h:80 is off limits");
+        assert_eq!(error.to_string(), "h:80 is off limits (resolves to 10.0.0.1)");
     }
 
     #[test]

@@ -81,7 +81,7 @@ dt {{ color: #5b6475; }} dd {{ margin: 0; word-break: break-all; font-family: ui
         cause = escape(plain_words(error)),
         url = escape(url),
         upstream = escape(upstream),
-        detail = escape(&error.to_string()),
+        detail = escape(&error.client_reason()),
         header = PROXY_ERROR_HEADER,
     );
     let mut response = Response::new(Full::new(Bytes::from(html)).map_err(|never| match never {}).boxed());

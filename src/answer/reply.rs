@@ -60,8 +60,7 @@ pub(crate) const PROXY_ERROR_HEADER: &str = "x-cmux-proxy-error";
 
 /// The client's answer when the proxy could not get one from upstream.
 pub(crate) fn failure(error: &ProxyError) -> Response<Body> {
-    let reason = error.to_string();
-    let mut response = text(error.status(), &reason);
+    let mut response = text(error.status(), &error.client_reason());
     response.headers_mut().insert(PROXY_ERROR_HEADER, HeaderValue::from_static(error.cause()));
     response
 }

@@ -225,9 +225,15 @@ async fn forward(
 
 /// The URL a request asked for: absolute on the listener, rebuilt inside a tunnel.
 fn asked_url(binding: Option<&Binding>, uri: &http::Uri) -> String {
-    match binding {
-        Some(b) => format!("{}://{}{}", b.scheme.as_str(), b.target, uri),
-        None => uri.to_string(),
+    match (binding, uri.authority().map(|a| a.as_str())) {
+        (Some(b), _) => format!("{}://{}{}", b.scheme.as_str(), b.target, uri),
+        // Credentials in a URL never reach an event (such a request is refused, and its record still goes out).
+        (None, Some(authority)) if authority.contains('@') => {
+            let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+            let scheme = uri.scheme_str().map(|s| format!("{s}://")).unwrap_or_default();
+            format!("{scheme}{host}{}", uri.path_and_query().map_or("", |p| p.as_str()))
+        }
+        (None, _) => uri.to_string(),
     }
 }
 
@@ -241,6 +247,14 @@ mod tests {
             builder = builder.header(*name, *value);
         }
         builder.body(()).unwrap()
+    }
+
+    #[test]
+    fn asked_urls_carry_no_credentials() {
+        let url = |uri: &str| asked_url(None, &uri.parse().unwrap());
+        assert_eq!(url("http://user:secret@example.test:8080/a?b=c"), "http://example.test:8080/a?b=c");
+        assert_eq!(url("user:secret@example.test:443"), "example.test:443");
+        assert_eq!(url("http://example.test/a"), "http://example.test/a");
     }
 
     #[test]

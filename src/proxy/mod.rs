@@ -191,25 +191,28 @@ impl Proxy {
         route: Option<Route>,
         own_port: bool,
     ) -> Result<Arc<Context>, ConfigError> {
-        let place = match own_port {
-            true => Some(self.context_ports.clone().try_acquire_owned().map_err(|_| {
-                let max = self.shared.limits.max_context_ports;
-                ConfigError::new(
-                    "ownPort",
-                    format!("too many contexts with a port of their own (maxContextPorts: {max})"),
-                )
-            })?),
-            false => None,
-        };
+        // The context first: one that replaces an earlier context of this WebContents has given back its
+        // place among own ports by then, so a replacement works at the cap.
         let context = self.new_context(web_contents_id, route);
-        if let Some(place) = place {
-            match crate::ingress::context_port::open(&self.shared, &context, place) {
+        if own_port {
+            let opened = match self.context_ports.clone().try_acquire_owned() {
+                Ok(place) => crate::ingress::context_port::open(&self.shared, &context, place)
+                    .map_err(|e| ConfigError::new("ownPort", format!("cannot open a port for the context: {e}"))),
+                Err(_) => {
+                    let max = self.shared.limits.max_context_ports;
+                    Err(ConfigError::new(
+                        "ownPort",
+                        format!("too many contexts with a port of their own (maxContextPorts: {max})"),
+                    ))
+                }
+            };
+            match opened {
                 Ok(own_port) => {
                     let _ = context.own_port.set(own_port);
                 }
                 Err(e) => {
                     self.release_context(&context.id);
-                    return Err(ConfigError::new("ownPort", format!("cannot open a port for the context: {e}")));
+                    return Err(e);
                 }
             }
         }

@@ -269,11 +269,14 @@ fn allowed_addresses(
         }
     }
     match refusal {
-        Some((ip, why)) if allowed.is_empty() => Err(ProxyError::Forbidden(match why {
-            Refusal::ThisMachine => format!("{addr} resolves to {ip}, an address of this machine, which a preview may not reach"),
-            Refusal::PrivateNetwork => format!(
-                "{addr} resolves to {ip}, on a private or special-purpose network, which a preview may not reach unless the app allows it (allowPrivateNetwork, allowedNetworks)"
-            ),
+        // The page learns only that the address is off limits: which address, and whether it is one of
+        // this machine's, would let a page that controls a name's DNS map the user's networks.
+        Some((ip, why)) if allowed.is_empty() => Err(ProxyError::Forbidden(format!(
+            "{addr} is on this machine or a private network, which a preview may not reach unless the app allows it (allowPrivateNetwork, allowedNetworks)"
+        ))
+        .with_app_detail(match why {
+            Refusal::ThisMachine => format!("resolves to {ip}, an address of this machine"),
+            Refusal::PrivateNetwork => format!("resolves to {ip}, on a private or special-purpose network"),
         })),
         _ => Ok(allowed),
     }
