@@ -253,16 +253,12 @@ describe('upstream timeouts: upstreamConnectTimeoutMs and upstreamResponseTimeou
 
   test('a rewritten request whose upstream never finishes the TLS handshake gets 504 with a one-line body', async () => {
     const connectionsBefore = silentTls.stats.connections
-    const t0 = Date.now()
     const res = await proxyRequest(shared.port, 'http://localhost:3000/slow-tls', { auth: authOf(shared.routed) })
-    const elapsed = Date.now() - t0
     expect(res.status).toBe(504)
     const body = res.text.trim()
-    expect(body.length).toBeGreaterThan(0)
     expect(body).not.toContain('\n')
-    // The connect timeout answered, not the (longer) response timeout.
-    expect(elapsed).toBeGreaterThanOrEqual(CONNECT_TIMEOUT * 0.5)
-    expect(elapsed).toBeLessThan(RESPONSE_TIMEOUT + CONNECT_TIMEOUT * 4)
+    // The TLS handshake's timeout answered, not the (longer) response timeout ("did not answer within").
+    expect(body).toMatch(/TLS handshake with .* timed out/)
     expect(silentTls.stats.connections).toBeGreaterThan(connectionsBefore)
     // The half-open TLS connection is not kept.
     await waitFor(() => silentTls.sockets.size === 0, { timeout: 3000, message: 'the proxy kept the stalled TLS connection open' })

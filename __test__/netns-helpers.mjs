@@ -27,11 +27,19 @@ import { fileURLToPath } from 'node:url'
 
 const HERE = dirname(fileURLToPath(import.meta.url))
 
-/** Whether this machine lets the tests make network namespaces (Linux, as root, with iproute2). */
+/**
+ * Whether this machine lets the tests make network namespaces (Linux, as root, with iproute2). With
+ * CMUX_REQUIRE_NETNS set (CI), a machine that cannot is an error, so the tests that need them never skip silently.
+ */
 export const canUseNamespaces = (() => {
-  if (process.platform !== 'linux' || process.getuid?.() !== 0) return false
-  const probe = spawnSync('unshare', ['-n', '--mount', 'ip', 'link', 'set', 'lo', 'up'], { stdio: 'ignore' })
-  return probe.status === 0
+  const can =
+    process.platform === 'linux' &&
+    process.getuid?.() === 0 &&
+    spawnSync('unshare', ['-n', '--mount', 'ip', 'link', 'set', 'lo', 'up'], { stdio: 'ignore' }).status === 0
+  if (!can && process.env.CMUX_REQUIRE_NETNS) {
+    throw new Error('CMUX_REQUIRE_NETNS is set, but this machine cannot make network namespaces (root, unshare -n --mount, iproute2)')
+  }
+  return can
 })()
 
 /**

@@ -61,12 +61,20 @@ export function buildAddon({ testHooks = false } = {}) {
 
 export const CHROMIUM = '/usr/bin/chromium'
 
-/** Debian's chromium for the browser tests, installed with apt-get when missing (CI runs as root). */
+/**
+ * Debian packages the tests need, installed with apt-get when missing (CI runs as root): chromium for the
+ * browser tests and, for root on Linux, iproute2 for the tests that make network namespaces.
+ */
 export function installChromium() {
-  if (existsSync(CHROMIUM)) return
+  const missing = []
+  if (!existsSync(CHROMIUM)) missing.push('chromium')
   const asRoot = process.getuid?.() === 0
+  if (asRoot && process.platform === 'linux' && !existsSync('/usr/sbin/ip') && !existsSync('/sbin/ip') && !existsSync('/usr/bin/ip')) {
+    missing.push('iproute2')
+  }
+  if (missing.length === 0) return
   const apt = asRoot ? ['apt-get'] : ['sudo', '-n', 'apt-get']
   const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' }
   run(apt[0], [...apt.slice(1), 'update', '-qq'], { env })
-  run(apt[0], [...apt.slice(1), 'install', '-y', '-qq', 'chromium'], { env })
+  run(apt[0], [...apt.slice(1), 'install', '-y', '-qq', ...missing], { env })
 }
