@@ -21,10 +21,14 @@ export declare class ProxyServer {
    * `validityDays` (1 to 365, default 365) and constrained to the names the proxy intercepts
    * (`localhost`, `*.localhost`, `*.cmux.local`, `*.manaflow.local`, `127.0.0.0/8`, `::1`). Only for an
    * app that must trust the proxy's certificate before it is ready and chooses to keep it: without
-   * `caCertPem`, every start generates a CA of its own, in memory, for 30 days.
+   * `caCertPem`, every start generates a CA of its own, in memory, for 30 days. A running proxy issues
+   * either again for 30 days, with the same key (and SPKI), once fewer than 10 days are left.
    */
   static generateCa(options?: GenerateCaOptions | undefined | null): CaPem
-  /** The CA the app must trust for intercepted hosts (PEM). */
+  /**
+   * The CA the app must trust for intercepted hosts (PEM), as it is now: a CA the addon made (generated at
+   * start, or by `generateCa`) is issued again, with the same key, once fewer than 10 days are left.
+   */
   caCertificatePem(): string
   /**
    * base64 SHA-256 of the CA's SubjectPublicKeyInfo: the value for Chromium's

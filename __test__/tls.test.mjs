@@ -6,10 +6,11 @@ import tls from 'node:tls'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
 import WebSocket, { WebSocketServer } from 'ws'
 import { ProxyServer } from '../support/addon.mjs'
-import { makeCA, makeLeaf } from '../support/certs.mjs'
+import { makeCA, makeLeaf, spkiHash } from '../support/certs.mjs'
 import { authOf, Conn, connectTunnel, getOn } from '../support/http-client.mjs'
 import { waitFor, withTimeout } from '../support/wait.mjs'
 import { startError, useTracked, withProxy } from './fixtures.mjs'
+import { tlsToProxy } from './https-proxy-helpers.mjs'
 import { digestOf, patternChunks, patternDigest } from './helpers.mjs'
 import { DEV_HOST, fingerprint, pkcs8, requestOver, ROUTE, startTlsServer, testCA, tlsOver, tlsTunnel, TlsTunnelAgent } from './tls-helpers.mjs'
 
@@ -135,6 +136,43 @@ describe('the local CA', () => {
     expect(own.keyPem).toMatch(/BEGIN RSA PRIVATE KEY/)
     await withProxy(proxyOptions({ caCertPem: own.certPem, caKeyPem: own.keyPem }), (p) => {
       expect(fingerprint(p.caCertificatePem())).toBe(fingerprint(own.certPem))
+    })
+  })
+
+  // A long-running app: a CA the addon made is issued again, with the same key, once fewer than 10 days
+  // are left, here at once for a CA generateCa made with 5 days. What a client sees of it, without waiting.
+  test('a CA of generateCa with 5 days left is issued again for 30 days: same key and SPKI, its leaves verify against the given certificate too', async () => {
+    const given = ProxyServer.generateCa({ validityDays: 5 })
+    const givenX = new crypto.X509Certificate(given.certPem)
+    await withProxy(proxyOptions({ caCertPem: given.certPem, caKeyPem: given.keyPem, enableHttp2: true, httpsProxy: true }), async (p) => {
+      const current = new crypto.X509Certificate(p.caCertificatePem())
+      expect(current.fingerprint256).not.toBe(givenX.fingerprint256)
+      expect(current.subject).toBe(givenX.subject)
+      expect(current.publicKey.equals(givenX.publicKey)).toBe(true)
+      expect(p.caSpkiSha256()).toBe(spkiHash(given.certPem))
+      const lifetime = Date.parse(current.validTo) - Date.now()
+      expect(lifetime).toBeGreaterThan(29 * DAY)
+      expect(lifetime).toBeLessThanOrEqual(30 * DAY)
+      // An intercepted tunnel and the HTTPS listener both present the renewed CA; a client that has only
+      // the given certificate accepts their leaves.
+      const tunnel = track(await tlsTunnel(p.port(), 'localhost:3000', authOf(p.createContext(8, ROUTE)), {
+        servername: 'localhost',
+        ca: [given.certPem],
+        ALPNProtocols: ['http/1.1'],
+      }))
+      const listener = track(await tlsToProxy(p.port(), { servername: 'localhost', ca: [given.certPem] }))
+      for (const t of [tunnel, listener]) {
+        expect(t.authorized).toBe(true)
+        const chain = t.getPeerCertificate(true)
+        expect(chain.issuerCertificate.fingerprint256).toBe(current.fingerprint256)
+        expect(Date.parse(chain.valid_to)).toBeLessThanOrEqual(Date.parse(current.validTo))
+        expect(Date.parse(chain.valid_to)).toBeGreaterThan(Date.now() + 29 * DAY)
+      }
+    })
+    // With 20 days left it is used as it is.
+    const later = ProxyServer.generateCa({ validityDays: 20 })
+    await withProxy(proxyOptions({ caCertPem: later.certPem, caKeyPem: later.keyPem }), (p) => {
+      expect(fingerprint(p.caCertificatePem())).toBe(fingerprint(later.certPem))
     })
   })
 

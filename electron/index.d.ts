@@ -183,7 +183,10 @@ export interface PreviewProxyHttpsModeOptions {
   caFile?: string
 }
 
-/** Days the per-launch CA of the HTTPS proxy mode is valid (`ProxyServer.generateCa({ validityDays: 30 })`). */
+/**
+ * Days the per-launch CA of the HTTPS proxy mode is valid (`ProxyServer.generateCa({ validityDays: 30 })`).
+ * The running proxy issues it again (same key, so the SPKI switch stays right) once fewer than 10 days are left.
+ */
 export declare const PER_LAUNCH_CA_VALIDITY_DAYS: 30
 /** Days a CA the HTTPS proxy mode writes to `caFile` is valid. */
 export declare const CA_FILE_VALIDITY_DAYS: 365

@@ -78,7 +78,8 @@
 // accepts that a copy of that certificate works against it for the file CA's
 // lifetime (CA_FILE_VALIDITY_DAYS at most; a file CA spanning longer than a
 // year plus a day, without name constraints, or expiring within
-// CA_FILE_RENEW_DAYS is replaced).
+// CA_FILE_RENEW_DAYS is replaced). Either is issued again by the running proxy,
+// with the same key (the switch's hash stays right), before it ends.
 'use strict'
 
 const { createHash, createPrivateKey, randomBytes, X509Certificate } = require('node:crypto')

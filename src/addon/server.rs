@@ -73,7 +73,8 @@ impl ProxyServer {
     /// `validityDays` (1 to 365, default 365) and constrained to the names the proxy intercepts
     /// (`localhost`, `*.localhost`, `*.cmux.local`, `*.manaflow.local`, `127.0.0.0/8`, `::1`). Only for an
     /// app that must trust the proxy's certificate before it is ready and chooses to keep it: without
-    /// `caCertPem`, every start generates a CA of its own, in memory, for 30 days.
+    /// `caCertPem`, every start generates a CA of its own, in memory, for 30 days. A running proxy issues
+    /// either again for 30 days, with the same key (and SPKI), once fewer than 10 days are left.
     #[napi(catch_unwind)]
     pub fn generate_ca(options: Option<GenerateCaOptions>) -> Result<CaPem> {
         let max = f64::from(crate::tls::ca::MAX_KEPT_CA_DAYS);
@@ -88,10 +89,11 @@ impl ProxyServer {
         self.proxy.lock().clone().ok_or_else(stopped)
     }
 
-    /// The CA the app must trust for intercepted hosts (PEM).
+    /// The CA the app must trust for intercepted hosts (PEM), as it is now: a CA the addon made (generated at
+    /// start, or by `generateCa`) is issued again, with the same key, once fewer than 10 days are left.
     #[napi(catch_unwind)]
     pub fn ca_certificate_pem(&self) -> Result<String> {
-        Ok(self.running()?.ca_cert_pem().to_owned())
+        Ok(self.running()?.ca_cert_pem())
     }
 
     /// base64 SHA-256 of the CA's SubjectPublicKeyInfo: the value for Chromium's

@@ -27,6 +27,7 @@ use crate::upstream::pool::Pool;
 
 use crate::tls::ca::CertificateAuthority;
 use crate::tls::intercept::{listener_config, Interceptor};
+use crate::tls::live_ca::LiveCa;
 
 #[derive(Debug)]
 pub(crate) enum StartError {
@@ -53,7 +54,7 @@ impl fmt::Display for StartError {
 pub(crate) struct Proxy {
     shared: Arc<Shared>,
     addr: SocketAddr,
-    ca_cert_pem: String,
+    ca: Arc<LiveCa>,
     ca_spki_sha256: String,
     /// Given to every routed context's route (see [`Options::test_proxy_origin`]).
     test_proxy_origin: Option<Origin>,
@@ -99,8 +100,9 @@ impl Proxy {
             None => CertificateAuthority::generate(),
         }
         .map_err(StartError::BadOption)?;
-        let ca_cert_pem = ca.cert_pem().to_owned();
+        // Issued again with the same key (and SPKI) as it nears its end: the SPKI is the CA's for good.
         let ca_spki_sha256 = ca.spki_sha256().to_owned();
+        let ca = Arc::new(LiveCa::new(ca));
         let listener_tls = match options.https_proxy {
             true => Some(tokio_rustls::TlsAcceptor::from(
                 listener_config(&ca, addr.ip(), options.http2).map_err(StartError::BadOption)?,
@@ -109,7 +111,7 @@ impl Proxy {
         };
         let interceptor = options
             .tls_interception
-            .then(|| Interceptor::new(ca, options.http2, crate::policy::routing::is_intercepted_host));
+            .then(|| Interceptor::new(ca.clone(), options.http2, crate::policy::routing::is_intercepted_host));
         let listener = listen(addr).map_err(|e| match e.kind() {
             std::io::ErrorKind::AddrInUse => StartError::AddrInUse(addr.to_string()),
             _ => StartError::Io(format!("cannot listen on {addr}: {e}")),
@@ -139,11 +141,12 @@ impl Proxy {
         shared.log.event(format_args!("listening on {addr} (http2: {})", options.http2));
         let context_ports = Arc::new(tokio::sync::Semaphore::new(shared.limits.max_context_ports));
         let private_networks = options.private_networks;
-        Ok(Proxy { shared, addr, ca_cert_pem, ca_spki_sha256, test_proxy_origin, private_networks, context_ports })
+        Ok(Proxy { shared, addr, ca, ca_spki_sha256, test_proxy_origin, private_networks, context_ports })
     }
 
-    pub(crate) fn ca_cert_pem(&self) -> &str {
-        &self.ca_cert_pem
+    /// The CA's current certificate (a CA the addon made is issued again before it ends).
+    pub(crate) fn ca_cert_pem(&self) -> String {
+        self.ca.current().ca.cert_pem().to_owned()
     }
 
     pub(crate) fn port(&self) -> u16 {

@@ -1,10 +1,7 @@
 //! The local certificate authority: generated in memory (or given), it signs
-//! one leaf per intercepted host; leaves are cached.
+//! one leaf per intercepted host. A CA the addon made can be issued again with
+//! the same key (see `live_ca.rs`).
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
-
-use parking_lot::Mutex;
 use rcgen::{
     BasicConstraints, CertificateParams, CidrSubnet, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
     GeneralSubtree, IsCa, Issuer, KeyPair, KeyUsagePurpose, NameConstraints, PKCS_ECDSA_P256_SHA256,
@@ -14,9 +11,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::{Duration, OffsetDateTime};
 
 use crate::answer::error::ConfigError;
-
-/// How many hosts' leaves are kept; the oldest is dropped past it.
-const LEAF_CACHE_SIZE: usize = 1024;
 
 /// A leaf certificate with its chain (leaf, then CA) and key.
 pub(crate) struct Leaf {
@@ -32,7 +26,15 @@ pub(crate) struct CertificateAuthority {
     spki_sha256: String,
     /// No leaf outlives its CA.
     not_after: OffsetDateTime,
+    /// A CA the addon made (generated now, or by `generateCa`): it may be issued again with the same key.
+    renewable: bool,
 }
+
+/// A CA the addon made is issued again, with the same key, once it has fewer days than this left.
+const RENEW_WITHIN: Duration = Duration::days(10);
+/// The subject of every CA the addon makes: how a CA handed back in is known as one of them.
+const CA_COMMON_NAME: &str = "Cmux Preview Proxy Local CA";
+const CA_ORGANIZATION: &str = "cmux";
 
 /// How long a CA generated for one run of the proxy lives: days, not years,
 /// and long enough for an app left open for weeks.
@@ -42,9 +44,13 @@ pub(crate) const MAX_KEPT_CA_DAYS: u32 = 365;
 
 /// A new CA as PEM (certificate, PKCS#8 key), valid for `days`, for an app to keep across runs.
 pub(crate) fn generate_ca_pem(days: u32) -> Result<(String, String), ConfigError> {
-    let (key, params) = ca_params(days)?;
-    let cert = params.self_signed(&key).map_err(|e| ConfigError::new("ca", e))?;
+    let key = new_ca_key()?;
+    let cert = ca_params(days, OffsetDateTime::now_utc()).self_signed(&key).map_err(|e| ConfigError::new("ca", e))?;
     Ok((cert.pem(), key.serialize_pem()))
+}
+
+fn new_ca_key() -> Result<KeyPair, ConfigError> {
+    KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| ConfigError::new("ca", e))
 }
 
 /// What every CA the proxy generates may sign for: the names and addresses it
@@ -58,22 +64,20 @@ fn name_constraints() -> NameConstraints {
     NameConstraints { permitted_subtrees: permitted, excluded_subtrees: Vec::new() }
 }
 
-/// A fresh ECDSA P-256 key and CA parameters, valid from a day ago for `days`,
-/// constrained to the names the proxy intercepts.
-fn ca_params(days: u32) -> Result<(KeyPair, CertificateParams), ConfigError> {
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| ConfigError::new("ca", e))?;
+/// CA parameters, valid from a day before `now` for `days`, constrained to the
+/// names the proxy intercepts.
+fn ca_params(days: u32, now: OffsetDateTime) -> CertificateParams {
     let mut params = CertificateParams::default();
     let mut name = DistinguishedName::new();
-    name.push(DnType::CommonName, "Cmux Preview Proxy Local CA");
-    name.push(DnType::OrganizationName, "cmux");
+    name.push(DnType::CommonName, CA_COMMON_NAME);
+    name.push(DnType::OrganizationName, CA_ORGANIZATION);
     params.distinguished_name = name;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     params.name_constraints = Some(name_constraints());
-    let now = OffsetDateTime::now_utc();
     params.not_before = now - Duration::days(1);
     params.not_after = now + Duration::days(i64::from(days));
-    Ok((key, params))
+    params
 }
 
 fn spki_sha256(cert_der: &[u8]) -> Result<String, ConfigError> {
@@ -88,7 +92,11 @@ impl CertificateAuthority {
     /// A fresh ECDSA P-256 CA for this run only (kept in memory), valid for
     /// [`PER_LAUNCH_CA_DAYS`] and constrained to the names the proxy intercepts.
     pub(crate) fn generate() -> Result<Self, ConfigError> {
-        let (key, params) = ca_params(PER_LAUNCH_CA_DAYS)?;
+        Self::self_signed(new_ca_key()?, PER_LAUNCH_CA_DAYS, OffsetDateTime::now_utc())
+    }
+
+    fn self_signed(key: KeyPair, days: u32, now: OffsetDateTime) -> Result<Self, ConfigError> {
+        let params = ca_params(days, now);
         let cert = params.self_signed(&key).map_err(|e| ConfigError::new("ca", e))?;
         Ok(CertificateAuthority {
             cert_pem: cert.pem(),
@@ -96,7 +104,21 @@ impl CertificateAuthority {
             cert_der: cert.der().clone(),
             not_after: params.not_after,
             issuer: Issuer::new(params, key),
+            renewable: true,
         })
+    }
+
+    /// Whether this is a CA the addon made that ends within [`RENEW_WITHIN`] of `now`.
+    pub(crate) fn renewal_due(&self, now: OffsetDateTime) -> bool {
+        self.renewable && self.not_after - now < RENEW_WITHIN
+    }
+
+    /// The same CA issued again for [`PER_LAUNCH_CA_DAYS`] from `now`: the same key (so the same SPKI,
+    /// which an app may have pinned), subject and name constraints. Leaves it signs verify against the
+    /// earlier certificate too. Kept in memory only.
+    pub(crate) fn renewed(&self, now: OffsetDateTime) -> Result<Self, ConfigError> {
+        let key = KeyPair::try_from(self.issuer.key().serialized_der()).map_err(|e| ConfigError::new("ca", e))?;
+        Self::self_signed(key, PER_LAUNCH_CA_DAYS, now)
     }
 
     /// A CA given as PEM; the key must belong to the certificate.
@@ -120,10 +142,17 @@ impl CertificateAuthority {
         if not_after <= OffsetDateTime::now_utc() {
             return Err(bad_cert(&"has expired"));
         }
+        let made_here = {
+            let subject = parsed.subject();
+            let common_names: Vec<_> = subject.iter_common_name().map(|a| a.as_str().ok()).collect();
+            let organizations: Vec<_> = subject.iter_organization().map(|a| a.as_str().ok()).collect();
+            common_names == [Some(CA_COMMON_NAME)] && organizations == [Some(CA_ORGANIZATION)]
+        };
         let issuer = Issuer::from_ca_cert_der(&cert_der, key).map_err(|e| bad_cert(&e))?;
         Ok(CertificateAuthority {
             issuer,
             not_after,
+            renewable: made_here,
             spki_sha256: spki_sha256(&cert_der)?,
             cert_der,
             cert_pem: cert_pem.trim().to_owned() + "\n",
@@ -132,6 +161,11 @@ impl CertificateAuthority {
 
     pub(crate) fn cert_pem(&self) -> &str {
         &self.cert_pem
+    }
+
+    #[cfg(test)]
+    pub(crate) fn cert_der(&self) -> &CertificateDer<'static> {
+        &self.cert_der
     }
 
     pub(crate) fn spki_sha256(&self) -> &str {
@@ -228,78 +262,10 @@ fn der_element(tag: u8, content: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Leaves live 390 days; one is replaced at half its life, so a long-running
-/// app never serves one near its end.
-const LEAF_RENEWAL: std::time::Duration = std::time::Duration::from_secs(195 * 24 * 3600);
-
-/// A bounded map from host to something built once per host (FIFO eviction),
-/// rebuilt once it is older than its lifetime. Callers that miss at the same
-/// moment wait for one build instead of each building their own.
-pub(crate) struct HostCache<T> {
-    entries: Mutex<Entries<T>>,
-    lifetime: std::time::Duration,
-}
-
-struct Entries<T> {
-    by_host: HashMap<String, Arc<Entry<T>>>,
-    oldest_first: VecDeque<String>,
-}
-
-struct Entry<T> {
-    built: std::sync::OnceLock<Result<Arc<T>, ConfigError>>,
-    born: std::time::Instant,
-}
-
-impl<T> Default for HostCache<T> {
-    fn default() -> Self {
-        HostCache::with_lifetime(LEAF_RENEWAL)
-    }
-}
-
-impl<T> HostCache<T> {
-    fn with_lifetime(lifetime: std::time::Duration) -> Self {
-        let entries = Entries { by_host: HashMap::new(), oldest_first: VecDeque::new() };
-        HostCache { entries: Mutex::new(entries), lifetime }
-    }
-
-    pub(crate) fn get_or_try_insert(
-        &self,
-        host: &str,
-        build: impl FnOnce() -> Result<T, ConfigError>,
-    ) -> Result<Arc<T>, ConfigError> {
-        let entry = self.entry(host);
-        let built = entry.built.get_or_init(|| build().map(Arc::new)).clone();
-        if built.is_err() {
-            // A failure is not remembered: the next caller tries again.
-            let mut entries = self.entries.lock();
-            if entries.by_host.get(host).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
-                entries.by_host.remove(host);
-                entries.oldest_first.retain(|h| h != host);
-            }
-        }
-        built
-    }
-
-    /// The host's entry, a new (unbuilt) one when it is missing or too old.
-    fn entry(&self, host: &str) -> Arc<Entry<T>> {
-        let mut entries = self.entries.lock();
-        if let Some(found) = entries.by_host.get(host).filter(|e| e.born.elapsed() < self.lifetime) {
-            return found.clone();
-        }
-        let fresh = Arc::new(Entry { built: std::sync::OnceLock::new(), born: std::time::Instant::now() });
-        if entries.by_host.insert(host.to_owned(), fresh.clone()).is_none() {
-            entries.oldest_first.push_back(host.to_owned());
-        }
-        while entries.by_host.len() > LEAF_CACHE_SIZE {
-            let Some(oldest) = entries.oldest_first.pop_front() else { break };
-            entries.by_host.remove(&oldest);
-        }
-        fresh
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     #[test]
@@ -377,7 +343,7 @@ mod tests {
         use base64::Engine;
         for algorithm in [&PKCS_ECDSA_P256_SHA256, &rcgen::PKCS_ECDSA_P384_SHA384] {
             let key = KeyPair::generate_for(algorithm).unwrap();
-            let (_, mut params) = ca_params(30).unwrap();
+            let mut params = ca_params(30, OffsetDateTime::now_utc());
             params.not_after = OffsetDateTime::now_utc() + Duration::days(30);
             let cert = params.self_signed(&key).unwrap();
             // PKCS#8 = SEQUENCE { version, algorithm, OCTET STRING { the SEC1 ECPrivateKey } }
@@ -435,50 +401,5 @@ mod tests {
         assert_eq!(der_element(0x04, &[1, 2]), [0x04, 2, 1, 2]);
         assert_eq!(&der_element(0x04, &[0; 200])[..3], [0x04, 0x81, 200]);
         assert_eq!(&der_element(0x04, &[0; 300])[..4], [0x04, 0x82, 0x01, 0x2c]);
-    }
-
-    #[test]
-    fn host_cache_builds_once_for_simultaneous_misses() {
-        let cache = HostCache::<usize>::default();
-        let builds = std::sync::atomic::AtomicUsize::new(0);
-        std::thread::scope(|scope| {
-            for _ in 0..8 {
-                scope.spawn(|| {
-                    cache
-                        .get_or_try_insert("localhost", || {
-                            builds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                            std::thread::sleep(std::time::Duration::from_millis(50));
-                            Ok(1)
-                        })
-                        .unwrap()
-                });
-            }
-        });
-        assert_eq!(builds.into_inner(), 1);
-    }
-
-    #[test]
-    fn host_cache_renews_old_entries_and_forgets_failures() {
-        let cache = HostCache::<usize>::with_lifetime(std::time::Duration::from_millis(20));
-        assert_eq!(*cache.get_or_try_insert("a", || Ok(1)).unwrap(), 1);
-        assert_eq!(*cache.get_or_try_insert("a", || Ok(2)).unwrap(), 1);
-        std::thread::sleep(std::time::Duration::from_millis(30));
-        assert_eq!(*cache.get_or_try_insert("a", || Ok(3)).unwrap(), 3);
-        assert!(cache.get_or_try_insert("b", || Err(ConfigError::new("leaf", "no"))).is_err());
-        assert_eq!(*cache.get_or_try_insert("b", || Ok(4)).unwrap(), 4);
-        assert_eq!(cache.entries.lock().oldest_first.len(), 2);
-    }
-
-    #[test]
-    fn host_cache_is_bounded_and_reuses_entries() {
-        let cache = HostCache::<usize>::default();
-        let first = cache.get_or_try_insert("a", || Ok(1)).unwrap();
-        let again = cache.get_or_try_insert("a", || Ok(2)).unwrap();
-        assert!(Arc::ptr_eq(&first, &again));
-        for i in 0..LEAF_CACHE_SIZE + 10 {
-            cache.get_or_try_insert(&format!("h{i}"), || Ok(i)).unwrap();
-        }
-        assert_eq!(cache.entries.lock().by_host.len(), LEAF_CACHE_SIZE);
-        assert_eq!(cache.entries.lock().oldest_first.len(), LEAF_CACHE_SIZE);
     }
 }

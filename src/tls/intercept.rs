@@ -11,13 +11,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
 
-use super::ca::{CertificateAuthority, HostCache, Leaf};
+use super::ca::Leaf;
+use super::live_ca::{ListenerCert, LiveCa};
 use crate::answer::error::ConfigError;
 
 pub(crate) struct Interceptor {
-    ca: CertificateAuthority,
-    /// One server config per host: a host's second tunnel reuses its leaf.
-    configs: HostCache<ServerConfig>,
+    /// The CA; each of its generations keeps one server config per host (a host's second tunnel reuses its leaf).
+    ca: Arc<LiveCa>,
     /// Which SNI names get a leaf of their own (the hosts the proxy intercepts); others get the CONNECT host's.
     names_a_leaf: fn(&str) -> bool,
     alpn: Vec<Vec<u8>>,
@@ -25,12 +25,15 @@ pub(crate) struct Interceptor {
 
 impl Interceptor {
     /// `names_a_leaf`: whether an SNI name is one the proxy issues leaves for.
-    pub(crate) fn new(ca: CertificateAuthority, http2: bool, names_a_leaf: fn(&str) -> bool) -> Self {
-        Interceptor { ca, configs: HostCache::default(), alpn: alpn(http2), names_a_leaf }
+    pub(crate) fn new(ca: Arc<LiveCa>, http2: bool, names_a_leaf: fn(&str) -> bool) -> Self {
+        Interceptor { ca, alpn: alpn(http2), names_a_leaf }
     }
 
     fn config_for(&self, host: &str) -> Result<Arc<ServerConfig>, ConfigError> {
-        self.configs.get_or_try_insert(host, || server_config(self.ca.issue_leaf(host)?, self.alpn.clone()))
+        let generation = self.ca.current();
+        generation
+            .intercepted
+            .get_or_try_insert(host, || server_config(generation.ca.issue_leaf(host)?, self.alpn.clone()))
     }
 
     /// Terminates the client's TLS with a leaf for its SNI (when that is a
@@ -55,18 +58,26 @@ impl Interceptor {
 }
 
 /// The listener's own TLS, for a browser that uses the proxy as an
-/// `https://` proxy: a leaf for every address it may be reached at.
+/// `https://` proxy: a leaf for every address it may be reached at, from the
+/// CA's current generation.
 pub(crate) fn listener_config(
-    ca: &CertificateAuthority,
+    ca: &Arc<LiveCa>,
     listen_ip: std::net::IpAddr,
     http2: bool,
 ) -> Result<Arc<ServerConfig>, ConfigError> {
     let listen_ip = listen_ip.to_string();
-    let mut names = vec!["localhost", "127.0.0.1", "::1"];
-    if !names.contains(&listen_ip.as_str()) && listen_ip != "0.0.0.0" && listen_ip != "::" {
-        names.push(&listen_ip);
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    if !names.contains(&listen_ip) && listen_ip != "0.0.0.0" && listen_ip != "::" {
+        names.push(listen_ip);
     }
-    Ok(Arc::new(server_config(ca.issue_leaf_for(&names)?, alpn(http2))?))
+    let resolver = ListenerCert::new(ca.clone(), names)?;
+    let mut config = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError::new("tls", e))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = alpn(http2);
+    Ok(Arc::new(config))
 }
 
 /// Application protocols offered to clients: `h2` only when HTTP/2 is on.
