@@ -26,7 +26,17 @@ impl Cidr {
         };
         let max = if ip.is_ipv4() { 32 } else { 128 };
         let prefix = prefix.unwrap_or(max);
-        (prefix <= max).then(|| Cidr { network: mask(ip, prefix), prefix })
+        if prefix > max {
+            return None;
+        }
+        // An IPv4 network written in IPv6 form (`::ffff:10.0.0.0/104`) is that IPv4 network: addresses are
+        // compared in their IPv4 form.
+        match (ip, canonical(ip)) {
+            (IpAddr::V6(_), IpAddr::V4(v4)) if prefix >= 96 => {
+                Some(Cidr { network: mask(IpAddr::V4(v4), prefix - 96), prefix: prefix - 96 })
+            }
+            _ => Some(Cidr { network: mask(ip, prefix), prefix }),
+        }
     }
 
     pub(crate) fn contains(&self, ip: IpAddr) -> bool {
@@ -54,12 +64,21 @@ fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
     }
 }
 
-/// IPv4-mapped IPv6 addresses as the IPv4 address they are.
+/// The IPv4 address an IPv6 address stands for, in any form a connect may
+/// reach it by (IPv4-mapped, NAT64, 6to4, and the deprecated IPv4-compatible
+/// `::a.b.c.d`); else the address itself. Used to compare with the machine's
+/// own addresses and the networks an app opted into.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V6(v6) => embedded_v4(v6).or_else(|| ipv4_compatible(v6)).map_or(ip, IpAddr::V4),
         v4 => v4,
     }
+}
+
+/// `::a.b.c.d` (but `::` and `::1`, which are IPv6's own).
+fn ipv4_compatible(v6: Ipv6Addr) -> Option<Ipv4Addr> {
+    let bits = u128::from(v6);
+    (bits >> 32 == 0 && bits > 1).then(|| Ipv4Addr::from(bits as u32))
 }
 
 fn in_v4(ip: Ipv4Addr, network: [u8; 4], prefix: u32) -> bool {
@@ -212,11 +231,12 @@ pub(crate) enum Refusal {
 
 /// The verdict for one resolved address of a routed preview's request.
 pub(crate) fn check(ip: IpAddr, own_addresses: &[IpAddr], allowed: &PrivateNetworks) -> Result<(), Refusal> {
-    let ip = canonical(ip);
-    if is_machine_or_link(ip) || own_addresses.iter().any(|own| canonical(*own) == ip) {
+    let plain = canonical(ip);
+    if is_machine_or_link(plain) || own_addresses.iter().any(|own| canonical(*own) == plain) {
         return Err(Refusal::ThisMachine);
     }
-    if !is_global(ip) && !allowed.permits(ip) {
+    // Globality is judged on the address as given: `::8.8.8.8` is no global address.
+    if !is_global(ip) && !allowed.permits(plain) {
         return Err(Refusal::PrivateNetwork);
     }
     Ok(())
@@ -319,6 +339,10 @@ mod tests {
         assert!(!Cidr::parse("fd00::/8").unwrap().contains(ip("10.0.0.1")));
         assert!(Cidr::parse("192.168.1.5").unwrap().contains(ip("192.168.1.5")));
         assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));
+        // An IPv4 network written in its mapped IPv6 form is that network.
+        let mapped = Cidr::parse("::ffff:10.1.0.0/112").unwrap();
+        assert_eq!(mapped.to_string(), "10.1.0.0/16");
+        assert!(mapped.contains(ip("10.1.2.3")) && mapped.contains(ip("64:ff9b::a01:203")));
         for bad in ["10.0.0.0/33", "fd00::/129", "nope", "10.0.0.0/", "/8", ""] {
             assert_eq!(Cidr::parse(bad), None, "{bad}");
         }
@@ -355,6 +379,14 @@ mod tests {
         assert_eq!(check(ip("fe80::1"), &own, &all), Err(Refusal::ThisMachine));
         let everything = PrivateNetworks::parse(false, &["0.0.0.0/0".into()]).unwrap();
         assert_eq!(check(ip("127.0.0.1"), &own, &everything), Err(Refusal::ThisMachine));
+        // The machine in every IPv6 form of its IPv4 addresses, whatever the opt-in.
+        for form in ["::127.0.0.1", "::169.254.169.254", "64:ff9b::c0a8:114", "2002:c0a8:114::1", "::192.168.1.20"] {
+            assert_eq!(check(ip(form), &own, &all), Err(Refusal::ThisMachine), "{form}");
+        }
+        // An opted-in IPv4 network in its IPv6 forms; the IPv4-compatible form of a public address is not public.
+        assert_eq!(check(ip("64:ff9b::a00:5"), &own, &vpn), Ok(()));
+        assert_eq!(check(ip("::ffff:10.0.0.5"), &own, &vpn), Ok(()));
+        assert_eq!(check(ip("::8.8.8.8"), &own, &none), Err(Refusal::PrivateNetwork));
         assert_eq!(vpn.union(&all), PrivateNetworks { all: true, listed: vpn.listed.clone() });
     }
 }
