@@ -151,6 +151,27 @@ describe('upstream connections are capped per context and in all', () => {
     t2.conn.destroy()
   })
 
+  test("a preview waiting for another preview's first connection to an origin is not refused with it when that one is at its cap", async () => {
+    const echo = await startEchoServer()
+    cleanup.push(() => echo.close())
+    const server = await startCountingServer()
+    const proxy = await startProxy({ maxUpstreamConnectionsPerContext: 1, resolve: { 'shared.test:80': `127.0.0.1:${server.port}` } })
+    const a = authOf(proxy.createContext(1, null))
+    const b = authOf(proxy.createContext(2, null))
+    // A holds its one place with a tunnel; its request opens the origin's first connection and waits for a place.
+    const held = await openTunnel(proxy.port(), `127.0.0.1:${echo.port}`, a)
+    expect(held.res.status).toBe(200)
+    const fromA = proxyRequest(proxy.port(), 'http://shared.test/a', { auth: a })
+    await sleep(500)
+    // B asks meanwhile and waits for that opening; when it fails for A's cap, B opens its own.
+    const fromB = proxyRequest(proxy.port(), 'http://shared.test/b', { auth: b })
+    const [resA, resB] = await Promise.all([fromA, fromB])
+    held.conn.destroy()
+    expect(resA.status).toBe(503)
+    expect(resA.text).toMatch(/for this preview/)
+    expect(resB.status).toBe(200)
+  })
+
   test('5 000 concurrent tunnels of one context work at the defaults (five h2c connections of 1 000 CONNECT streams)', async () => {
     const echo = await startEchoServer()
     cleanup.push(() => echo.close())

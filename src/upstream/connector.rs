@@ -169,12 +169,12 @@ impl Connector {
         lookup.await.map_err(io::Error::other)?
     }
 
-    /// A place under the global cap and under `context`'s, waiting at most
-    /// `slot_wait` for each; `503` past that.
+    /// A place under `context`'s cap and under the global one, waiting at most
+    /// `slot_wait` for both together; `503` past that.
     async fn slots(&self, context: &Arc<Semaphore>) -> Result<UpstreamSlots, ProxyError> {
-        let wait = self.inner.slot_wait;
+        let deadline = tokio::time::Instant::now() + self.inner.slot_wait;
         let take = |semaphore: Arc<Semaphore>, whose: &'static str| async move {
-            match tokio::time::timeout(wait, semaphore.acquire_owned()).await {
+            match tokio::time::timeout_at(deadline, semaphore.acquire_owned()).await {
                 Ok(Ok(permit)) => Ok(permit),
                 _ => Err(ProxyError::Unavailable(format!(
                     "too many upstream connections open {whose}; try again when some have closed"

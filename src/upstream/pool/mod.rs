@@ -31,7 +31,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::answer::error::ProxyError;
+use crate::answer::error::{Failure, ProxyError};
 use crate::answer::reply::Body;
 use crate::policy::routing::{AddressPolicy, HostPort, Scheme, Upstream};
 use crate::upstream::connector::{Alpn, Connector};
@@ -234,8 +234,12 @@ impl Pool {
             opened.await;
             let state = origin.state.lock();
             if let Some(failure) = state.failure.as_ref().filter(|_| state.attempts != attempt) {
-                // The attempt this request waited for failed: so does the request, at once.
-                return Err(failure.clone());
+                // The attempt this request waited for failed: so does the request, at once. Unless the opener
+                // had no place under its own preview's cap: that says nothing of this request's preview, which
+                // opens a connection itself on the next turn.
+                if failure.failure() != Failure::Unavailable {
+                    return Err(failure.clone());
+                }
             }
         }
     }
