@@ -252,8 +252,12 @@ export interface StartOptions {
    */
   maxUpstreamConnections?: number
   maxUpstreamConnectionsPerContext?: number
-  /** DNS lookups under way at once (default 64); more wait their turn within the connect timeout. */
+  /**
+   * DNS lookups under way at once, in all (default 64) and per context (default 16); more wait their
+   * turn within the connect timeout.
+   */
   maxConcurrentDnsLookups?: number
+  maxConcurrentDnsLookupsPerContext?: number
   /** Unused upstream connections kept across origins (default 256); the least recently used close first. */
   maxIdleUpstreamConnections?: number
   /**

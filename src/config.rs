@@ -57,6 +57,7 @@ pub(crate) struct Limits {
     pub(crate) upstream_slot_wait: Duration,
     /// DNS lookups under way at once.
     pub(crate) max_dns_lookups: usize,
+    pub(crate) max_dns_lookups_per_context: usize,
     /// Unused upstream connections kept across origins; the least recently used go first.
     pub(crate) max_idle_upstream: usize,
     /// Client connections that have not authenticated yet, at once; and how long one may take to.
@@ -91,6 +92,8 @@ impl Default for Limits {
             max_upstream_per_context: 8_192,
             upstream_slot_wait: Duration::from_secs(3),
             max_dns_lookups: 64,
+            // A quarter: a preview whose names never answer leaves the rest to the others.
+            max_dns_lookups_per_context: 16,
             max_idle_upstream: 256,
             max_unauthenticated: 1024,
             unauthenticated_timeout: Duration::from_secs(10),

@@ -5,10 +5,15 @@
 // a route-less context (so names that resolve to 127.0.0.1 may be reached);
 // then `names` requests at once, each to a name of its own under `.dns.test`.
 //
-// input: { proxyOptions, names: number, delayMs: number, batch?: number, everyMs?: number }
-// Prints { statuses, peak, asked, queries } where `peak` is the most distinct
-// names with a question pending at any moment, `asked` the names the server
-// was asked about (sorted), `queries` the questions by type.
+// input: { proxyOptions, names: number, delayMs: number, batch?: number, everyMs?: number,
+//   late?: { afterMs } }
+// With `late`, a second context asks for `fast.dns.test` (answered at once)
+// `afterMs` after the first context's requests started.
+// Prints { statuses, peak, asked, queries, late? } where `peak` is the most
+// distinct names with a question pending at any moment, `asked` the names the
+// server was asked about (sorted), `queries` the questions by type, and `late`
+// { status, beforeSlowAnswers: whether it was served before the server sent
+// any answer about the first context's names }.
 
 import dgram from 'node:dgram'
 import { ProxyServer } from '../../support/addon.mjs'
@@ -64,6 +69,7 @@ const asked = new Set()
 const queries = {}
 const dns = dgram.createSocket('udp4')
 let closed = false
+let slowAnswered = false
 dns.on('message', (msg, from) => {
   let q
   try {
@@ -76,12 +82,14 @@ dns.on('message', (msg, from) => {
   queries[type] = (queries[type] ?? 0) + 1
   pending.set(q.name, (pending.get(q.name) ?? 0) + 1)
   peak = Math.max(peak, pending.size)
+  const fast = q.name.startsWith('fast.')
   setTimeout(() => {
+    if (!fast) slowAnswered = true
     const left = pending.get(q.name) - 1
     if (left === 0) pending.delete(q.name)
     else pending.set(q.name, left)
     if (!closed) dns.send(answer(msg, q), from.port, from.address)
-  }, delayMs)
+  }, fast ? 0 : delayMs)
 })
 await new Promise((resolve, reject) => {
   dns.once('error', reject)
@@ -91,6 +99,13 @@ await new Promise((resolve, reject) => {
 const upstream = await startHttpServer((req, res) => res.end('ok'))
 const proxy = await ProxyServer.start('127.0.0.1:0', true, { httpsProxy: false, ...proxyOptions })
 const auth = authOf(proxy.createContext(1, null))
+const lateAuth = authOf(proxy.createContext(2, null))
+const late = input.late
+  ? new Promise((resolve) => setTimeout(resolve, input.late.afterMs)).then(async () => {
+      const res = await proxyRequest(proxy.port(), `http://fast.${ZONE}:${upstream.port}/`, { auth: lateAuth })
+      return { status: res.status, beforeSlowAnswers: !slowAnswered, ...(res.status === 200 ? {} : { body: res.text }) }
+    })
+  : undefined
 // Requests go out in batches of `batch` every `everyMs` (all at once by default).
 const batch = input.batch ?? names
 const responses = await Promise.all(
@@ -102,10 +117,11 @@ const responses = await Promise.all(
     )
   }),
 )
+const lateResult = await late
 // Lookups the proxy gave up on are still under way in its resolver threads: let them be answered.
 while (pending.size) await new Promise((resolve) => setTimeout(resolve, 50))
 await proxy.stop()
 await upstream.close()
 closed = true
 dns.close()
-console.log(JSON.stringify({ statuses: responses, peak, asked: [...asked].sort(), queries }))
+console.log(JSON.stringify({ statuses: responses, peak, asked: [...asked].sort(), queries, late: lateResult }))

@@ -38,8 +38,10 @@ pub struct StartOptions {
     /// context (default 8192). A connection past a cap waits up to 3 s for a place, then gets 503.
     pub max_upstream_connections: Option<f64>,
     pub max_upstream_connections_per_context: Option<f64>,
-    /// DNS lookups under way at once (default 64); more wait their turn within the connect timeout.
+    /// DNS lookups under way at once, in all (default 64) and per context (default 16); more wait their
+    /// turn within the connect timeout.
     pub max_concurrent_dns_lookups: Option<f64>,
+    pub max_concurrent_dns_lookups_per_context: Option<f64>,
     /// Unused upstream connections kept across origins (default 256); the least recently used close first.
     pub max_idle_upstream_connections: Option<f64>,
     /// Client connections that have not authenticated a request yet, at once (default 1024): more get
@@ -104,6 +106,9 @@ pub(super) fn limits_from(options: &StartOptions) -> Result<proxy::Limits> {
     }
     if let Some(n) = count("maxConcurrentDnsLookups", options.max_concurrent_dns_lookups)? {
         limits.max_dns_lookups = n;
+    }
+    if let Some(n) = count("maxConcurrentDnsLookupsPerContext", options.max_concurrent_dns_lookups_per_context)? {
+        limits.max_dns_lookups_per_context = n;
     }
     if let Some(n) = count("http2MaxResets", options.http2_max_resets)? {
         limits.http2_max_resets = n;

@@ -208,7 +208,7 @@ async fn forward(
         req.map(|body| Metered::new(body.boxed(), bytes_in).boxed())
     };
     let req = upstream_request(req, upstream, None);
-    let send = shared.pool.send(upstream, req, &context.upstream_slots);
+    let send = shared.pool.send(upstream, req, &context.places);
     let limit = shared.limits.response_timeout;
     let sent = tokio::time::timeout(limit, send).await;
     match sent.unwrap_or_else(|_| Err(ProxyError::no_response(&upstream.addr, limit))) {

@@ -26,10 +26,25 @@ pub(crate) struct Context {
     /// authenticated (the token's own check takes a mutex).
     revoked_flag: AtomicBool,
     pub(crate) stats: super::context_stats::ContextStats,
-    /// One permit per upstream connection the context has open (tunnels included).
-    pub(crate) upstream_slots: Arc<tokio::sync::Semaphore>,
+    /// Its share of what all contexts share: upstream connections and DNS lookups.
+    pub(crate) places: ContextPlaces,
     /// The context's own port on `127.0.0.1`, when it has one.
     pub(crate) own_port: std::sync::OnceLock<OwnPort>,
+}
+
+/// What one context may hold at once of what all contexts share, so that one
+/// preview cannot take it all: upstream connections (tunnels included) and
+/// DNS lookups under way.
+pub(crate) struct ContextPlaces {
+    pub(crate) upstream: Arc<tokio::sync::Semaphore>,
+    pub(crate) dns_lookups: Arc<tokio::sync::Semaphore>,
+}
+
+/// Sizes of each context's [`ContextPlaces`].
+#[derive(Clone, Copy)]
+pub(crate) struct PerContext {
+    pub(crate) upstream: usize,
+    pub(crate) dns_lookups: usize,
 }
 
 /// A context's own listener, as the context sees it: the port, and a channel
@@ -88,8 +103,7 @@ struct Maps {
 pub(crate) struct Contexts {
     maps: RwLock<Maps>,
     shutdown: CancellationToken,
-    /// Upstream connections one context may have open at once.
-    upstream_per_context: usize,
+    per_context: PerContext,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -100,8 +114,8 @@ pub enum AuthError {
 }
 
 impl Contexts {
-    pub(crate) fn new(shutdown: CancellationToken, upstream_per_context: usize) -> Self {
-        Contexts { maps: RwLock::default(), shutdown, upstream_per_context }
+    pub(crate) fn new(shutdown: CancellationToken, per_context: PerContext) -> Self {
+        Contexts { maps: RwLock::default(), shutdown, per_context }
     }
 
     /// Creates a context with fresh credentials; replaces (and revokes) any
@@ -116,7 +130,10 @@ impl Contexts {
             revoked: self.shutdown.child_token(),
             revoked_flag: AtomicBool::new(false),
             stats: Default::default(),
-            upstream_slots: Arc::new(tokio::sync::Semaphore::new(self.upstream_per_context)),
+            places: ContextPlaces {
+                upstream: Arc::new(tokio::sync::Semaphore::new(self.per_context.upstream)),
+                dns_lookups: Arc::new(tokio::sync::Semaphore::new(self.per_context.dns_lookups)),
+            },
             own_port: std::sync::OnceLock::new(),
         });
         let mut maps = self.maps.write();
@@ -224,7 +241,7 @@ mod tests {
 
     #[test]
     fn credentials_are_fresh_and_well_formed() {
-        let contexts = Contexts::new(CancellationToken::new(), 16);
+        let contexts = Contexts::new(CancellationToken::new(), PerContext { upstream: 16, dns_lookups: 4 });
         let (a, _) = contexts.create(7, None);
         let (b, _) = contexts.create(8, None);
         assert!(a.username.starts_with("wc-7-") && a.username.len() == "wc-7-".len() + 8);
@@ -235,7 +252,7 @@ mod tests {
 
     #[test]
     fn authenticates_only_live_contexts() {
-        let contexts = Contexts::new(CancellationToken::new(), 16);
+        let contexts = Contexts::new(CancellationToken::new(), PerContext { upstream: 16, dns_lookups: 4 });
         let (a, replaced) = contexts.create(1, None);
         assert!(replaced.is_none());
         let header = basic(&a.username, &a.password);

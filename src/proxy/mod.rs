@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::answer::error::ConfigError;
 use crate::observe::log::Log;
 use crate::observe::stats::{Stats, StatsSnapshot};
-use crate::policy::auth::{Context, Contexts};
+use crate::policy::auth::{Context, Contexts, PerContext};
 use crate::policy::routing::{Origin, Route};
 use crate::upstream::connector::{self as upstream, Connector, UpstreamOptions};
 use crate::upstream::pool::Pool;
@@ -121,7 +121,13 @@ impl Proxy {
         let tasks = TaskTracker::new();
         let shared = Arc::new(Shared {
             serve_tunnel: crate::ingress::server::serve_stream,
-            contexts: Contexts::new(shutdown.clone(), limits.max_upstream_per_context),
+            contexts: Contexts::new(
+                shutdown.clone(),
+                PerContext {
+                    upstream: limits.max_upstream_per_context,
+                    dns_lookups: limits.max_dns_lookups_per_context,
+                },
+            ),
             pool: Pool::new(connector.clone(), tasks.clone(), shutdown.clone(), limits.max_idle_upstream),
             connector,
             stats: Stats::default(),

@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use super::{Limits, Options, Proxy};
 use crate::answer::error::Failure;
 use crate::answer::reply::{empty_body, Body};
+use crate::policy::auth::ContextPlaces;
 use crate::policy::routing::{upstream_for, HostPort, Scheme, Upstream};
 use crate::tls::ca::CertificateAuthority;
 use crate::upstream::connector::{Connector, UpstreamOptions};
@@ -98,9 +99,12 @@ fn pool_for(host_port: &str, addr: SocketAddr, extra_roots_pem: Vec<String>) -> 
     Pool::new(connector, TaskTracker::new(), CancellationToken::new(), 256)
 }
 
-/// A context's cap on upstream connections, for requests sent through the pool directly.
-fn slots() -> Arc<tokio::sync::Semaphore> {
-    Arc::new(tokio::sync::Semaphore::new(1024))
+/// A context's places, for requests sent through the pool directly.
+fn slots() -> ContextPlaces {
+    ContextPlaces {
+        upstream: Arc::new(tokio::sync::Semaphore::new(1024)),
+        dns_lookups: Arc::new(tokio::sync::Semaphore::new(4)),
+    }
 }
 
 fn get(uri: &str) -> Request<Body> {

@@ -18,7 +18,6 @@ use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::answer::error::ProxyError;
@@ -27,7 +26,7 @@ use crate::conn::prefixed::sniff_stream;
 use crate::conn::sniff::Protocol;
 use crate::conn::{Binding, Stream};
 use crate::observe::events::{Event, EventKind, Handling, HandlingCell, OpenTunnel, Phase};
-use crate::policy::auth::Context;
+use crate::policy::auth::{Context, ContextPlaces};
 use crate::policy::routing::{is_intercepted_host, upstream_for, Upstream};
 use crate::policy::target::{parse_authority, HostPort, Scheme};
 use crate::shared::{Shared, Slot};
@@ -61,7 +60,7 @@ pub(crate) async fn connect(
     let through_origin = upstream.rewritten && !upstream.extra_headers.is_empty();
     if through_origin && (shared.interceptor.is_none() || !is_intercepted_host(&target.host)) {
         // Nothing to look into: the cmux-proxy origin carries the tunnel, and its answer is ours.
-        let upstream_stream = match open_tunnel(&shared, &upstream, &target, &context.upstream_slots).await {
+        let upstream_stream = match open_tunnel(&shared, &upstream, &target, &context.places).await {
             Ok(stream) => stream,
             Err(error) => return shared.fail(Some(&context), &error),
         };
@@ -82,7 +81,7 @@ pub(crate) async fn connect(
         let error = ProxyError::Forbidden(format!("CONNECT to port {} is not allowed", target.port));
         return shared.fail(Some(&context), &error);
     }
-    let upstream = match shared.connector.connect_tcp(&target, &upstream.policy, &context.upstream_slots).await {
+    let upstream = match shared.connector.connect_tcp(&target, &upstream.policy, &context.places).await {
         Ok(upstream) => upstream,
         Err(error) => return shared.fail(Some(&context), &error),
     };
@@ -292,7 +291,7 @@ async fn look_inside(
         Protocol::Tls | Protocol::Opaque => {
             let upstream = upstream_for(context.route.as_ref(), Scheme::Https, &target);
             record.handling.set(Handling::Blind);
-            let upstream_stream = match open_tunnel(&shared, &upstream, &target, &context.upstream_slots).await {
+            let upstream_stream = match open_tunnel(&shared, &upstream, &target, &context.places).await {
                 Ok(stream) => stream,
                 Err(error) => {
                     shared.events.failure(Some(&context), None, &error);
@@ -311,7 +310,7 @@ async fn open_tunnel(
     shared: &Shared,
     upstream: &Upstream,
     target: &HostPort,
-    slots: &Arc<Semaphore>,
+    slots: &ContextPlaces,
 ) -> Result<Box<dyn Stream>, ProxyError> {
     if upstream.extra_headers.is_empty() {
         let stream = shared.connector.connect_tcp(&upstream.addr, &upstream.policy, slots).await?;
@@ -341,7 +340,7 @@ async fn send_http1(
     shared: &Shared,
     upstream: &Upstream,
     mut req: Request<Body>,
-    slots: &Arc<Semaphore>,
+    slots: &ContextPlaces,
 ) -> Result<Response<Incoming>, ProxyError> {
     // Connecting is bounded by the connect timeout, the answer by the response timeout.
     let stream =
@@ -372,7 +371,7 @@ async fn switch_protocols(
     req: Request<Body>,
 ) -> Result<Response<Body>, Response<Body>> {
     let mut response =
-        send_http1(shared, upstream, req, &context.upstream_slots).await.map_err(|e| shared.fail(Some(context), &e))?;
+        send_http1(shared, upstream, req, &context.places).await.map_err(|e| shared.fail(Some(context), &e))?;
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         return Err(client_response(response.map(|body| body.boxed())));
     }

@@ -21,6 +21,7 @@ use tokio_rustls::client::TlsStream;
 
 use crate::answer::error::{ConfigError, ProxyError};
 use crate::policy::address::{self, Refusal};
+use crate::policy::auth::ContextPlaces;
 use crate::policy::routing::{AddressPolicy, HostPort, Scheme};
 
 /// Which application protocols to offer an upstream TLS server.
@@ -155,15 +156,17 @@ impl Connector {
     /// holds a thread of the blocking pool until the resolver answers, and
     /// keeps its place under the cap until then, even when the request that
     /// asked gave up (timed out) before.
-    async fn lookup(&self, addr: &HostPort) -> io::Result<Vec<SocketAddr>> {
+    async fn lookup(&self, addr: &HostPort, context: &ContextPlaces) -> io::Result<Vec<SocketAddr>> {
         use std::net::ToSocketAddrs;
         if let Ok(ip) = addr.host.parse::<std::net::IpAddr>() {
             return Ok(vec![SocketAddr::new(ip, addr.port)]);
         }
+        // The context's share first: a preview whose names never answer holds its own places, not all of them.
+        let own_place = context.dns_lookups.clone().acquire_owned().await.map_err(io::Error::other)?;
         let place = self.inner.dns_lookups.clone().acquire_owned().await.map_err(io::Error::other)?;
         let (host, port) = (addr.host.clone(), addr.port);
         let lookup = tokio::task::spawn_blocking(move || {
-            let _place = place;
+            let _places = (own_place, place);
             (host.as_str(), port).to_socket_addrs().map(Iterator::collect)
         });
         lookup.await.map_err(io::Error::other)?
@@ -171,7 +174,7 @@ impl Connector {
 
     /// A place under `context`'s cap and under the global one, waiting at most
     /// `slot_wait` for both together; `503` past that.
-    async fn slots(&self, context: &Arc<Semaphore>) -> Result<UpstreamSlots, ProxyError> {
+    async fn slots(&self, context: &ContextPlaces) -> Result<UpstreamSlots, ProxyError> {
         let deadline = tokio::time::Instant::now() + self.inner.slot_wait;
         let take = |semaphore: Arc<Semaphore>, whose: &'static str| async move {
             match tokio::time::timeout_at(deadline, semaphore.acquire_owned()).await {
@@ -181,7 +184,7 @@ impl Connector {
                 ))),
             }
         };
-        let context = take(context.clone(), "for this preview").await?;
+        let context = take(context.upstream.clone(), "for this preview").await?;
         let global = take(self.inner.slots.clone(), "in this proxy").await?;
         Ok(UpstreamSlots { _global: global, _context: context })
     }
@@ -192,14 +195,14 @@ impl Connector {
         &self,
         addr: &HostPort,
         policy: &AddressPolicy,
-        context: &Arc<Semaphore>,
+        context: &ContextPlaces,
     ) -> Result<Counted<TcpStream>, ProxyError> {
         let slots = self.slots(context).await?;
         let attempt = async {
             let candidates = match self.inner.resolve.get(&addr.authority()) {
                 Some(configured) => vec![*configured],
                 None => {
-                    let found = self.lookup(addr).await.map_err(|e| {
+                    let found = self.lookup(addr, context).await.map_err(|e| {
                         ProxyError::Dns(format!("cannot reach {addr}: DNS lookup failed: {e}")).caused_by(e)
                     })?;
                     allowed_addresses(addr, found, policy, &self.inner.own_addresses)?
@@ -227,7 +230,7 @@ impl Connector {
         addr: &HostPort,
         alpn: Alpn,
         policy: &AddressPolicy,
-        context: &Arc<Semaphore>,
+        context: &ContextPlaces,
     ) -> Result<UpstreamStream, ProxyError> {
         let Counted { io: tcp, slots } = self.connect_tcp(addr, policy, context).await?;
         if scheme == Scheme::Http {

@@ -27,12 +27,13 @@ use hyper::body::Body as _;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::answer::error::{Failure, ProxyError};
 use crate::answer::reply::Body;
+use crate::policy::auth::ContextPlaces;
 use crate::policy::routing::{AddressPolicy, HostPort, Scheme, Upstream};
 use crate::upstream::connector::{Alpn, Connector};
 use crate::upstream::request::to_origin_form;
@@ -156,7 +157,7 @@ impl Pool {
         &self,
         upstream: &Upstream,
         req: Request<Body>,
-        slots: &Arc<Semaphore>,
+        slots: &ContextPlaces,
     ) -> Result<Response<Body>, ProxyError> {
         let origin = self.origin(upstream);
         let (mut parts, body) = req.into_parts();
@@ -212,7 +213,7 @@ impl Pool {
 
     /// A live connection of `origin`, or a new one. While an origin that may
     /// multiplex has none, one request opens it and the others wait.
-    async fn checkout(&self, origin: &Arc<Origin>, slots: &Arc<Semaphore>) -> Result<Lease, ProxyError> {
+    async fn checkout(&self, origin: &Arc<Origin>, slots: &ContextPlaces) -> Result<Lease, ProxyError> {
         loop {
             let waiting = {
                 let mut state = origin.state.lock();
@@ -245,7 +246,7 @@ impl Pool {
     }
 
     /// Opens a connection to `origin`; `gated` when others wait for it.
-    async fn open(&self, origin: &Arc<Origin>, gated: bool, slots: &Arc<Semaphore>) -> Result<Lease, ProxyError> {
+    async fn open(&self, origin: &Arc<Origin>, gated: bool, slots: &ContextPlaces) -> Result<Lease, ProxyError> {
         // A new connection may take the pool past its cap of unused ones once it is unused
         // itself: the oldest go first, leaving it room.
         self.trim_idle(1);
