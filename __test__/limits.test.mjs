@@ -643,6 +643,10 @@ describe('invalid option values reject start() naming the option', () => {
     ['connectPorts', { connectPorts: [0] }],
     ['connectPorts', { connectPorts: [443, 70000] }],
     ['connectPorts', { connectPorts: [65536] }],
+    ['maxConcurrentDnsLookups', { maxConcurrentDnsLookups: 0 }],
+    ['maxConcurrentDnsLookupsPerContext', { maxConcurrentDnsLookupsPerContext: 0 }],
+    ['maxConcurrentDnsLookupsPerContext', { maxConcurrentDnsLookupsPerContext: 1.5 }],
+    ['maxContextPorts', { maxContextPorts: 0 }],
   ])('%s: %j', async (name, options) => {
     await expect(ProxyServer.start('127.0.0.1:0', false, options)).rejects.toThrow(name)
   })
