@@ -6,6 +6,7 @@ import crypto from 'node:crypto'
 import net from 'node:net'
 import { afterAll, beforeAll, describe, expect } from 'vitest'
 import { ADDON_PATH, ProxyServer } from '../support/addon.mjs'
+import { authOf, proxyRequest } from '../support/http-client.mjs'
 import { startError, test, withProxy } from './fixtures.mjs'
 
 const UUID_V4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/
@@ -39,8 +40,13 @@ describe('start', () => {
     })
   })
 
-  test('two servers get two different ports', async ({ proxy: other }) => {
+  test('two servers get two ports and contexts of their own: credentials of one get 407 at the other', async ({ proxy: other }) => {
     expect(other.port()).not.toBe(proxy.port())
+    const ctx = proxy.createContext(41)
+    const res = await proxyRequest(other.port(), 'http://example.test/', { auth: authOf(ctx) })
+    expect(res.status).toBe(407)
+    expect(other.contextStats(ctx.id)).toBeNull()
+    proxy.releaseContext(ctx.id)
   })
 
   test('a taken port rejects with EADDRINUSE', async () => {
@@ -87,6 +93,7 @@ describe('start', () => {
     expect(days(ProxyServer.generateCa().certPem)).toBeGreaterThan(364)
     expect(days(ProxyServer.generateCa().certPem)).toBeLessThanOrEqual(365)
     expect(days(ProxyServer.generateCa({ validityDays: 7 }).certPem)).toBeLessThanOrEqual(7)
+    expect(days(ProxyServer.generateCa({ validityDays: 7 }).certPem)).toBeGreaterThan(6)
     for (const validityDays of [0, 366, 3650, 1.5, -1]) {
       expect(() => ProxyServer.generateCa({ validityDays })).toThrow(/validityDays/)
     }

@@ -103,9 +103,11 @@ export async function runInNamespace(
       ...peerSetup,
       `"${process.execPath}" "${join(HERE, 'netns', `${scenario}.mjs`)}"`,
     ].join('\n')
+    // A process group of its own, so that a timeout ends the scenario and the peer's servers too, not only sh.
     const child = spawn('unshare', ['-n', '--mount', 'sh', '-c', setup], {
       env: { ...process.env, CMUX_NETNS_INPUT: JSON.stringify(input), CMUX_NETNS_HITS: hits },
       stdio: ['ignore', 'pipe', 'pipe'],
+      detached: true,
     })
     let stdout = ''
     let stderr = ''
@@ -113,7 +115,11 @@ export async function runInNamespace(
     child.stderr.on('data', (d) => (stderr += d))
     const code = await new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
-        child.kill('SIGKILL')
+        try {
+          process.kill(-child.pid, 'SIGKILL')
+        } catch {
+          child.kill('SIGKILL')
+        }
         reject(new Error(`namespace scenario ${scenario} timed out\n${stderr}`))
       }, timeout)
       child.on('exit', (status) => {
