@@ -19,10 +19,11 @@ export declare class ProxyServer {
   /**
    * A new CA (ECDSA P-256) to keep and pass back as `caCertPem`/`caKeyPem`, valid for
    * `validityDays` (1 to 365, default 365) and constrained to the names the proxy intercepts
-   * (`localhost`, `*.localhost`, `*.cmux.local`, `*.manaflow.local`, `127.0.0.0/8`, `::1`). Only for an
-   * app that must trust the proxy's certificate before it is ready and chooses to keep it: without
-   * `caCertPem`, every start generates a CA of its own, in memory, for 30 days. A running proxy issues
-   * either again for 30 days, with the same key (and SPKI), once fewer than 10 days are left.
+   * (`localhost`, `*.localhost`, `*.cmux.local`, `*.manaflow.local`, `127.0.0.0/8`, `::1` and the other
+   * loopback forms). Only for an app that must trust the proxy's certificate before it is ready and
+   * chooses to keep it: without `caCertPem`, every start generates a CA of its own, in memory, for 30
+   * days. A running proxy issues either again for 30 days, with the same key (and SPKI), once fewer than
+   * 10 days are left.
    */
   static generateCa(options?: GenerateCaOptions | undefined | null): CaPem
   /**

@@ -247,6 +247,19 @@ describe('interception of loopback tunnels', () => {
     t.destroy()
   })
 
+  // The proxy takes these for loopback too; the CA's name constraints permit them, so a strict verifier
+  // (OpenSSL here) accepts their leaves.
+  test.each([
+    ['0.0.0.0:3000', '0.0.0.0'],
+    ['[::]:3000', '::'],
+  ])('CONNECT %s gets a leaf for %s that verifies within the CA name constraints', async (authority, ip) => {
+    const t = await intercepted(authority, { checkServerIdentity: (_host, cert) => tls.checkServerIdentity(ip, cert) })
+    expect(t.authorizationError ?? null).toBeNull()
+    expect(t.authorized).toBe(true)
+    expect(t.getPeerX509Certificate().checkIP(ip)).toBeDefined()
+    t.destroy()
+  })
+
   test('the server sends its chain: leaf then the CA itself', async () => {
     // No trust store that knows the CA: any issuer Node reports came from the wire.
     const t = track(await tlsTunnel(proxy.port(), 'localhost:3000', auth, {

@@ -59,8 +59,15 @@ fn new_ca_key() -> Result<KeyPair, ConfigError> {
 fn name_constraints() -> NameConstraints {
     let dns = ["localhost", ".localhost", "cmux.local", ".cmux.local", "manaflow.local", ".manaflow.local"];
     let mut permitted: Vec<GeneralSubtree> = dns.iter().map(|name| GeneralSubtree::DnsName((*name).into())).collect();
+    // Every address the proxy takes for loopback (routing's `is_loopback_host`): 127/8, ::1, the unspecified
+    // addresses (which connect to loopback) and IPv4-mapped loopback.
     permitted.push(GeneralSubtree::IpAddress(CidrSubnet::from_v4_prefix([127, 0, 0, 0], 8)));
+    permitted.push(GeneralSubtree::IpAddress(CidrSubnet::from_v4_prefix([0, 0, 0, 0], 32)));
     permitted.push(GeneralSubtree::IpAddress(CidrSubnet::from_v6_prefix(std::net::Ipv6Addr::LOCALHOST.octets(), 128)));
+    permitted
+        .push(GeneralSubtree::IpAddress(CidrSubnet::from_v6_prefix(std::net::Ipv6Addr::UNSPECIFIED.octets(), 128)));
+    let mapped_loopback = std::net::Ipv4Addr::new(127, 0, 0, 0).to_ipv6_mapped().octets();
+    permitted.push(GeneralSubtree::IpAddress(CidrSubnet::from_v6_prefix(mapped_loopback, 104)));
     NameConstraints { permitted_subtrees: permitted, excluded_subtrees: Vec::new() }
 }
 
@@ -306,17 +313,29 @@ mod tests {
         assert!(lifetime <= i64::from(PER_LAUNCH_CA_DAYS) * 86_400 && lifetime > 86_400 * 29, "{lifetime}");
         let constraints = cert.name_constraints().unwrap().expect("name constraints").value;
         assert!(constraints.excluded_subtrees.is_none());
-        assert_eq!(constraints.permitted_subtrees.as_ref().map(Vec::len), Some(8));
-        for name in
-            ["localhost", "app.localhost", "cmux-test-base-8080.cmux.local", "x.manaflow.local", "127.0.0.1", "::1"]
-        {
+        assert_eq!(constraints.permitted_subtrees.as_ref().map(Vec::len), Some(11));
+        for name in [
+            "localhost",
+            "app.localhost",
+            "cmux-test-base-8080.cmux.local",
+            "x.manaflow.local",
+            "127.0.0.1",
+            "127.1.2.3",
+            "::1",
+            "0.0.0.0",
+            "::",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(crate::policy::routing::is_intercepted_host(name), "{name}");
             let leaf = ca.issue_leaf(name).unwrap();
             assert_eq!(webpki_verdict(&ca, &leaf, name), Ok(()), "{name}");
             let (_, leaf) = x509_parser::parse_x509_certificate(&leaf.chain[0]).unwrap();
             assert!(leaf.validity().not_after <= cert.validity().not_after, "a leaf never outlives its CA");
         }
         // Whatever the proxy were made to sign outside them, a verifier refuses.
-        for name in ["example.com", "localhost.example.com", "cmux.local.evil.com", "10.0.0.1"] {
+        for name in
+            ["example.com", "localhost.example.com", "cmux.local.evil.com", "10.0.0.1", "::ffff:10.0.0.1", "::2"]
+        {
             let leaf = ca.issue_leaf(name).unwrap();
             assert!(webpki_verdict(&ca, &leaf, name).is_err(), "{name}");
         }
