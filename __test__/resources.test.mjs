@@ -155,12 +155,16 @@ describe('upstream connections are capped per context and in all', () => {
     expect(held.res.status).toBe(200)
     const fromA = proxyRequest(proxy.port(), 'http://shared.test/a', { auth: a })
     await sleep(500)
-    // B asks meanwhile and waits for that opening; when it fails for A's cap, B opens its own.
+    // B, and A again, ask meanwhile and wait for that opening. When it fails for A's cap, A's second request
+    // fails with it (A's cap holds for it too), and B opens a connection of its own.
+    const fromA2 = proxyRequest(proxy.port(), 'http://shared.test/a2', { auth: a })
     const fromB = proxyRequest(proxy.port(), 'http://shared.test/b', { auth: b })
-    const [resA, resB] = await Promise.all([fromA, fromB])
+    const [resA, resA2, resB] = await Promise.all([fromA, fromA2, fromB])
     held.conn.destroy()
-    expect(resA.status).toBe(503)
-    expect(resA.text).toMatch(/for this preview/)
+    for (const res of [resA, resA2]) {
+      expect(res.status).toBe(503)
+      expect(res.text).toMatch(/for this preview/)
+    }
     expect(resB.status).toBe(200)
   })
 

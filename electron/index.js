@@ -598,6 +598,8 @@ function createContext(server, webContentsId, route, logger) {
     try {
       return server.createContext(webContentsId, route, { ownPort: true })
     } catch (error) {
+      // Only a port that could not be had falls back; any other error is the configure's.
+      if (!/\bownPort\b/.test(errorMessage(error))) throw error
       emit(logger, 'warn', 'Preview proxy: no port of its own for this preview; it uses the shared port', {
         webContentsId,
         error: errorMessage(error),

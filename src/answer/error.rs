@@ -24,8 +24,10 @@ pub(crate) enum Failure {
     BadGateway,
     /// Connecting, the TLS handshake or the response head took too long (504).
     Timeout,
-    /// Too many upstream connections are open, for the preview or in all (503).
+    /// Too many upstream connections are open in all (503).
     Unavailable,
+    /// Too many upstream connections are open for this preview (503).
+    PreviewAtCap,
 }
 
 /// A failure on the way to an upstream: what failed, a one-line reason for
@@ -65,6 +67,9 @@ impl ProxyError {
     pub(crate) fn Unavailable(reason: String) -> Self {
         Self::new(Failure::Unavailable, reason)
     }
+    pub(crate) fn PreviewAtCap(reason: String) -> Self {
+        Self::new(Failure::PreviewAtCap, reason)
+    }
 }
 
 impl ProxyError {
@@ -102,7 +107,7 @@ impl ProxyError {
             Failure::Forbidden => StatusCode::FORBIDDEN,
             Failure::Dns | Failure::Refused | Failure::Tls | Failure::BadGateway => StatusCode::BAD_GATEWAY,
             Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            Failure::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::Unavailable | Failure::PreviewAtCap => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -116,7 +121,7 @@ impl ProxyError {
             Failure::Tls => "tls",
             Failure::BadGateway => "upstream",
             Failure::Timeout => "timeout",
-            Failure::Unavailable => "busy",
+            Failure::Unavailable | Failure::PreviewAtCap => "busy",
         }
     }
 

@@ -226,7 +226,10 @@ async fn forward(
 /// The URL a request asked for: absolute on the listener, rebuilt inside a tunnel.
 fn asked_url(binding: Option<&Binding>, uri: &http::Uri) -> String {
     match (binding, uri.authority().map(|a| a.as_str())) {
-        (Some(b), _) => format!("{}://{}{}", b.scheme.as_str(), b.target, uri),
+        // Inside a tunnel the binding names the target; only the path is the request's own.
+        (Some(b), _) => {
+            format!("{}://{}{}", b.scheme.as_str(), b.target, uri.path_and_query().map_or("/", |p| p.as_str()))
+        }
         // Credentials in a URL never reach an event (such a request is refused, and its record still goes out).
         (None, Some(authority)) if authority.contains('@') => {
             let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
@@ -255,6 +258,17 @@ mod tests {
         assert_eq!(url("http://user:secret@example.test:8080/a?b=c"), "http://example.test:8080/a?b=c");
         assert_eq!(url("user:secret@example.test:443"), "example.test:443");
         assert_eq!(url("http://example.test/a"), "http://example.test/a");
+        // Inside a tunnel: the binding's target, the request's path, whatever form its target came in.
+        let contexts = crate::policy::auth::Contexts::new(
+            tokio_util::sync::CancellationToken::new(),
+            crate::policy::auth::PerContext { upstream: 1, dns_lookups: 1 },
+        );
+        let target = crate::policy::target::HostPort { host: "localhost".into(), port: 3000 };
+        let binding =
+            Binding { context: contexts.create(1, None).0, target, scheme: crate::policy::routing::Scheme::Https };
+        for uri in ["/m.js?v=1", "https://localhost:3000/m.js?v=1", "http://u:p@elsewhere.test/m.js?v=1"] {
+            assert_eq!(asked_url(Some(&binding), &uri.parse().unwrap()), "https://localhost:3000/m.js?v=1", "{uri}");
+        }
     }
 
     #[test]

@@ -29,20 +29,33 @@ impl Cidr {
         if prefix > max {
             return None;
         }
-        // An IPv4 network written in IPv6 form (`::ffff:10.0.0.0/104`) is that IPv4 network: addresses are
-        // compared in their IPv4 form.
-        match (ip, canonical(ip)) {
-            (IpAddr::V6(_), IpAddr::V4(v4)) if prefix >= 96 => {
-                Some(Cidr { network: mask(IpAddr::V4(v4), prefix - 96), prefix: prefix - 96 })
-            }
-            _ => Some(Cidr { network: mask(ip, prefix), prefix }),
-        }
+        Some(match ip {
+            IpAddr::V6(v6) => v4_network(v6, prefix).unwrap_or(Cidr { network: mask(ip, prefix), prefix }),
+            IpAddr::V4(_) => Cidr { network: mask(ip, prefix), prefix },
+        })
     }
 
+    /// Whether `ip`, as given or in the IPv4 form it stands for, is in this network.
     pub(crate) fn contains(&self, ip: IpAddr) -> bool {
-        let ip = canonical(ip);
-        ip.is_ipv4() == self.network.is_ipv4() && mask(ip, self.prefix) == self.network
+        let matches = |ip: IpAddr| ip.is_ipv4() == self.network.is_ipv4() && mask(ip, self.prefix) == self.network;
+        matches(ip) || matches(canonical(ip))
     }
+}
+
+/// An IPv6 network made only of the IPv6 forms of an IPv4 network (IPv4-mapped,
+/// NAT64 or IPv4-compatible ones at /96 and longer, 6to4 ones from /16 to /48),
+/// as that IPv4 network: addresses are compared in their IPv4 form.
+fn v4_network(v6: Ipv6Addr, prefix: u8) -> Option<Cidr> {
+    let bits = u128::from(v6);
+    let v4 = |address: u32, prefix: u8| Cidr { network: mask(IpAddr::V4(Ipv4Addr::from(address)), prefix), prefix };
+    let low_32 = [0xffff_u128 << 32, 0x0064_ff9b_u128 << 96, 0];
+    if prefix >= 96 && low_32.iter().any(|&network| in_v6(v6, network, 96)) {
+        return Some(v4(bits as u32, prefix - 96));
+    }
+    if (16..=48).contains(&prefix) && in_v6(v6, 0x2002 << 112, 16) {
+        return Some(v4((bits >> 80) as u32, prefix - 16));
+    }
+    None
 }
 
 impl fmt::Display for Cidr {
@@ -339,10 +352,20 @@ mod tests {
         assert!(!Cidr::parse("fd00::/8").unwrap().contains(ip("10.0.0.1")));
         assert!(Cidr::parse("192.168.1.5").unwrap().contains(ip("192.168.1.5")));
         assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));
-        // An IPv4 network written in its mapped IPv6 form is that network.
+        // An IPv4 network written in an IPv6 form is that network, in every form.
         let mapped = Cidr::parse("::ffff:10.1.0.0/112").unwrap();
         assert_eq!(mapped.to_string(), "10.1.0.0/16");
         assert!(mapped.contains(ip("10.1.2.3")) && mapped.contains(ip("64:ff9b::a01:203")));
+        assert_eq!(Cidr::parse("64:ff9b::a00:0/104").unwrap().to_string(), "10.0.0.0/8");
+        let six_to_four = Cidr::parse("2002:a00::/24").unwrap();
+        assert_eq!(six_to_four.to_string(), "10.0.0.0/8");
+        assert!(six_to_four.contains(ip("2002:a01:203::1")) && six_to_four.contains(ip("10.9.9.9")));
+        assert_eq!(Cidr::parse("2002:a00:1::/112").unwrap().to_string(), "2002:a00:1::/112");
+        // `::/96` is every IPv4 address in its IPv4-compatible form: all of IPv4 (`::` and `::1`, IPv6's own, are
+        // this machine whatever a network says).
+        assert_eq!(Cidr::parse("::/96").unwrap().to_string(), "0.0.0.0/0");
+        // Other IPv6 networks stay IPv6, and still hold their own addresses.
+        assert!(Cidr::parse("2002::/15").unwrap().contains(ip("2002:a00:1::1")));
         for bad in ["10.0.0.0/33", "fd00::/129", "nope", "10.0.0.0/", "/8", ""] {
             assert_eq!(Cidr::parse(bad), None, "{bad}");
         }

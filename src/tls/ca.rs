@@ -84,6 +84,9 @@ fn ca_params(days: u32, now: OffsetDateTime) -> CertificateParams {
     params.name_constraints = Some(name_constraints());
     params.not_before = now - Duration::days(1);
     params.not_after = now + Duration::days(i64::from(days));
+    // A serial of its own for each issue: rcgen's default derives it from the key, and a CA issued again with
+    // the same key would repeat its issuer and serial, which verifiers (NSS) refuse.
+    params.serial_number = Some(rcgen::SerialNumber::from(uuid::Uuid::new_v4().as_bytes().to_vec()));
     params
 }
 

@@ -132,6 +132,7 @@ mod tests {
         let parse = |der| x509_parser::parse_x509_certificate(der).unwrap().1;
         let (old, new) = (parse(first.ca.cert_der()), parse(second.ca.cert_der()));
         assert_eq!(old.subject(), new.subject());
+        assert_ne!(old.raw_serial(), new.raw_serial(), "each issue has a serial of its own");
         assert_eq!(
             new.name_constraints().unwrap().map(|c| c.value.clone()),
             old.name_constraints().unwrap().map(|c| c.value.clone())

@@ -176,16 +176,14 @@ impl Connector {
     /// `slot_wait` for both together; `503` past that.
     async fn slots(&self, context: &ContextPlaces) -> Result<UpstreamSlots, ProxyError> {
         let deadline = tokio::time::Instant::now() + self.inner.slot_wait;
-        let take = |semaphore: Arc<Semaphore>, whose: &'static str| async move {
+        let take = |semaphore: Arc<Semaphore>, busy: fn(String) -> ProxyError, whose: &'static str| async move {
             match tokio::time::timeout_at(deadline, semaphore.acquire_owned()).await {
                 Ok(Ok(permit)) => Ok(permit),
-                _ => Err(ProxyError::Unavailable(format!(
-                    "too many upstream connections open {whose}; try again when some have closed"
-                ))),
+                _ => Err(busy(format!("too many upstream connections open {whose}; try again when some have closed"))),
             }
         };
-        let context = take(context.upstream.clone(), "for this preview").await?;
-        let global = take(self.inner.slots.clone(), "in this proxy").await?;
+        let context = take(context.upstream.clone(), ProxyError::PreviewAtCap, "for this preview").await?;
+        let global = take(self.inner.slots.clone(), ProxyError::Unavailable, "in this proxy").await?;
         Ok(UpstreamSlots { _global: global, _context: context })
     }
 

@@ -27,7 +27,7 @@ use hyper::body::Body as _;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -88,6 +88,8 @@ struct OriginState {
     /// Counts finished opening attempts; with `failure`, tells waiters theirs failed.
     attempts: u64,
     failure: Option<ProxyError>,
+    /// The upstream places of the preview whose attempt made `failure`.
+    failed_opener: Option<Arc<Semaphore>>,
 }
 
 #[derive(Clone)]
@@ -236,9 +238,11 @@ impl Pool {
             let state = origin.state.lock();
             if let Some(failure) = state.failure.as_ref().filter(|_| state.attempts != attempt) {
                 // The attempt this request waited for failed: so does the request, at once. Unless the opener
-                // had no place under its own preview's cap: that says nothing of this request's preview, which
-                // opens a connection itself on the next turn.
-                if failure.failure() != Failure::Unavailable {
+                // had no place under its own preview's cap and this request is another preview's: that says
+                // nothing of this one, which opens a connection itself on the next turn.
+                let others_cap = failure.failure() == Failure::PreviewAtCap
+                    && !state.failed_opener.as_ref().is_some_and(|opener| Arc::ptr_eq(opener, &slots.upstream));
+                if !others_cap {
                     return Err(failure.clone());
                 }
             }
@@ -250,7 +254,7 @@ impl Pool {
         // A new connection may take the pool past its cap of unused ones once it is unused
         // itself: the oldest go first, leaving it room.
         self.trim_idle(1);
-        let mut gate = OpeningGate { origin, gated, failure: None };
+        let mut gate = OpeningGate { origin, gated, failure: None, opener: slots.upstream.clone() };
         let key = &origin.key;
         let opened = async {
             let stream = self.connector.connect(key.scheme, &key.addr, Alpn::Any, &key.policy, slots).await?;
@@ -344,6 +348,8 @@ struct OpeningGate<'a> {
     origin: &'a Origin,
     gated: bool,
     failure: Option<ProxyError>,
+    /// The opening preview's upstream places: whose cap a `PreviewAtCap` failure was.
+    opener: Arc<Semaphore>,
 }
 
 impl Drop for OpeningGate<'_> {
@@ -355,6 +361,7 @@ impl Drop for OpeningGate<'_> {
         state.opening = false;
         state.attempts += 1;
         state.failure = self.failure.take();
+        state.failed_opener = state.failure.is_some().then(|| self.opener.clone());
         drop(state);
         self.origin.opened.notify_waiters();
     }
