@@ -9,7 +9,7 @@ import { mkdirSync } from 'node:fs'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
 import { ProxyServer } from '../support/addon.mjs'
 import { authOf, proxyRequest, rawRequest } from '../support/http-client.mjs'
-import { closedPort, closer, startHttpServer, trackSockets } from '../support/servers.mjs'
+import { closedPort, closer, startHttpServer, trackSockets, UNRESOLVABLE_LABEL } from '../support/servers.mjs'
 import { waitFor } from '../support/wait.mjs'
 import { answerProxyAuth } from './browser-helpers.mjs'
 import { launchChromium, requireChromium } from './browser-helpers.mjs'
@@ -84,8 +84,8 @@ describe('the error page, seen by a Node client', () => {
     port = proxy.port()
     routed = proxy.createContext(1, ROUTE)
     routedAuth = authOf(routed)
-    // A dev box whose name does not resolve at all.
-    dnsAuth = authOf(proxy.createContext(2, { morphId: 'gone', scope: 'base', domainSuffix: 'devbox.invalid' }))
+    // A dev box whose name does not resolve at all (refused by the resolver itself: no DNS query leaves).
+    dnsAuth = authOf(proxy.createContext(2, { morphId: UNRESOLVABLE_LABEL, scope: 'base', domainSuffix: 'devbox.invalid' }))
     ownErrorCtx = proxy.createContext(3, { ...ROUTE, morphId: 'own', cmuxProxyOrigin: `http://own-error.test:${ownErrorBox.port}` })
   })
 
@@ -124,7 +124,7 @@ describe('the error page, seen by a Node client', () => {
   test('a navigation to a dev box whose name does not resolve: 502 page with the DNS cause', async () => {
     const res = await proxyRequest(port, 'http://localhost:3000/', { auth: dnsAuth, headers: NAVIGATE })
     const { html } = expectErrorPage(res, { status: 502, cause: 'dns' })
-    expect(html).toContain('cmux-gone-base-3000.devbox.invalid')
+    expect(html).toContain(`cmux-${UNRESOLVABLE_LABEL}-base-3000.devbox.invalid`)
     expect(html).toMatch(/DNS|resolve/)
     expect(html).not.toMatch(/accepted the connection/)
   })

@@ -10,7 +10,7 @@ import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
 import { ProxyServer } from '../support/addon.mjs'
 import { authOf, buildRequest, Conn, openTunnel, proxyRequest } from '../support/http-client.mjs'
-import { closedPort, ECHO_FINAL, startEchoServer } from '../support/servers.mjs'
+import { closedPort, ECHO_FINAL, startEchoServer, UNRESOLVABLE_LABEL } from '../support/servers.mjs'
 import { waitFor, withTimeout } from '../support/wait.mjs'
 import { closeSession, h2cGet, h2cSession, keepAliveAgent, ROUTE, runPool, settled } from './conduct-helpers.mjs'
 import { collectEvents, credentialForms, deriveRoute, startEventsProcess, startHttpWsServer, startSilentServer } from './events-helpers.mjs'
@@ -166,7 +166,6 @@ describe('events and contextStats for a scripted mix through one proxy', () => {
   })
 
   const failures = [
-    { name: 'an unresolvable host', cause: 'dns', status: 502, url: () => 'http://no-such-host.invalid/page', upstream: () => 'http://no-such-host.invalid:80' },
     { name: 'a refused port', cause: 'refused', status: 502, url: () => `http://127.0.0.1:${refusedPort}/page`, upstream: () => `http://127.0.0.1:${refusedPort}` },
     { name: 'an upstream that never answers', cause: 'timeout', status: 504, url: () => `http://127.0.0.1:${silent.port}/page`, upstream: () => `http://127.0.0.1:${silent.port}` },
   ]
@@ -198,6 +197,27 @@ describe('events and contextStats for a scripted mix through one proxy', () => {
     })
     expect(request.cause).toBeUndefined()
     lastFailure = { message: error.message, before, after: Date.now() }
+  })
+
+  // A dev box whose name the resolver refuses before asking anyone (a label over 63 bytes, which only a route
+  // can produce: a client's own target with it is a 400), so that no DNS query leaves the machine.
+  test('a dev box whose name does not resolve: 502 dns, an `error` event with cause dns, then the `request` event', async () => {
+    const gone = proxy.createContext(13, { morphId: UNRESOLVABLE_LABEL, scope: 'base', domainSuffix: 'devbox.invalid' })
+    const mark = collector.mark()
+    const res = await proxyRequest(port, 'http://localhost:3000/page', { auth: authOf(gone) })
+    expect(res.status).toBe(502)
+    expect(res.headers['x-cmux-proxy-error']).toBe('dns')
+    const events = (await collector.until(mark, (es) => es.some((e) => e.kind === 'request'), 'the events of the DNS failure'))
+      .filter((e) => e.kind !== 'context')
+    expect(events.map((e) => e.kind)).toEqual(['error', 'request'])
+    expect(events[0]).toMatchObject({ kind: 'error', cause: 'dns', status: 502, contextId: gone.id, webContentsId: 13 })
+    expect(res.text.trim()).toBe(events[0].message)
+    expect(events[1]).toMatchObject({
+      kind: 'request',
+      url: 'http://localhost:3000/page',
+      upstream: `https://cmux-${UNRESOLVABLE_LABEL}-base-3000.devbox.invalid:443`,
+      status: 502,
+    })
   })
 
   test('contextStats after the HTTP mix: requests, errors, bytes both ways, lastError and lastErrorAt', async () => {

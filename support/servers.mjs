@@ -15,6 +15,12 @@ export function trackSockets(server, event = 'connection') {
   return sockets
 }
 
+/**
+ * A label the resolver refuses before it asks anyone (over 63 bytes): a name with it fails to resolve
+ * without a packet to the machine's DNS server, which may be off the machine.
+ */
+export const UNRESOLVABLE_LABEL = 'x'.repeat(64)
+
 /** Listens on `host`:0; resolves the port. */
 export async function listen(server, host = '127.0.0.1') {
   await new Promise((resolve, reject) => {
