@@ -49,6 +49,10 @@ function chromiumArgs(args) {
   const netlog = process.env.CMUX_CHROMIUM_NETLOG
     ? [`--log-net-log=${process.env.CMUX_CHROMIUM_NETLOG}`, '--net-log-capture-mode=Everything']
     : []
+  // Chromium resolves no name itself: what it would fetch directly (its own background requests, outside
+  // any proxy) fails at once instead of asking the machine's DNS server. A caller's own rules come first.
+  const ownRules = args.filter((a) => a.startsWith(RULES_SWITCH)).map((a) => a.slice(RULES_SWITCH.length))
+  const resolverRules = `${RULES_SWITCH}${[...ownRules, 'MAP * ~NOTFOUND', 'EXCLUDE localhost', 'EXCLUDE 127.0.0.1', 'EXCLUDE [::1]'].join(', ')}`
   return [
     '--no-sandbox',
     '--disable-gpu',
@@ -58,9 +62,12 @@ function chromiumArgs(args) {
     '--disable-component-update',
     '--disable-sync',
     ...netlog,
-    ...args,
+    ...args.filter((a) => !a.startsWith(RULES_SWITCH)),
+    resolverRules,
   ]
 }
+
+const RULES_SWITCH = '--host-resolver-rules='
 
 /**
  * One browser context per preview "session": its proxy is the addon's
