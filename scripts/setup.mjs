@@ -61,20 +61,26 @@ export function buildAddon({ testHooks = false } = {}) {
 
 export const CHROMIUM = '/usr/bin/chromium'
 
-/**
- * Debian packages the tests need, installed with apt-get when missing (CI runs as root): chromium for the
- * browser tests and, for root on Linux, iproute2 for the tests that make network namespaces.
- */
+/** Debian's chromium for the browser tests and the demo, installed with apt-get when missing (CI runs as root). */
 export function installChromium() {
-  const missing = []
-  if (!existsSync(CHROMIUM)) missing.push('chromium')
-  const asRoot = process.getuid?.() === 0
-  if (asRoot && process.platform === 'linux' && !existsSync('/usr/sbin/ip') && !existsSync('/sbin/ip') && !existsSync('/usr/bin/ip')) {
-    missing.push('iproute2')
-  }
-  if (missing.length === 0) return
-  const apt = asRoot ? ['apt-get'] : ['sudo', '-n', 'apt-get']
+  aptInstall(existsSync(CHROMIUM) ? [] : ['chromium'])
+}
+
+/**
+ * What the tests need from Debian: chromium, and for root on Linux iproute2 (`ip`), with which the tests make
+ * network namespaces.
+ */
+export function installTestPackages() {
+  const missing = existsSync(CHROMIUM) ? [] : ['chromium']
+  const hasIp = ['/usr/sbin/ip', '/sbin/ip', '/usr/bin/ip'].some((path) => existsSync(path))
+  if (process.getuid?.() === 0 && process.platform === 'linux' && !hasIp) missing.push('iproute2')
+  aptInstall(missing)
+}
+
+function aptInstall(packages) {
+  if (packages.length === 0) return
+  const apt = process.getuid?.() === 0 ? ['apt-get'] : ['sudo', '-n', 'apt-get']
   const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' }
   run(apt[0], [...apt.slice(1), 'update', '-qq'], { env })
-  run(apt[0], [...apt.slice(1), 'install', '-y', '-qq', ...missing], { env })
+  run(apt[0], [...apt.slice(1), 'install', '-y', '-qq', ...packages], { env })
 }

