@@ -43,6 +43,15 @@ async function startCountingServer() {
   }
 }
 
+/** An echo server, a counting HTTP server named `host`, a proxy with `options`, and two route-less previews' auth. */
+async function twoPreviews(options, host) {
+  const echo = await startEchoServer()
+  cleanup.push(() => echo.close())
+  const server = await startCountingServer()
+  const proxy = await startProxy({ ...options, resolve: { [`${host}:80`]: `127.0.0.1:${server.port}` } })
+  return { echo, server, proxy, a: authOf(proxy.createContext(1, null)), b: authOf(proxy.createContext(2, null)) }
+}
+
 /** Sends `text` on a tunnel stream and resolves what came back once it is as long. */
 function echoOver(stream, text) {
   return new Promise((resolve, reject) => {
@@ -126,12 +135,7 @@ describe('upstream connections are capped per context and in all', () => {
   })
 
   test('the global cap (maxUpstreamConnections) holds across contexts; forwarded requests count too', async () => {
-    const echo = await startEchoServer()
-    cleanup.push(() => echo.close())
-    const server = await startCountingServer()
-    const proxy = await startProxy({ maxUpstreamConnections: 2, resolve: { 'held.test:80': `127.0.0.1:${server.port}` } })
-    const a = authOf(proxy.createContext(1, null))
-    const b = authOf(proxy.createContext(2, null))
+    const { echo, proxy, a, b } = await twoPreviews({ maxUpstreamConnections: 2 }, 'held.test')
     // A kept-alive upstream connection of a forwarded request holds a place while it lives.
     expect((await proxyRequest(proxy.port(), 'http://held.test/', { auth: a })).status).toBe(200)
     const t1 = await openTunnel(proxy.port(), `127.0.0.1:${echo.port}`, b)
@@ -144,12 +148,7 @@ describe('upstream connections are capped per context and in all', () => {
   })
 
   test("a preview waiting for another preview's first connection to an origin is not refused with it when that one is at its cap", async () => {
-    const echo = await startEchoServer()
-    cleanup.push(() => echo.close())
-    const server = await startCountingServer()
-    const proxy = await startProxy({ maxUpstreamConnectionsPerContext: 1, resolve: { 'shared.test:80': `127.0.0.1:${server.port}` } })
-    const a = authOf(proxy.createContext(1, null))
-    const b = authOf(proxy.createContext(2, null))
+    const { echo, proxy, a, b } = await twoPreviews({ maxUpstreamConnectionsPerContext: 1 }, 'shared.test')
     // A holds its one place with a tunnel; its request opens the origin's first connection and waits for a place.
     const held = await openTunnel(proxy.port(), `127.0.0.1:${echo.port}`, a)
     expect(held.res.status).toBe(200)
