@@ -71,11 +71,7 @@ pub(crate) fn listener_config(
         names.push(listen_ip);
     }
     let resolver = ListenerCert::new(ca.clone(), names)?;
-    let mut config = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ConfigError::new("tls", e))?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
+    let mut config = server_builder()?.with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = alpn(http2);
     Ok(Arc::new(config))
 }
@@ -90,12 +86,16 @@ fn alpn(http2: bool) -> Vec<Vec<u8>> {
 }
 
 fn server_config(leaf: Leaf, alpn: Vec<Vec<u8>>) -> Result<ServerConfig, ConfigError> {
-    let mut config = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ConfigError::new("tls", e))?
-        .with_no_client_auth()
-        .with_single_cert(leaf.chain, leaf.key)
-        .map_err(|e| ConfigError::new("leaf", e))?;
+    let mut config =
+        server_builder()?.with_single_cert(leaf.chain, leaf.key).map_err(|e| ConfigError::new("leaf", e))?;
     config.alpn_protocols = alpn;
     Ok(config)
+}
+
+/// Every TLS server side of the proxy: ring, rustls' safe protocol versions, no client certificates.
+fn server_builder() -> Result<rustls::ConfigBuilder<ServerConfig, rustls::server::WantsServerCert>, ConfigError> {
+    Ok(ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError::new("tls", e))?
+        .with_no_client_auth())
 }
